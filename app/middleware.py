@@ -1,0 +1,49 @@
+"""ASGI middleware: HTTP metrics labelled by route template."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from observability import metrics
+
+
+def route_template(routes: list[BaseRoute], scope: Scope) -> str:
+    # Label by the template (/api/v1/scan-jobs/{scan_id}/status), never the raw path: raw paths
+    # carry scan ids and would grow the label set without bound.
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            return getattr(route, "path", "other")
+    return "unmatched"
+
+
+class HTTPMetrics:
+    def __init__(self, app: ASGIApp, routes: list[BaseRoute], enabled: bool) -> None:
+        self.app = app
+        self.routes = routes
+        self.enabled = enabled
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.enabled:
+            await self.app(scope, receive, send)
+            return
+        labels = {"method": scope["method"], "route": route_template(self.routes, scope)}
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        metrics.http_requests_in_progress.inc(labels)
+        start = time.perf_counter()
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            metrics.http_requests_in_progress.dec(labels)
+            metrics.http_request_duration_seconds.observe(labels, time.perf_counter() - start)
+            metrics.http_requests_total.inc({**labels, "status": f"{status // 100}xx"})

@@ -1,0 +1,183 @@
+"""The OpenAPI 3.1 document served at /openapi.json.
+
+Request schemas come from the pydantic models that validate them, so the document cannot drift from
+what the API accepts; response schemas are written out here next to the shapes the routes return.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app import __version__
+from app.models import ErrorType, Stage, Status
+from app.schemas import CreateDocument, CreateScan
+
+JSON = "application/json"
+PROBLEM = "application/problem+json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {PROBLEM: {"schema": _ref("Problem")}}}
+
+
+def _ok(description: str, schema: str, status: str = "200") -> dict[str, Any]:
+    return {status: {"description": description, "content": {JSON: {"schema": _ref(schema)}}}}
+
+
+SCAN_ID = {"name": "scanId", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+IDEMPOTENCY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Repeat a request with the same key to get the same scan back instead of a new one.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+}
+BAD_BODY = {
+    "400": _problem("Malformed JSON"),
+    "413": _problem("Body too large"),
+    "415": _problem("Not JSON"),
+    "422": _problem("Invalid field"),
+}
+UNAVAILABLE = {"503": _problem("A backing service is down; retry after Retry-After seconds")}
+
+
+def _schemas() -> dict[str, Any]:
+    error = {
+        "type": "object",
+        "required": ["type", "message", "retryable"],
+        "properties": {
+            "type": {"type": "string", "enum": [e.value for e in ErrorType]},
+            "message": {"type": "string"},
+            "retryable": {"type": "boolean"},
+        },
+    }
+    status = {
+        "type": "object",
+        "required": ["scanId", "status", "progress", "attempts", "createdAt", "updatedAt", "timings"],
+        "properties": {
+            "scanId": {"type": "string", "format": "uuid"},
+            "url": _nullable({"type": "string"}),
+            "status": {"type": "string", "enum": [s.value for s in Status]},
+            "stage": _nullable({"type": "string", "enum": [s.value for s in Stage]}),
+            "progress": {"type": "integer", "minimum": 0, "maximum": 100},
+            "error": _nullable(_ref("ScanError")),
+            "traceId": _nullable({"type": "string"}),
+            "attempts": {"type": "integer"},
+            "createdAt": {"type": "string", "format": "date-time"},
+            "updatedAt": {"type": "string", "format": "date-time"},
+            "timings": {"type": "object", "additionalProperties": {"type": "number"}},
+        },
+    }
+    return {
+        "CreateScan": CreateScan.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}"),
+        "CreateDocument": CreateDocument.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}"),
+        "ScanOptions": CreateScan.model_json_schema(by_alias=True)["$defs"]["ScanOptions"],
+        "Accepted": {
+            "type": "object",
+            "required": ["scanId", "status", "statusUrl"],
+            "properties": {
+                "scanId": {"type": "string", "format": "uuid"},
+                "status": {"type": "string"},
+                "statusUrl": {"type": "string"},
+            },
+        },
+        "ScanError": error,
+        "ScanStatus": status,
+        "ScanList": {
+            "type": "object",
+            "properties": {"items": {"type": "array", "items": _ref("ScanStatus")}, "nextCursor": _nullable({"type": "string"})},
+        },
+        "Teaser": {"type": "object", "properties": {"scanId": {"type": "string"}, "status": {"type": "string"}, "teaser": {"type": "object"}}},
+        "Report": {
+            "type": "object",
+            "properties": {
+                "scanId": {"type": "string"},
+                "status": {"type": "string"},
+                "teaser": {"type": "object"},
+                "performance": _nullable({"type": "object"}),
+                "keyphrases": {"type": "array", "items": {"type": "object"}},
+                "insights": {"type": "array", "items": {"type": "object"}},
+                "timings": {"type": "object"},
+            },
+        },
+        "Problem": {
+            "type": "object",
+            "required": ["type", "title", "status"],
+            "properties": {
+                "type": {"type": "string"},
+                "title": {"type": "string"},
+                "status": {"type": "integer"},
+                "detail": {"type": "string"},
+                "instance": {"type": "string"},
+                "errors": {"type": "array", "items": {"type": "object"}},
+            },
+        },
+    }
+
+
+def _create(summary: str, body: str) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": summary,
+            "parameters": [IDEMPOTENCY],
+            "requestBody": {"required": True, "content": {JSON: {"schema": _ref(body)}}},
+            "responses": {**_ok("Accepted; poll statusUrl", "Accepted", "202"), **BAD_BODY, **UNAVAILABLE},
+        }
+    }
+
+
+def _read(summary: str, schema: str, *, conflict: bool = False) -> dict[str, Any]:
+    responses = {**_ok(summary, schema), "404": _problem("No such scan"), **UNAVAILABLE}
+    if conflict:
+        responses["409"] = _problem("Not ready yet")
+    return {"get": {"summary": summary, "parameters": [SCAN_ID], "responses": responses}}
+
+
+def document() -> dict[str, Any]:
+    list_params = [
+        {"name": "status", "in": "query", "schema": {"type": "string", "enum": [s.value for s in Status]}},
+        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}},
+        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+    ]
+    scans = _create("Create a scan of a URL", "CreateScan")
+    scans["get"] = {
+        "summary": "List scans, newest first",
+        "parameters": list_params,
+        "responses": {**_ok("A page of scans", "ScanList"), "422": _problem("Invalid query"), **UNAVAILABLE},
+    }
+    plain = {"200": {"description": "OK"}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "pagelens", "version": __version__, "description": "Scan web pages and documents in the background."},
+        "paths": {
+            "/api/v1/scan-jobs": scans,
+            "/api/v1/documents": _create("Create a scan of raw text", "CreateDocument"),
+            "/api/v1/scan-jobs/{scanId}/status": _read("Progress of a scan", "ScanStatus"),
+            "/api/v1/scan-jobs/{scanId}/teaser": _read("Page facts, once TEASER_READY", "Teaser", conflict=True),
+            "/api/v1/scan-jobs/{scanId}/full": _read("The full report, once FULL_READY", "Report", conflict=True),
+            "/api/v1/scan-jobs/{scanId}": {
+                "delete": {
+                    "summary": "Cancel a queued or running scan",
+                    "parameters": [SCAN_ID],
+                    "responses": {
+                        "202": {"description": "Cancelled"},
+                        "404": _problem("No such scan"),
+                        "409": _problem("Already finished"),
+                        **UNAVAILABLE,
+                    },
+                }
+            },
+            "/healthz": {"get": {"summary": "Liveness", "responses": plain}},
+            "/readyz": {"get": {"summary": "Readiness of PostgreSQL and Redis", "responses": {**plain, "503": {"description": "Not ready"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": plain}},
+        },
+        "components": {"schemas": _schemas()},
+    }

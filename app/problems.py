@@ -1,0 +1,106 @@
+"""RFC 9457 problem details: every error the API answers is one of these."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import asyncpg
+import redis.exceptions
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+logger = logging.getLogger("pagelens.api")
+
+MEDIA_TYPE = "application/problem+json"
+TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Content",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+class Problem(Exception):
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.code = code or TITLES.get(status, "error").lower().replace(" ", "-")
+        self.headers = headers or {}
+        self.extra = extra
+
+
+def problem_response(problem: Problem, instance: str | None = None) -> Response:
+    body: dict[str, Any] = {
+        "type": f"urn:pagelens:problem:{problem.code}",
+        "title": TITLES.get(problem.status, "Error"),
+        "status": problem.status,
+        "detail": problem.detail,
+    }
+    if instance:
+        body["instance"] = instance
+    body.update(problem.extra)
+    return JSONResponse(body, status_code=problem.status, headers=problem.headers, media_type=MEDIA_TYPE)
+
+
+async def on_problem(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Problem)
+    return problem_response(exc, request.url.path)
+
+
+async def on_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    headers = dict(exc.headers or {})
+    detail = exc.detail if exc.detail else TITLES.get(exc.status_code, "Error")
+    return problem_response(Problem(exc.status_code, detail, headers=headers), request.url.path)
+
+
+# A backing service being down is the one case where the API answers 5xx on purpose: 503 and a hint
+# when to come back, so clients and load balancers back off instead of treating it as a bug.
+UNAVAILABLE = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    TimeoutError,
+)
+
+
+async def on_unavailable(request: Request, exc: Exception) -> Response:
+    logger.warning("backing service unavailable: %s", type(exc).__name__)
+    problem = Problem(
+        503, "a backing service is unavailable, try again shortly", code="unavailable", headers={"Retry-After": "5"}
+    )
+    return problem_response(problem, request.url.path)
+
+
+async def on_unexpected(request: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem_response(Problem(500, "unexpected error", code="internal"), request.url.path)
+
+
+def exception_handlers() -> dict[Any, Any]:
+    handlers: dict[Any, Any] = {Problem: on_problem, HTTPException: on_http_exception, Exception: on_unexpected}
+    handlers.update(dict.fromkeys(UNAVAILABLE, on_unavailable))
+    return handlers

@@ -1,0 +1,164 @@
+"""The scans table: every read and write of a scan goes through here.
+
+Worker writes are fenced: a worker claims a scan by bumping `attempts` and taking a lease, and every
+later write names that attempt, so a stale or duplicate delivery of the same job changes nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from app.models import CLAIMABLE, STAGE_PROGRESS, TERMINAL, Kind, ScanError, Stage, Status
+from app.types import Executor, JSONDict, Record
+
+_NOT_TERMINAL = [s.value for s in Status if s not in TERMINAL]
+_CLAIMABLE = [s.value for s in CLAIMABLE]
+
+
+@dataclass(frozen=True)
+class NewScan:
+    kind: Kind
+    url: str | None = None
+    document: str | None = None
+    title: str | None = None
+    options: JSONDict | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    trace_id: str | None = None
+
+
+async def create(db: Executor, scan: NewScan) -> tuple[Record, bool]:
+    """Insert a scan; with an idempotency key already used, return the earlier scan instead."""
+    row = await db.fetchrow(
+        """INSERT INTO scans (id, kind, url, document, title, options, idempotency_key, request_hash, trace_id)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+           ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+           RETURNING *""",
+        uuid.uuid4(),
+        scan.kind.value,
+        scan.url,
+        scan.document,
+        scan.title,
+        scan.options or {},
+        scan.idempotency_key,
+        scan.request_hash,
+        scan.trace_id,
+    )
+    if row is not None:
+        return row, True
+    existing = await db.fetchrow("SELECT * FROM scans WHERE idempotency_key = $1", scan.idempotency_key)
+    assert existing is not None  # the conflicting row cannot vanish: scans are deleted only by retention
+    return existing, False
+
+
+async def get(db: Executor, scan_id: uuid.UUID) -> Record | None:
+    row: Record | None = await db.fetchrow("SELECT * FROM scans WHERE id = $1", scan_id)
+    return row
+
+
+async def page(
+    db: Executor, *, status: Status | None, limit: int, before: tuple[datetime, uuid.UUID] | None
+) -> list[Record]:
+    """Newest first; `before` is the (created_at, id) of the last row of the previous page."""
+    conditions, args = [], []
+    if status is not None:
+        args.append(status.value)
+        conditions.append(f"status = ${len(args)}")
+    if before is not None:
+        args.extend(before)
+        conditions.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    args.append(limit)
+    query = f"SELECT * FROM scans {where} ORDER BY created_at DESC, id DESC LIMIT ${len(args)}"  # noqa: S608
+    return await db.fetch(query, *args)
+
+
+async def cancel(db: Executor, scan_id: uuid.UUID) -> Record | None:
+    """Cancel a scan that has not finished; returns the row as it now is (None when unknown)."""
+    row: Record | None = await db.fetchrow(
+        """UPDATE scans SET status = 'CANCELLED', lease_until = NULL, updated_at = now(), finished_at = now()
+           WHERE id = $1 AND status = ANY($2::text[]) RETURNING *""",
+        scan_id,
+        _NOT_TERMINAL,
+    )
+    return row if row is not None else await get(db, scan_id)
+
+
+async def claim(db: Executor, scan_id: uuid.UUID, lease_seconds: float) -> Record | None:
+    """Take the scan for one attempt. None when it is finished, cancelled, or leased by a live attempt."""
+    row: Record | None = await db.fetchrow(
+        """UPDATE scans
+           SET status = CASE WHEN status = 'QUEUED' THEN 'RUNNING' ELSE status END,
+               attempts = attempts + 1,
+               lease_until = now() + make_interval(secs => $3),
+               error = NULL,
+               updated_at = now()
+           WHERE id = $1 AND status = ANY($2::text[]) AND (lease_until IS NULL OR lease_until < now())
+           RETURNING *""",
+        scan_id,
+        _CLAIMABLE,
+        lease_seconds,
+    )
+    return row
+
+
+async def enter_stage(db: Executor, scan_id: uuid.UUID, attempt: int, stage: Stage) -> bool:
+    return await _fenced(
+        db, scan_id, attempt, "stage = $3, progress = GREATEST(progress, $4)", stage.value, STAGE_PROGRESS[stage]
+    )
+
+
+async def record_timing(db: Executor, scan_id: uuid.UUID, attempt: int, name: str, millis: float) -> bool:
+    return await _fenced(db, scan_id, attempt, "timings = timings || jsonb_build_object($3::text, $4::float8)", name, round(millis, 1))
+
+
+async def save_teaser(db: Executor, scan_id: uuid.UUID, attempt: int, teaser: JSONDict) -> bool:
+    return await _fenced(db, scan_id, attempt, "teaser = $3, status = 'TEASER_READY', progress = GREATEST(progress, 40)", teaser)
+
+
+async def finish(db: Executor, scan_id: uuid.UUID, attempt: int, report: JSONDict, timings: dict[str, float]) -> bool:
+    """The final write: report, timings and FULL_READY together, only for the attempt holding the scan."""
+    return await _fenced(
+        db,
+        scan_id,
+        attempt,
+        """report = $3, timings = timings || $4::jsonb, status = 'FULL_READY', progress = 100,
+           lease_until = NULL, finished_at = now()""",
+        report,
+        {k: round(v, 1) for k, v in timings.items()},
+    )
+
+
+async def fail(db: Executor, scan_id: uuid.UUID, attempt: int, error: ScanError) -> bool:
+    return await _fenced(
+        db, scan_id, attempt, "status = 'FAILED', error = $3, lease_until = NULL, finished_at = now()", error.to_json()
+    )
+
+
+async def release_for_retry(db: Executor, scan_id: uuid.UUID, attempt: int, error: ScanError | None) -> bool:
+    """Give the lease back so the next run can claim the scan; the error shows why it waits."""
+    return await _fenced(db, scan_id, attempt, "error = $3, lease_until = NULL", error and error.to_json())
+
+
+async def delete_older_than(db: Executor, days: int) -> int:
+    result = await db.execute(
+        "DELETE FROM scans WHERE created_at < now() - make_interval(days => $1) AND status = ANY($2::text[])",
+        days,
+        [s.value for s in TERMINAL],
+    )
+    return int(result.rsplit(" ", 1)[-1])
+
+
+async def _fenced(db: Executor, scan_id: uuid.UUID, attempt: int, assignments: str, *values: Any) -> bool:
+    # $1 is the scan, $2 the attempt; assignments use $3 onwards.
+    result = await db.execute(
+        f"""UPDATE scans SET {assignments}, updated_at = now()
+            WHERE id = $1 AND attempts = $2 AND status IN ('RUNNING', 'TEASER_READY')""",  # noqa: S608
+        scan_id,
+        attempt,
+        *values,
+    )
+    return result != "UPDATE 0"

@@ -1,0 +1,164 @@
+"""The one settings object. Environment variables are read here and nowhere else."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be > 0, got {value}")
+    return value
+
+
+def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
+
+
+def _opt(env: Mapping[str, str], name: str) -> str | None:
+    return env.get(name, "").strip() or None
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None = None
+    redis_url: str | None = None
+    queue_name: str = "pagelens:queue"
+    fetch_allow_hosts: frozenset[str] = frozenset()
+    api_keys: tuple[str, ...] = ()
+    worker_metrics_port: int = 9191
+    enable_metrics: bool = True
+    psi_api_key: str | None = None
+    psi_base_url: str = "https://www.googleapis.com/pagespeedonline/v5/runPagespeed"
+    llm_base_url: str | None = None
+    llm_api_key: str | None = None
+    llm_model: str = "gpt-4o-mini"
+
+    # Request limits: a body larger than this is refused with 413 before it is read whole.
+    max_body_bytes: int = 1_048_576
+    max_document_chars: int = 200_000
+
+    # Fetching user-supplied URLs.
+    fetch_connect_timeout: float = 5.0
+    fetch_read_timeout: float = 10.0
+    fetch_total_timeout: float = 20.0
+    fetch_max_bytes: int = 5 * 1024 * 1024
+    fetch_max_redirects: int = 5
+    fetch_allowed_ports: frozenset[int] = frozenset({80, 443, 8080, 8443})
+    fetch_user_agent: str = "pagelens/0.1 (+https://github.com/pagelens/pagelens)"
+
+    # Jobs.
+    max_tries: int = 3
+    retry_base_delay: float = 1.0
+    job_timeout: float = 120.0
+    max_jobs: int = 10
+    retention_days: int = 30
+    keybert_processes: int = 1
+    keybert_timeout: float = 60.0
+    keyphrase_cache_ttl: int = 7 * 24 * 3600
+    psi_cache_ttl: int = 3600
+    external_timeout: float = 30.0
+
+    log_level: str = "INFO"
+    migrations_dir: Path = field(default=ROOT / "migrations")
+    data_dir: Path = field(default=ROOT / ".pagelens")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        ports = _list(env, "PAGELENS_FETCH_ALLOWED_PORTS")
+        try:
+            allowed_ports = frozenset(int(p) for p in ports) if ports else cls.fetch_allowed_ports
+        except ValueError:
+            raise ConfigError("PAGELENS_FETCH_ALLOWED_PORTS must be a comma list of ports") from None
+        defaults = cls()
+        return cls(
+            database_url=_opt(env, "DATABASE_URL"),
+            redis_url=_opt(env, "REDIS_URL"),
+            queue_name=_opt(env, "PAGELENS_QUEUE") or defaults.queue_name,
+            fetch_allow_hosts=frozenset(h.lower() for h in _list(env, "PAGELENS_FETCH_ALLOW_HOSTS")),
+            api_keys=_list(env, "PAGELENS_API_KEYS"),
+            worker_metrics_port=_int(env, "PAGELENS_WORKER_METRICS_PORT", 9191),
+            enable_metrics=_bool(env, "ENABLE_METRICS", True),
+            psi_api_key=_opt(env, "PSI_API_KEY"),
+            psi_base_url=_opt(env, "PSI_BASE_URL") or defaults.psi_base_url,
+            llm_base_url=_opt(env, "LLM_BASE_URL"),
+            llm_api_key=_opt(env, "LLM_API_KEY"),
+            llm_model=_opt(env, "LLM_MODEL") or defaults.llm_model,
+            max_body_bytes=_int(env, "PAGELENS_MAX_BODY_BYTES", defaults.max_body_bytes, minimum=1024),
+            fetch_total_timeout=_float(env, "PAGELENS_FETCH_TIMEOUT", defaults.fetch_total_timeout),
+            fetch_max_bytes=_int(env, "PAGELENS_FETCH_MAX_BYTES", defaults.fetch_max_bytes, minimum=1024),
+            fetch_allowed_ports=allowed_ports,
+            max_tries=_int(env, "PAGELENS_MAX_TRIES", defaults.max_tries, minimum=1),
+            job_timeout=_float(env, "PAGELENS_JOB_TIMEOUT", defaults.job_timeout),
+            max_jobs=_int(env, "PAGELENS_MAX_JOBS", defaults.max_jobs, minimum=1),
+            retention_days=_int(env, "PAGELENS_RETENTION_DAYS", defaults.retention_days, minimum=1),
+            keybert_processes=_int(env, "PAGELENS_KEYBERT_PROCESSES", 1, minimum=1),
+            log_level=(_opt(env, "PAGELENS_LOG_LEVEL") or "INFO").upper(),
+            data_dir=Path(_opt(env, "PAGELENS_DATA_DIR") or defaults.data_dir),
+        )
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise ConfigError("DATABASE_URL is not set (make run starts an embedded server)")
+        return self.database_url
+
+    def require_redis_url(self) -> str:
+        if not self.redis_url:
+            raise ConfigError("REDIS_URL is not set (make run starts an embedded server)")
+        return self.redis_url
+
+
+@cache
+def get_settings() -> Settings:
+    return Settings.from_env()
+
+
+def child_env(**overrides: str) -> dict[str, str]:
+    """The environment for a process pagelens starts (API, worker), with `overrides` applied."""
+    return {**os.environ, **overrides}

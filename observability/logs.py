@@ -1,0 +1,61 @@
+"""JSON lines on stderr, correlated with the current trace and the scan being worked on."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from opentelemetry import trace
+
+# Fields that follow a job through every log line it causes, set by the worker around a job.
+job_fields: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("pagelens_job_fields", default=None)
+
+MAX_VALUE_CHARS = 500
+_CONTROL = dict.fromkeys(range(32)) | {127: None}
+EXTRA_KEYS = ("scan_id", "job_id", "queue", "queue_wait_seconds", "job_try", "outcome", "stage", "error_type")
+
+
+def clean(value: object, limit: int = MAX_VALUE_CHARS) -> str:
+    """Truncate and strip control characters (CR/LF included) so a user value can't forge log lines."""
+    text = str(value).translate(_CONTROL)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+class JSONFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": clean(record.getMessage(), 2000),
+        }
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            entry["trace_id"] = format(context.trace_id, "032x")
+            entry["span_id"] = format(context.span_id, "016x")
+        entry.update(job_fields.get() or {})
+        for key in EXTRA_KEYS:
+            if key in record.__dict__:
+                entry[key] = record.__dict__[key]
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def setup_logging(level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JSONFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # uvicorn installs its own handlers; route everything through ours.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "arq"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = []
+        logger.propagate = True
+    # httpx logs every request URL at INFO: user-supplied URLs belong in scan rows, not logs.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

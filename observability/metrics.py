@@ -1,0 +1,68 @@
+"""Every pagelens metric, defined once. Names and labels are part of the contract (DESIGN.md).
+
+Each process (API, worker) renders the same registry; metrics it never touches simply have no
+samples. No URL, scan id or free text is ever a label value: labels come from small fixed sets.
+"""
+
+from __future__ import annotations
+
+from aioprometheus import Counter, Gauge, Histogram, Registry
+from aioprometheus.renderer import render
+
+from app import __version__
+
+REGISTRY = Registry()
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+JOB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+http_requests_total = Counter(
+    "pagelens_http_requests_total", "HTTP requests by method, route template and status class.", registry=REGISTRY
+)
+http_request_duration_seconds = Histogram(
+    "pagelens_http_request_duration_seconds", "HTTP request latency.", registry=REGISTRY, buckets=LATENCY_BUCKETS
+)
+http_requests_in_progress = Gauge(
+    "pagelens_http_requests_in_progress", "HTTP requests being served.", registry=REGISTRY
+)
+jobs_enqueued_total = Counter("pagelens_jobs_enqueued_total", "Jobs enqueued.", registry=REGISTRY)
+job_queue_wait_seconds = Histogram(
+    "pagelens_job_queue_wait_seconds",
+    "Time from a job becoming eligible to a worker starting it.",
+    registry=REGISTRY,
+    buckets=WAIT_BUCKETS,
+)
+job_duration_seconds = Histogram(
+    "pagelens_job_duration_seconds", "Job run time by outcome.", registry=REGISTRY, buckets=JOB_BUCKETS
+)
+queue_size = Gauge("pagelens_queue_size", "Jobs per queue and state.", registry=REGISTRY)
+queue_oldest_pending_age_seconds = Gauge(
+    "pagelens_queue_oldest_pending_age_seconds", "Age of the oldest job waiting to start.", registry=REGISTRY
+)
+scan_stage_duration_seconds = Histogram(
+    "pagelens_scan_stage_duration_seconds", "Scan stage durations.", registry=REGISTRY, buckets=JOB_BUCKETS
+)
+scan_end_to_end_seconds = Histogram(
+    "pagelens_scan_end_to_end_seconds", "Scan creation to FULL_READY.", registry=REGISTRY, buckets=JOB_BUCKETS
+)
+scan_errors_total = Counter("pagelens_scan_errors_total", "Failed scans by error type.", registry=REGISTRY)
+external_call_duration_seconds = Histogram(
+    "pagelens_external_call_duration_seconds",
+    "Calls to services outside pagelens.",
+    registry=REGISTRY,
+    buckets=JOB_BUCKETS,
+)
+cache_requests_total = Counter("pagelens_cache_requests_total", "Cache lookups by result.", registry=REGISTRY)
+active_scans = Gauge("pagelens_active_scans", "Scans being processed by this worker.", registry=REGISTRY)
+db_pool_connections = Gauge("pagelens_db_pool_connections", "Database pool connections.", registry=REGISTRY)
+db_query_duration_seconds = Histogram(
+    "pagelens_db_query_duration_seconds", "Database query latency.", registry=REGISTRY, buckets=LATENCY_BUCKETS
+)
+build_info = Gauge("pagelens_build_info", "Build information.", registry=REGISTRY)
+build_info.set({"version": __version__}, 1)
+
+
+def exposition(accept: list[str]) -> tuple[bytes, dict[str, str]]:
+    body, headers = render(REGISTRY, accept)
+    return body, dict(headers)

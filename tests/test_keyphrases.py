@@ -1,0 +1,202 @@
+"""KeyBERT in a process pool: the real model, a real Redis, real child processes (no mocks)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import psutil  # type: ignore[import-untyped]  # no types-psutil in the dev deps
+import pytest
+from redis.asyncio import Redis
+
+from app.models import ErrorType, ScanError
+from worker.keyphrases import MAX_WORDS, KeyphraseExtractor, cached_keyphrases, keyphrase_cache_key
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+
+COMPOST = """
+Composting turns kitchen scraps and garden waste into a dark, crumbly material that gardeners call
+black gold. A healthy compost pile needs a balance of green materials, such as vegetable peelings,
+coffee grounds and fresh grass clippings, and brown materials, such as dry leaves, straw and shredded
+cardboard. The greens supply nitrogen while the browns supply carbon, and a ratio of roughly thirty
+parts carbon to one part nitrogen keeps the microbes that break everything down well fed. Those
+bacteria and fungi need oxygen and moisture too, so the pile should be turned every week or two and
+kept about as damp as a wrung-out sponge. A well managed heap heats up to sixty degrees in its core,
+which kills weed seeds and many plant pathogens. Worms, beetles and springtails move in as it cools
+and finish the job. After two to six months the finished compost smells earthy and no longer looks
+like the scraps that went into it. Spread over a garden bed, compost improves soil structure in
+almost every soil type. In heavy clay soil it opens up the dense particles so that roots and water
+can move through, and in sandy soil it acts like a sponge that holds moisture and nutrients where
+roots can reach them. The organic matter feeds earthworms and the soil food web, which in turn builds
+stable soil aggregates and better drainage. Compost also releases nitrogen, phosphorus and potassium
+slowly, so plants receive a steady supply instead of the sudden flush that synthetic fertilizer
+gives. Gardeners who add a few centimetres of compost to their soil each spring usually find that
+they water less, fight fewer diseases and harvest more vegetables. Even a small balcony can host a
+worm bin, and many towns now collect food waste for large municipal composting sites that return
+finished compost to local farms, parks and community gardens, closing the loop on organic waste.
+"""
+
+
+def gone(pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)  # reaped or not, it is dead
+    except psutil.NoSuchProcess:
+        return True
+
+
+def big_text(words: int = MAX_WORDS) -> str:
+    # Many distinct words, so the child has thousands of candidate phrases to embed.
+    return " ".join(f"soil{i % 2500} compost garden{i % 700}" for i in range(words // 3))
+
+
+@pytest.fixture(scope="module")
+async def extractor() -> AsyncIterator[KeyphraseExtractor]:
+    ex = KeyphraseExtractor(processes=1, timeout=60.0)
+    await ex.start()
+    yield ex
+    await ex.close()
+
+
+async def test_composting_paragraph(extractor: KeyphraseExtractor) -> None:
+    assert 250 <= len(COMPOST.split()) <= 350
+    phrases = await extractor.extract(COMPOST)
+    assert 0 < len(phrases) <= 10
+    for phrase, score in phrases:
+        assert 1 <= len(phrase.split()) <= 2
+        assert 0 < score <= 1
+        assert round(score, 4) == score
+    scores = [s for _, s in phrases]
+    assert scores == sorted(scores, reverse=True)
+    top = [p for p, _ in phrases[:3]]
+    assert any("compost" in p or "soil" in p for p in top), phrases
+    assert len(await extractor.extract(COMPOST, top_n=3)) == 3
+
+
+@pytest.mark.parametrize("text", ["", "   \n\t ", "hi", "compost soil", "12 34 56 78", "!!! ??? ..."])
+async def test_empty_or_short_text_needs_no_pool(text: str) -> None:
+    # A closed extractor raises on any pool call, so [] here proves none was made.
+    idle = KeyphraseExtractor()
+    await idle.close()
+    assert await idle.extract(text) == []
+    assert await idle.extract_many([text, text]) == [[], []]
+    assert idle.pid_list == []
+    with pytest.raises(ScanError, match="closed"):
+        await idle.extract(COMPOST)
+
+
+async def test_extract_many_matches_extract(extractor: KeyphraseExtractor) -> None:
+    other = "The event loop runs coroutines; asyncio tasks wait on sockets while a process pool does CPU work."
+    texts = [COMPOST, "", other]
+    many = await extractor.extract_many(texts, top_n=5)
+    assert len(many) == 3
+    assert many == [await extractor.extract(t, top_n=5) for t in texts]
+    assert many[1] == []
+    assert await extractor.extract_many([]) == []
+
+
+async def test_huge_text_is_truncated(extractor: KeyphraseExtractor) -> None:
+    # Cheap to embed (the paragraph repeated), with a word that only appears past the cut.
+    head = (COMPOST.split() * (MAX_WORDS // 100))[:MAX_WORDS]
+    huge = " ".join(head + ["zebra"] * 5 * MAX_WORDS)
+    phrases = await extractor.extract(huge)
+    assert phrases
+    assert not any("zebra" in p for p, _ in phrases)  # beyond the cut, never seen by the model
+
+
+async def test_cache_miss_then_hit(redis: Redis, extractor: KeyphraseExtractor) -> None:
+    text = f"{COMPOST} Batch {uuid.uuid4().hex}."  # unique, so the first call must miss
+    keys = [keyphrase_cache_key(text, 10), keyphrase_cache_key(text, 5)]
+    assert None not in keys and keys[0] != keys[1]
+    real_keys = [k for k in keys if k is not None]
+    try:
+        first, hit = await cached_keyphrases(redis, extractor, text, ttl=120)
+        assert not hit and first
+        second, hit = await cached_keyphrases(redis, extractor, text, ttl=120)
+        assert hit and second == first
+        assert 0 < await redis.ttl(real_keys[0]) <= 120
+        fewer, hit = await cached_keyphrases(redis, extractor, text, top_n=5, ttl=120)
+        assert not hit and 0 < len(fewer) <= 5
+        assert await redis.exists(*real_keys) == 2
+        assert await cached_keyphrases(redis, extractor, "  ", ttl=120) == ([], False)
+    finally:
+        await redis.delete(*real_keys)
+
+
+async def test_cache_redis_down_still_extracts(extractor: KeyphraseExtractor, caplog: pytest.LogCaptureFixture) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dead = Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
+    try:
+        with caplog.at_level(logging.WARNING, logger="pagelens.keyphrases"):
+            phrases, hit = await cached_keyphrases(dead, extractor, COMPOST, ttl=60)
+    finally:
+        await dead.aclose()
+    assert not hit
+    assert phrases == await extractor.extract(COMPOST)
+    assert "cache read failed" in caplog.text and "cache write failed" in caplog.text
+
+
+async def test_model_loaded_once_per_process(extractor: KeyphraseExtractor) -> None:
+    for _ in range(3):
+        await extractor.extract(COMPOST)
+    await extractor.extract_many([COMPOST, COMPOST])
+    assert await extractor.load_counts() == {extractor.pid_list[0]: 1}
+
+
+async def test_killed_child_is_replaced(extractor: KeyphraseExtractor) -> None:
+    [old] = extractor.pid_list
+    os.kill(old, signal.SIGKILL)
+    # Several callers hit the dead pool at once: all succeed, one replacement serves them all.
+    results = await asyncio.gather(*(extractor.extract(COMPOST, top_n=n) for n in (3, 4, 5)))
+    assert [len(r) for r in results] == [3, 4, 5]
+    [new] = extractor.pid_list
+    assert new != old
+    assert gone(old)
+    assert await extractor.load_counts() == {new: 1}
+
+
+async def test_timeout_replaces_pool_then_close_leaves_no_children() -> None:
+    # Its own extractor (two processes, to exercise the warm-up of a multi-process pool).
+    ex = KeyphraseExtractor(processes=2, timeout=0.001)
+    try:
+        await ex.start()
+        old = ex.pid_list
+        assert len(old) == 2
+        with pytest.raises(ScanError) as caught:
+            await ex.extract(big_text())
+        assert caught.value.type is ErrorType.TIMEOUT and caught.value.retryable
+        # The stuck children were killed, not left burning a core; a fresh pool is already warm.
+        assert all(gone(pid) for pid in old)
+        new = ex.pid_list
+        assert len(new) == 2 and not set(new) & set(old)
+        ex.timeout = 60.0
+        assert await ex.extract(COMPOST)
+        counts = await ex.load_counts()
+        assert set(counts) <= set(new) and set(counts.values()) == {1}
+    finally:
+        pids = ex.pid_list
+        await ex.close()
+    assert pids and all(gone(pid) for pid in pids)
+    assert ex.pid_list == []
+    with pytest.raises(ScanError, match="closed"):
+        await ex.extract(COMPOST)
+
+
+def test_parent_never_imports_torch() -> None:
+    code = (
+        "import sys, worker.keyphrases\n"
+        "heavy = {'torch', 'keybert', 'sentence_transformers', 'transformers'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)

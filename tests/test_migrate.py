@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from app import migrate
+from app.settings import Settings
+
+MIGRATIONS = Settings().migrations_dir
+
+
+async def test_applies_all_then_nothing(server_dsn: str, empty_database: object) -> None:
+    dsn = await empty_database(server_dsn)  # type: ignore[operator]
+    first = await migrate.apply(dsn, MIGRATIONS)
+    assert first == [p.name for p in sorted(MIGRATIONS.glob("*.sql"))]
+    assert await migrate.apply(dsn, MIGRATIONS) == []
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == len(first)
+        assert await conn.fetchval("SELECT to_regclass('scans')::text") == "scans"
+    finally:
+        await conn.close()
+
+
+async def test_concurrent_runs_apply_each_file_once(server_dsn: str, empty_database: object) -> None:
+    dsn = await empty_database(server_dsn)  # type: ignore[operator]
+    results = await asyncio.gather(*(migrate.apply(dsn, MIGRATIONS) for _ in range(4)))
+    applied = [name for result in results for name in result]
+    assert sorted(applied) == sorted(p.name for p in MIGRATIONS.glob("*.sql"))
+
+
+async def test_edited_migration_is_refused(server_dsn: str, empty_database: object, tmp_path: Path) -> None:
+    dsn = await empty_database(server_dsn)  # type: ignore[operator]
+    (tmp_path / "0001_first.sql").write_text("CREATE TABLE t1 (id int);")
+    assert await migrate.apply(dsn, tmp_path) == ["0001_first.sql"]
+    (tmp_path / "0001_first.sql").write_text("CREATE TABLE t1 (id bigint);")
+    with pytest.raises(migrate.MigrationError, match="edited after it was applied"):
+        await migrate.apply(dsn, tmp_path)
+
+
+async def test_failed_migration_rolls_back(server_dsn: str, empty_database: object, tmp_path: Path) -> None:
+    dsn = await empty_database(server_dsn)  # type: ignore[operator]
+    (tmp_path / "0001_ok.sql").write_text("CREATE TABLE ok (id int);")
+    (tmp_path / "0002_bad.sql").write_text("CREATE TABLE half (id int); SELECT no_such_function();")
+    with pytest.raises(asyncpg.UndefinedFunctionError):
+        await migrate.apply(dsn, tmp_path)
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert await conn.fetchval("SELECT to_regclass('half')") is None
+        assert await conn.fetchval("SELECT array_agg(name) FROM schema_migrations") == ["0001_ok.sql"]
+    finally:
+        await conn.close()
+
+
+def test_badly_named_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "first.sql").write_text("SELECT 1;")
+    with pytest.raises(migrate.MigrationError, match="NNNN_snake_case"):
+        migrate.load(tmp_path)

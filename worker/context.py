@@ -1,0 +1,50 @@
+"""What a worker process holds for its lifetime: pools, clients and the keyphrase extractor."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import asyncpg
+import httpx
+from arq.connections import ArqRedis
+
+from app import db
+from app.settings import Settings
+from worker.keyphrases import KeyphraseExtractor
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    pool: asyncpg.Pool
+    redis: ArqRedis
+    http: httpx.AsyncClient  # for services pagelens is configured to call (PSI, LLM), never user URLs
+    keyphrases: KeyphraseExtractor
+    owned: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+
+    @classmethod
+    async def open(
+        cls,
+        settings: Settings,
+        redis: ArqRedis,
+        *,
+        pool: asyncpg.Pool | None = None,
+        keyphrases: KeyphraseExtractor | None = None,
+    ) -> Resources:
+        """Create what was not handed in; only what is created here is closed by `close`."""
+        stack = contextlib.AsyncExitStack()
+        if pool is None:
+            pool = await db.create_pool(settings.require_database_url())
+            stack.push_async_callback(pool.close)
+        if keyphrases is None:
+            keyphrases = KeyphraseExtractor(settings.keybert_processes, settings.keybert_timeout)
+            # Load the model now so the first scan does not pay for it.
+            await keyphrases.start()
+            stack.push_async_callback(keyphrases.close)
+        http = httpx.AsyncClient(timeout=settings.external_timeout, trust_env=False)
+        stack.push_async_callback(http.aclose)
+        return cls(settings, pool, redis, http, keyphrases, stack)
+
+    async def close(self) -> None:
+        await self.owned.aclose()

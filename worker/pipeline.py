@@ -1,0 +1,180 @@
+"""The scan job: claim the scan, run its stages, write results under the attempt's fence."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from arq import Retry
+from opentelemetry import trace
+
+from app import scans
+from app.models import ErrorType, Kind, ScanError, Stage
+from app.types import JSONDict, Record
+from observability import metrics
+from worker.context import Resources
+from worker.fetch import fetch_page
+from worker.insights import rule_insights
+from worker.keyphrases import cached_keyphrases
+from worker.lab import lab_metrics
+from worker.llm import llm_insights
+from worker.parse import document_teaser_json, parse_html, teaser_json
+from worker.psi import psi_scores
+
+logger = logging.getLogger("pagelens.worker")
+tracer = trace.get_tracer("pagelens.worker")
+
+
+class Superseded(Exception):
+    """The scan was cancelled, or another attempt took it over: stop without writing anything."""
+
+
+@dataclass
+class Run:
+    res: Resources
+    scan: Record
+    attempt: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def scan_id(self) -> uuid.UUID:
+        scan_id: uuid.UUID = self.scan["id"]
+        return scan_id
+
+    @property
+    def options(self) -> JSONDict:
+        options: JSONDict = self.scan["options"] or {}
+        return options
+
+    @asynccontextmanager
+    async def stage(self, stage: Stage) -> AsyncIterator[None]:
+        if not await scans.enter_stage(self.res.pool, self.scan_id, self.attempt, stage):
+            raise Superseded
+        name = stage.value.lower()
+        start = time.perf_counter()
+        with tracer.start_as_current_span(f"scan.{name}", attributes={"pagelens.scan_id": str(self.scan_id)}):
+            yield
+        seconds = time.perf_counter() - start
+        self.timings[f"{name}Ms"] = seconds * 1000
+        metrics.scan_stage_duration_seconds.observe({"stage": name}, seconds)
+        if not await scans.record_timing(self.res.pool, self.scan_id, self.attempt, f"{name}Ms", seconds * 1000):
+            raise Superseded
+
+
+def backoff(job_try: int, base: float) -> float:
+    # Exponential with full jitter: retries of many scans failing together spread out.
+    return base * 2 ** (job_try - 1) * (0.5 + random.random() / 2)
+
+
+async def run_scan(ctx: dict[str, Any], scan_id: str, trace_context: dict[str, str] | None = None) -> str:
+    """arq job. Returns a short outcome; raises arq.Retry for transient failures."""
+    res: Resources = ctx["resources"]
+    settings = res.settings
+    try:
+        sid = uuid.UUID(scan_id)
+    except (ValueError, TypeError):
+        logger.error("job with an invalid scan id")
+        return "invalid"
+    row = await scans.claim(res.pool, sid, lease_seconds=settings.job_timeout + 30)
+    if row is None:
+        # Finished, cancelled, deleted, or another attempt holds a live lease: a duplicate delivery.
+        return "skipped"
+    run = Run(res, row, row["attempts"])
+    job_try: int = ctx.get("job_try", 1)
+    queue_wait = max(0.0, time.time() * 1000 - ctx.get("score", time.time() * 1000)) / 1000
+    run.timings["queueWaitMs"] = queue_wait * 1000
+    started = time.perf_counter()
+    metrics.active_scans.inc({})
+    try:
+        if row["kind"] == Kind.URL:
+            report = await _scan_url(run)
+        else:
+            report = await _scan_document(run)
+        run.timings["totalMs"] = (time.perf_counter() - started) * 1000
+        if not await scans.finish(res.pool, sid, run.attempt, report, run.timings):
+            raise Superseded
+        metrics.scan_end_to_end_seconds.observe({"kind": row["kind"]}, (time.time() - row["created_at"].timestamp()))
+        return "done"
+    except Superseded:
+        return "superseded"
+    except ScanError as exc:
+        return await _failed(run, exc, job_try)
+    except asyncio.CancelledError:
+        # Aborted (the row is CANCELLED already) or the worker is shutting down (arq runs the job
+        # again): either way give the lease back so a rerun can claim the scan at once.
+        await asyncio.shield(scans.release_for_retry(res.pool, sid, run.attempt, None))
+        raise
+    except Exception:
+        logger.exception("scan failed unexpectedly")
+        return await _failed(run, ScanError(ErrorType.INTERNAL, "unexpected error while scanning"), job_try)
+    finally:
+        metrics.active_scans.dec({})
+
+
+async def _failed(run: Run, exc: ScanError, job_try: int) -> str:
+    settings = run.res.settings
+    if exc.retryable and job_try < settings.max_tries:
+        await scans.release_for_retry(run.res.pool, run.scan_id, run.attempt, exc)
+        logger.info("transient failure, retrying", extra={"error_type": exc.type.value})
+        raise Retry(defer=backoff(job_try, settings.retry_base_delay))
+    if exc.retryable and settings.max_tries > 1:
+        exc = ScanError(
+            ErrorType.RETRIES_EXHAUSTED,
+            f"gave up after {job_try} attempts; last error ({exc.type.value}): {exc.message}",
+            retryable=True,
+        )
+    await scans.fail(run.res.pool, run.scan_id, run.attempt, exc)
+    metrics.scan_errors_total.inc({"error_type": exc.type.value})
+    logger.info("scan failed", extra={"error_type": exc.type.value})
+    return "failed"
+
+
+async def _scan_url(run: Run) -> JSONDict:
+    res, url = run.res, run.scan["url"]
+    async with run.stage(Stage.CRAWL):
+        page = await fetch_page(url, res.settings)
+    async with run.stage(Stage.PARSE):
+        # selectolax is fast, but a multi-megabyte page still takes tens of ms: keep it off the loop.
+        parsed = await asyncio.to_thread(parse_html, page.text, page.final_url)
+        teaser = teaser_json(parsed, page.final_url)
+        if not await scans.save_teaser(res.pool, run.scan_id, run.attempt, teaser):
+            raise Superseded
+    async with run.stage(Stage.ANALYZE):
+        performance = lab_metrics(page, parsed)
+        performance["psi"] = None
+        if run.options.get("psi", True) and res.settings.psi_api_key:
+            strategy = run.options.get("strategy", "mobile")
+            performance["psi"] = await psi_scores(res.http, res.redis, res.settings, page.final_url, strategy=strategy)
+    return await _generate(run, teaser, performance, parsed.main_text, Kind.URL)
+
+
+async def _scan_document(run: Run) -> JSONDict:
+    text: str = run.scan["document"]
+    teaser = document_teaser_json(text, run.scan["title"])
+    if not await scans.save_teaser(run.res.pool, run.scan_id, run.attempt, teaser):
+        raise Superseded
+    return await _generate(run, teaser, None, text, Kind.DOCUMENT)
+
+
+async def _generate(run: Run, teaser: JSONDict, performance: JSONDict | None, text: str, kind: Kind) -> JSONDict:
+    res = run.res
+    async with run.stage(Stage.GENERATE):
+        top_n = int(run.options.get("topN", 10))
+        phrases, _hit = await cached_keyphrases(
+            res.redis, res.keyphrases, text, top_n=top_n, ttl=res.settings.keyphrase_cache_ttl
+        )
+        insights = rule_insights(teaser, performance, phrases, kind=kind.value)
+        if run.options.get("llm", True) and res.settings.llm_base_url:
+            insights += await llm_insights(res.http, res.settings, teaser=teaser, keyphrases=phrases, text=text)
+    return {
+        "performance": performance,
+        "keyphrases": [{"phrase": p, "score": s} for p, s in phrases],
+        "insights": insights,
+    }

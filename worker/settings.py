@@ -1,0 +1,84 @@
+"""arq worker configuration: `arq worker.WorkerSettings`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from arq import cron, func
+from arq.worker import Function
+
+from app.queue import RUN_SCAN, deserialize, redis_settings, serialize
+from app.settings import Settings, get_settings
+from observability.logs import setup_logging
+from worker.context import Resources
+from worker.maintenance import delete_expired_scans, sweep_stranded
+from worker.pipeline import run_scan
+
+logger = logging.getLogger("pagelens.worker")
+
+
+async def on_startup(ctx: dict[str, Any]) -> None:
+    settings: Settings = ctx.get("settings") or get_settings()
+    if ctx.get("configure_logging", True):
+        # After arq's CLI has installed its own logging config, so ours wins.
+        setup_logging(settings.log_level)
+    ctx["resources"] = await Resources.open(
+        settings, ctx["redis"], pool=ctx.get("pool"), keyphrases=ctx.get("keyphrases")
+    )
+    logger.info("worker ready", extra={"queue": settings.queue_name})
+
+
+async def on_shutdown(ctx: dict[str, Any]) -> None:
+    resources: Resources | None = ctx.get("resources")
+    if resources is not None:
+        await resources.close()
+
+
+def functions(settings: Settings) -> list[Function]:
+    # arq stops retrying after max_tries; our own retry decision (pipeline) uses the same number,
+    # plus one so a final attempt that raises Retry by mistake still lands in the pipeline.
+    return [func(run_scan, name=RUN_SCAN, max_tries=settings.max_tries + 1, timeout=settings.job_timeout)]
+
+
+def worker_options(settings: Settings) -> dict[str, Any]:
+    """Everything a `Worker` needs besides its Redis pool; tests build workers from the same dict."""
+    return {
+        "functions": functions(settings),
+        "cron_jobs": [
+            cron(sweep_stranded, second={0, 30}, run_at_startup=True, timeout=60),
+            cron(delete_expired_scans, minute={17}, second=0, timeout=300),
+        ],
+        "queue_name": settings.queue_name,
+        "on_startup": on_startup,
+        "on_shutdown": on_shutdown,
+        "job_serializer": serialize,
+        "job_deserializer": deserialize,
+        "allow_abort_jobs": True,
+        "max_jobs": settings.max_jobs,
+        "job_timeout": settings.job_timeout,
+        "keep_result": 3600,
+        "health_check_interval": 10,
+        "ctx": {"settings": settings},
+    }
+
+
+class WorkerSettings:
+    """Read by `arq worker.WorkerSettings`; values come from the environment via Settings."""
+
+    _settings = get_settings()
+    _options = worker_options(_settings)
+    functions = _options["functions"]
+    cron_jobs = _options["cron_jobs"]
+    queue_name = _options["queue_name"]
+    on_startup = on_startup
+    on_shutdown = on_shutdown
+    job_serializer = serialize
+    job_deserializer = deserialize
+    allow_abort_jobs = True
+    max_jobs = _options["max_jobs"]
+    job_timeout = _options["job_timeout"]
+    keep_result = _options["keep_result"]
+    health_check_interval = _options["health_check_interval"]
+    ctx = _options["ctx"]
+    redis_settings = redis_settings(_settings.redis_url) if _settings.redis_url else None
