@@ -19,7 +19,9 @@ API_HOST, API_PORT = "127.0.0.1", 8000
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     applied = asyncio.run(migrate.apply(settings.require_database_url(), settings.migrations_dir))
-    print(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ", database is up to date"))
+    print(
+        f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ", database is up to date")
+    )
     return 0
 
 
@@ -61,7 +63,15 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         bin_dir = Path(sys.executable).parent
         processes = [
             subprocess.Popen(
-                [str(bin_dir / "uvicorn"), "app.main:app", "--host", API_HOST, "--port", str(args.port), "--no-access-log"],
+                [
+                    str(bin_dir / "uvicorn"),
+                    "app.main:app",
+                    "--host",
+                    API_HOST,
+                    "--port",
+                    str(args.port),
+                    "--no-access-log",
+                ],
                 env=env,
             ),
             subprocess.Popen([str(bin_dir / "arq"), "worker.WorkerSettings"], env=env),

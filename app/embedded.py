@@ -73,10 +73,10 @@ def start_redis(data_dir: Path) -> EmbeddedRedis:
 
 def start_postgres(data_dir: Path) -> tuple[str, Any]:
     """Start (or join) an embedded PostgreSQL; returns its DSN and the handle keeping it alive."""
-    import pgserver
+    from pgserver.postgres_server import get_server
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(data_dir, cleanup_mode="stop")
+    server = get_server(data_dir, cleanup_mode="stop")
     return server.get_uri(), server
 
 

@@ -9,7 +9,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from app import db, openapi, queue
 from app.auth import APIKeyAuth
@@ -48,7 +48,7 @@ def create_app(settings: Settings | None = None, *, configure_logging: bool = Tr
         body, headers = metrics.exposition(request.headers.getlist("accept"))
         return Response(body, headers=headers)
 
-    routes = [
+    routes: list[BaseRoute] = [
         *scans.routes,
         *documents.routes,
         *health.routes,

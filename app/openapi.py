@@ -93,9 +93,15 @@ def _schemas() -> dict[str, Any]:
         "ScanStatus": status,
         "ScanList": {
             "type": "object",
-            "properties": {"items": {"type": "array", "items": _ref("ScanStatus")}, "nextCursor": _nullable({"type": "string"})},
+            "properties": {
+                "items": {"type": "array", "items": _ref("ScanStatus")},
+                "nextCursor": _nullable({"type": "string"}),
+            },
         },
-        "Teaser": {"type": "object", "properties": {"scanId": {"type": "string"}, "status": {"type": "string"}, "teaser": {"type": "object"}}},
+        "Teaser": {
+            "type": "object",
+            "properties": {"scanId": {"type": "string"}, "status": {"type": "string"}, "teaser": {"type": "object"}},
+        },
         "Report": {
             "type": "object",
             "properties": {
@@ -156,7 +162,11 @@ def document() -> dict[str, Any]:
     plain = {"200": {"description": "OK"}}
     return {
         "openapi": "3.1.0",
-        "info": {"title": "pagelens", "version": __version__, "description": "Scan web pages and documents in the background."},
+        "info": {
+            "title": "pagelens",
+            "version": __version__,
+            "description": "Scan web pages and documents in the background.",
+        },
         "paths": {
             "/api/v1/scan-jobs": scans,
             "/api/v1/documents": _create("Create a scan of raw text", "CreateDocument"),
@@ -176,7 +186,12 @@ def document() -> dict[str, Any]:
                 }
             },
             "/healthz": {"get": {"summary": "Liveness", "responses": plain}},
-            "/readyz": {"get": {"summary": "Readiness of PostgreSQL and Redis", "responses": {**plain, "503": {"description": "Not ready"}}}},
+            "/readyz": {
+                "get": {
+                    "summary": "Readiness of PostgreSQL and Redis",
+                    "responses": {**plain, "503": {"description": "Not ready"}},
+                }
+            },
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": plain}},
         },
         "components": {"schemas": _schemas()},

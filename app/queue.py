@@ -53,5 +53,5 @@ def trace_carrier() -> dict[str, str]:
 async def enqueue_scan(redis: ArqRedis, queue: str, scan_id: str) -> Job | None:
     """Enqueue the scan's job under the scan id; None when arq already holds a job with that id."""
     return await redis.enqueue_job(
-        RUN_SCAN, scan_id=scan_id, _job_id=scan_id, _queue_name=queue, **{TRACE_KWARG: trace_carrier()}
+        RUN_SCAN, _job_id=scan_id, _queue_name=queue, scan_id=scan_id, trace_context=trace_carrier()
     )

@@ -63,7 +63,8 @@ async def page(
     db: Executor, *, status: Status | None, limit: int, before: tuple[datetime, uuid.UUID] | None
 ) -> list[Record]:
     """Newest first; `before` is the (created_at, id) of the last row of the previous page."""
-    conditions, args = [], []
+    conditions: list[str] = []
+    args: list[Any] = []
     if status is not None:
         args.append(status.value)
         conditions.append(f"status = ${len(args)}")
@@ -112,11 +113,15 @@ async def enter_stage(db: Executor, scan_id: uuid.UUID, attempt: int, stage: Sta
 
 
 async def record_timing(db: Executor, scan_id: uuid.UUID, attempt: int, name: str, millis: float) -> bool:
-    return await _fenced(db, scan_id, attempt, "timings = timings || jsonb_build_object($3::text, $4::float8)", name, round(millis, 1))
+    return await _fenced(
+        db, scan_id, attempt, "timings = timings || jsonb_build_object($3::text, $4::float8)", name, round(millis, 1)
+    )
 
 
 async def save_teaser(db: Executor, scan_id: uuid.UUID, attempt: int, teaser: JSONDict) -> bool:
-    return await _fenced(db, scan_id, attempt, "teaser = $3, status = 'TEASER_READY', progress = GREATEST(progress, 40)", teaser)
+    return await _fenced(
+        db, scan_id, attempt, "teaser = $3, status = 'TEASER_READY', progress = GREATEST(progress, 40)", teaser
+    )
 
 
 async def finish(db: Executor, scan_id: uuid.UUID, attempt: int, report: JSONDict, timings: dict[str, float]) -> bool:

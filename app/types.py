@@ -14,10 +14,11 @@ Record = asyncpg.Record
 
 
 class Executor(Protocol):
-    async def fetchrow(self, query: str, *args: Any, timeout: float | None = None) -> Any: ...
+    # Mirrors asyncpg's own signatures, timeout parameters included.
+    async def fetchrow(self, query: str, *args: Any, timeout: float | None = None) -> Any: ...  # noqa: ASYNC109
 
-    async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[Any]: ...
+    async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[Any]: ...  # noqa: ASYNC109
 
-    async def fetchval(self, query: str, *args: Any, column: int = 0, timeout: float | None = None) -> Any: ...
+    async def fetchval(self, query: str, *args: Any, column: int = 0, timeout: float | None = None) -> Any: ...  # noqa: ASYNC109
 
-    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str: ...
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str: ...  # noqa: ASYNC109

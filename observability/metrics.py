@@ -6,7 +6,7 @@ samples. No URL, scan id or free text is ever a label value: labels come from sm
 
 from __future__ import annotations
 
-from aioprometheus import Counter, Gauge, Histogram, Registry
+from aioprometheus.collectors import Counter, Gauge, Histogram, Registry
 from aioprometheus.renderer import render
 
 from app import __version__

@@ -38,9 +38,11 @@ RUN_ID = secrets.token_hex(4)
 def servers() -> Iterator[tuple[str, str]]:
     with (
         tempfile.TemporaryDirectory(prefix="pagelens-test-") as tmp,
-        backing_servers(
-            Path(tmp), os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL"), probe_local=True
-        ) as (database_url, redis_url, _),
+        backing_servers(Path(tmp), os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL"), probe_local=True) as (
+            database_url,
+            redis_url,
+            _,
+        ),
     ):
         yield database_url, redis_url
 
@@ -150,7 +152,11 @@ async def make_worker(
         options.update(overrides)
         # Its own Redis connection: Worker.close() closes the pool it runs on.
         worker = Worker(
-            **options, redis_settings=redis_settings(s.require_redis_url()), burst=True, poll_delay=0, handle_signals=False
+            **options,
+            redis_settings=redis_settings(s.require_redis_url()),
+            burst=True,
+            poll_delay=0,
+            handle_signals=False,
         )
         workers.append(worker)
         return worker
@@ -168,7 +174,11 @@ async def worker_ctx(
     from worker.settings import on_shutdown, on_startup
 
     ctx: dict[str, Any] = {
-        "settings": settings, "pool": pool, "keyphrases": extractor, "redis": redis, "configure_logging": False
+        "settings": settings,
+        "pool": pool,
+        "keyphrases": extractor,
+        "redis": redis,
+        "configure_logging": False,
     }
     await on_startup(ctx)
     yield ctx

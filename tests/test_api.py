@@ -12,7 +12,6 @@ from arq.constants import job_key_prefix
 from app import migrate
 from app.queue import deserialize
 from app.settings import Settings
-
 from tests.conftest import serve_api
 
 SCANS = "/api/v1/scan-jobs"
@@ -138,7 +137,7 @@ async def test_malformed_and_oversized_bodies(client: httpx.AsyncClient, setting
     big = b'{"url": "' + b"a" * (settings.max_body_bytes + 10) + b'"}'
     assert_problem(await client.post(SCANS, content=big, headers=headers), 413)
 
-    async def chunks():  # type: ignore[no-untyped-def]
+    async def chunks() -> AsyncIterator[bytes]:
         for _ in range(settings.max_body_bytes // 1024 + 2):
             yield b" " * 1024
 
@@ -182,7 +181,9 @@ async def test_cancel_is_idempotent(client: httpx.AsyncClient) -> None:
 
 
 async def test_list_pages_through_everything_newest_first(client: httpx.AsyncClient) -> None:
-    created = [(await client.post(SCANS, json={"url": f"https://example.com/list/{i}"})).json()["scanId"] for i in range(5)]
+    created = [
+        (await client.post(SCANS, json={"url": f"https://example.com/list/{i}"})).json()["scanId"] for i in range(5)
+    ]
     seen: list[str] = []
     cursor = None
     for _ in range(100):  # bounded: the test database holds far fewer scans
@@ -200,7 +201,9 @@ async def test_list_pages_through_everything_newest_first(client: httpx.AsyncCli
     assert queued and all(item["status"] == "QUEUED" for item in queued)
 
 
-@pytest.mark.parametrize("params", [{"limit": "0"}, {"limit": "101"}, {"limit": "x"}, {"status": "DONE"}, {"cursor": "!!"}])
+@pytest.mark.parametrize(
+    "params", [{"limit": "0"}, {"limit": "101"}, {"limit": "x"}, {"status": "DONE"}, {"cursor": "!!"}]
+)
 async def test_list_rejects_bad_query(client: httpx.AsyncClient, params: dict[str, str]) -> None:
     assert_problem(await client.get(SCANS, params=params), 422)
 

@@ -476,6 +476,8 @@ def test_parse_never_raises_on_tag_soup(html: str, base_url: str) -> None:
         "<!-- never closed <h1>hidden</h1>",
         '<img src="' + "a" * 1_000_000 + '">',
         "<h1>" + "word " * 1_000_000 + "</h1>",  # 5 MB in a heading
+        "<h1><div>" * 150 + "<b>x</b> " * 20_000,  # nested headings, each holding the rest of the page
+        "<svg>" + "<g>" * 2_000 + "<title>t</title>" * 2_000,
         "<title></title><h1> </h1><meta name=description content='   '>",
     ],
 )

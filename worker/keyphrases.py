@@ -12,6 +12,7 @@ import logging
 import multiprocessing
 import os
 import re
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.process import BaseProcess
@@ -115,8 +116,9 @@ def _stop_pool(executor: ProcessPoolExecutor, grace: float) -> None:
     # No cancel_futures: queued calls of other callers then fail with BrokenProcessPool and retry on
     # the next pool, instead of surfacing as a CancelledError in a task nobody cancelled.
     executor.shutdown(wait=False)
+    deadline = time.monotonic() + grace
     for p in procs:
-        p.join(grace)
+        p.join(max(0.0, deadline - time.monotonic()))
     for p in procs:
         if p.is_alive():
             p.kill()

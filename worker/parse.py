@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 from selectolax.lexbor import LexborHTMLParser, LexborNode
 
@@ -20,6 +20,9 @@ URL_MAX = 2048
 LANGUAGE_MAX = 35  # longest sensible BCP 47 tag
 HEADING_MAX = 200
 HEADINGS_KEPT = 100
+# Headings can nest (<h1><div><h2>...), so each one's text is read within a budget; a heading
+# holding the rest of the document must not make the outline cost headings x document.
+_HEADING_NODES = 1_000
 ALT_SAMPLES_KEPT = 20
 EXCERPT_CHARS = 300
 
@@ -112,37 +115,44 @@ def count_words(text: str) -> int:
     return sum(1 for _ in _WORD.finditer(text))
 
 
-def _visible_text(root: LexborNode, dropped: frozenset[str], *, drop_chrome: bool) -> str:
+def _visible_text(root: LexborNode, dropped: frozenset[str], *, drop_chrome: bool, max_nodes: int | None = None) -> str:
     """Text under `root`, one block per line, skipping `dropped` subtrees (and page chrome if asked).
 
-    Iterative on purpose: documents nest thousands of levels deep and recursion would overflow.
+    Iterative on purpose: documents nest thousands of levels deep and recursion would overflow. Children
+    are reached through first_child/next, never listed, so a budgeted read of a huge subtree stays cheap.
+    With `max_nodes`, reading stops after that many nodes (and each text node is cut to that many chars).
     """
     parts: list[str] = []
-    # Looked up once in C: reading each element's attributes from Python would double the cost.
-    hidden = {node.mem_id for node in root.css("[hidden]")}
-    # A str is a separator to emit when a block closes; the bool says "inside sectioning content".
-    stack: list[tuple[LexborNode, bool] | str] = [(root, root.tag != "body")]
-    while stack:
+    budget = max_nodes if max_nodes is not None else -1  # -1 never reaches 0: no limit
+    # Unbounded reads look [hidden] up once, in C; bounded ones check the few nodes they visit.
+    hidden = {node.mem_id for node in root.css("[hidden]")} if max_nodes is None else None
+    # (node, inside sectioning content, go on to its next sibling); a str is a block end to emit.
+    stack: list[tuple[LexborNode, bool, bool] | str] = [(root, root.tag != "body", False)]
+    while stack and budget != 0:
+        budget -= 1
         item = stack.pop()
         if isinstance(item, str):
             parts.append(item)
             continue
-        node, sectioned = item
+        node, sectioned, siblings = item
+        if siblings and (sibling := node.next) is not None:
+            stack.append((sibling, sectioned, True))
         if node.is_text_node:
             # Newlines in the source are layout, not paragraph breaks: only block ends make lines.
-            parts.append(_SPACE.sub(" ", node.text_content or ""))
+            text = node.text_content or ""
+            parts.append(_SPACE.sub(" ", text[:max_nodes] if max_nodes is not None else text))
             continue
         tag = node.tag or ""
-        if not node.is_element_node or tag in dropped or (hidden and node.mem_id in hidden):
+        if not node.is_element_node or tag in dropped or (drop_chrome and tag in _CHROME and not sectioned):
             continue
-        if drop_chrome and tag in _CHROME and not sectioned:
+        if (node.mem_id in hidden) if hidden is not None else ("hidden" in node.attrs):
             continue
         separator = "\n" if tag in _BLOCKS else " " if tag in _CELLS else ""
         if separator:
             parts.append(separator)
             stack.append(separator)
-        inner = sectioned or tag in _SECTIONING
-        stack.extend((child, inner) for child in reversed(list(node.iter(include_text=True))))
+        if (child := node.first_child) is not None:
+            stack.append((child, sectioned or tag in _SECTIONING, True))
     lines = (" ".join(_CONTROL.sub(" ", line).split()) for line in "".join(parts).split("\n"))
     return "\n".join(line for line in lines if line)
 
@@ -162,19 +172,12 @@ def _main_root(tree: LexborHTMLParser) -> LexborNode | None:
 
 def _title_text(tree: LexborHTMLParser) -> str | None:
     # The first HTML <title>, as document.title does; an <svg><title> is a tooltip, not the page title.
+    # (Set lookups, not an ancestor walk per title: that is quadratic in deeply nested svg.)
+    in_svg = {node.mem_id for node in tree.css("svg title")}
     for node in tree.css("title"):
-        if not _has_ancestor(node, "svg"):
+        if node.mem_id not in in_svg:
             return node.text()
     return None
-
-
-def _has_ancestor(node: LexborNode, tag: str) -> bool:
-    parent = node.parent
-    while parent is not None:
-        if parent.tag == tag:
-            return True
-        parent = parent.parent
-    return False
 
 
 def _headings(tree: LexborHTMLParser) -> list[tuple[int, str]]:
@@ -183,10 +186,10 @@ def _headings(tree: LexborHTMLParser) -> list[tuple[int, str]]:
 
 
 def _heading_text(node: LexborNode) -> str:
-    text = _visible_text(node, _NOT_TEXT, drop_chrome=False)
+    text = _visible_text(node, _NOT_TEXT, drop_chrome=False, max_nodes=_HEADING_NODES)
     if not text.strip():
         # A heading made of an image (a logo in an <h1>) is named by its alt text, as screen readers do.
-        text = " ".join(img.attrs.get("alt") or "" for img in node.css("img"))
+        text = " ".join(img.attrs.get("alt") or "" for img in node.css("img")[:10])
     return clean_line(text, HEADING_MAX) or ""
 
 
@@ -209,17 +212,21 @@ def _meta_values(tree: LexborHTMLParser) -> dict[str, str]:
 
 def absolute_http_url(href: str | None, base: str) -> str | None:
     """`href` resolved against `base` if that yields an http(s) URL with a host, else None."""
+    parts = _resolve(href, base)
+    return parts.geturl() if parts is not None else None
+
+
+def _resolve(href: str | None, base: str) -> SplitResult | None:
     if href is None or not (href := href.strip()):
         return None
     try:
-        url = urljoin(base, href)
-        parts = urlsplit(url)
+        parts = urlsplit(urljoin(base, href))
         host = parts.hostname
     except ValueError:  # e.g. an unbalanced "[" in an IPv6 host
         return None
     if parts.scheme not in ("http", "https") or not host:
         return None
-    return url
+    return parts
 
 
 def _splittable(url: str) -> bool:
@@ -230,13 +237,9 @@ def _splittable(url: str) -> bool:
     return True
 
 
-def _host_key(url: str) -> str:
+def _host_key(hostname: str | None) -> str:
     # "www." is the same site to a reader; a link from example.com to www.example.com is not external.
-    try:
-        host = urlsplit(url).hostname or ""
-    except ValueError:
-        return ""
-    return host.removeprefix("www.")
+    return (hostname or "").removeprefix("www.")
 
 
 def _document_base(tree: LexborHTMLParser, page_url: str) -> str:
@@ -246,15 +249,16 @@ def _document_base(tree: LexborHTMLParser, page_url: str) -> str:
 
 
 def _count_links(tree: LexborHTMLParser, link_base: str, page_url: str) -> tuple[int, int]:
-    page_host = _host_key(page_url)
-    targets: set[str] = set()
-    for anchor in tree.css("a[href], area[href]"):
-        href = anchor.attrs.get("href") or ""
+    page_host = _host_key(urlsplit(page_url).hostname)  # page_url is known to split
+    # Pages repeat the same href many times; resolving each distinct one once is most of the cost saved.
+    hrefs = {anchor.attrs.get("href") or "" for anchor in tree.css("a[href], area[href]")}
+    targets: dict[str, str] = {}  # target without fragment -> host key
+    for href in hrefs:
         if href.strip().startswith("#"):  # a jump within this page, not a link to a page
             continue
-        if (url := absolute_http_url(href, link_base)) is not None:
-            targets.add(url.split("#", 1)[0])  # /a#x and /a#y are one target
-    internal = sum(1 for url in targets if page_host and _host_key(url) == page_host)
+        if (parts := _resolve(href, link_base)) is not None:
+            targets[parts._replace(fragment="").geturl()] = _host_key(parts.hostname)  # /a#x, /a#y: one target
+    internal = sum(1 for host in targets.values() if page_host and host == page_host)
     return internal, len(targets) - internal
 
 
@@ -270,8 +274,12 @@ def _images_without_alt(tree: LexborHTMLParser, link_base: str) -> tuple[list[st
     # alt="" is present on purpose (a decorative image); only a missing attribute is a defect.
     missing = [img for img in tree.css("img") if "alt" not in img.attrs]
     samples: list[str] = []
+    seen: set[str] = set()  # raw srcs already sampled: a repeated image is resolved once
     for img in missing:
         src = img.attrs.get("src") or img.attrs.get("data-src")
+        if not src or src in seen:
+            continue
+        seen.add(src)
         sample = clean_line(absolute_http_url(src, link_base) or src, URL_MAX)  # data: URIs stay as written
         if sample and sample not in samples:
             samples.append(sample)

@@ -70,7 +70,7 @@ class Run:
 
 def backoff(job_try: int, base: float) -> float:
     # Exponential with full jitter: retries of many scans failing together spread out.
-    return base * 2 ** (job_try - 1) * (0.5 + random.random() / 2)
+    return base * 2.0 ** (job_try - 1) * (0.5 + random.random() / 2)
 
 
 async def run_scan(ctx: dict[str, Any], scan_id: str, trace_context: dict[str, str] | None = None) -> str:
@@ -88,7 +88,9 @@ async def run_scan(ctx: dict[str, Any], scan_id: str, trace_context: dict[str, s
         return "skipped"
     run = Run(res, row, row["attempts"])
     job_try: int = ctx.get("job_try", 1)
-    queue_wait = max(0.0, time.time() * 1000 - ctx.get("score", time.time() * 1000)) / 1000
+    # arq's score is when the job became eligible to run (deferred retries included), in ms.
+    eligible_ms: float = ctx.get("score") or time.time() * 1000
+    queue_wait = max(0.0, time.time() * 1000 - eligible_ms) / 1000
     run.timings["queueWaitMs"] = queue_wait * 1000
     started = time.perf_counter()
     metrics.active_scans.inc({})

@@ -66,7 +66,9 @@ async def submit(request: Request, new: scans.NewScan) -> Response:
         try:
             await queue.enqueue_scan(state.redis, state.settings.queue_name, scan_id)
         except Exception as exc:  # the sweeper re-enqueues QUEUED scans unknown to arq
-            logger.warning("enqueue failed, scan left for the sweeper: %s", type(exc).__name__, extra={"scan_id": scan_id})
+            logger.warning(
+                "enqueue failed, scan left for the sweeper: %s", type(exc).__name__, extra={"scan_id": scan_id}
+            )
     status_url = f"{PREFIX}/{scan_id}/status"
     body = {"scanId": scan_id, "status": row["status"], "statusUrl": status_url}
     headers = {"Location": status_url}
