@@ -59,3 +59,21 @@ def test_badly_named_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "first.sql").write_text("SELECT 1;")
     with pytest.raises(migrate.MigrationError, match="NNNN_snake_case"):
         migrate.load(tmp_path)
+
+
+async def test_cli_migrate(server_dsn: str, empty_database: object) -> None:
+    import os
+    import subprocess
+    import sys
+
+    dsn = await empty_database(server_dsn)  # type: ignore[operator]
+    env = {**os.environ, "DATABASE_URL": dsn}
+    cmd = [sys.executable, "-m", "app.cli", "migrate"]
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert "0001_scans.sql" in first.stdout
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "up to date" in again.stdout
+    env.pop("DATABASE_URL")
+    missing = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "DATABASE_URL is not set" in missing.stderr

@@ -16,6 +16,7 @@ from app import queue, scans
 from app.embedded import free_port
 from app.models import Kind
 from app.settings import Settings
+from tests.fakes import serve_fake_llm, serve_fake_psi
 from tests.site import Site
 from worker.maintenance import delete_expired_scans, sweep_stranded
 from worker.pipeline import run_scan
@@ -239,3 +240,34 @@ async def test_retention_deletes_only_old_finished_scans(pool: asyncpg.Pool, wor
     assert await scans.get(pool, old_queued["id"]) is not None
     assert await scans.get(pool, recent["id"]) is not None
     await pool.execute("DELETE FROM scans WHERE id = $1", old_queued["id"])
+
+
+async def test_psi_and_llm_join_the_report_when_configured(
+    client: httpx.AsyncClient, site: Site, make_worker: MakeWorker, settings: Settings
+) -> None:
+    with serve_fake_psi() as psi, serve_fake_llm() as llm:
+        configured = settings.with_(
+            psi_api_key="psi-test-key", psi_base_url=psi.base_url, llm_base_url=llm.base_url, llm_api_key="llm-key"
+        )
+        r = await client.post(SCANS, json={"url": site.url("/pages/article.html"), "options": {"strategy": "desktop"}})
+        scan_id = r.json()["scanId"]
+        await drain(make_worker, configured)
+        full = (await client.get(f"{SCANS}/{scan_id}/full")).json()
+        assert full["status"] == "FULL_READY"
+        scores = full["performance"]["psi"]
+        assert scores["strategy"] == "desktop" and 0 <= scores["performanceScore"] <= 100
+        assert [req.query.get("strategy") for req in psi.requests] == ["desktop"]
+        assert psi.requests[0].query.get("url") == site.url("/pages/article.html")
+        llm_items = [i for i in full["insights"] if i["source"] == "llm"]
+        assert [i["message"] for i in llm_items] == ["Add a summary near the top."]
+        assert len(llm.requests) == 1 and "compost" in llm.requests[0].body.decode().lower()
+
+        # Options can turn both off for one scan.
+        r = await client.post(
+            SCANS, json={"url": site.url("/pages/product.html"), "options": {"psi": False, "llm": False}}
+        )
+        await drain(make_worker, configured)
+        quiet = (await client.get(f"{SCANS}/{r.json()['scanId']}/full")).json()
+        assert quiet["performance"]["psi"] is None
+        assert all(i["source"] == "rules" for i in quiet["insights"])
+        assert len(psi.requests) == 1 and len(llm.requests) == 1
