@@ -2,11 +2,38 @@
 
 from __future__ import annotations
 
+import functools
 import json
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+
+from observability import metrics
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def timed(query: str) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
+    """Observe a repository function as `pagelens_db_query_duration_seconds{query=...}`.
+
+    Labels are these fixed names, never SQL text, so the label set stays small."""
+
+    def decorate(function: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+        @functools.wraps(function)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            start = time.perf_counter()
+            try:
+                return await function(*args, **kwargs)
+            finally:
+                metrics.db_query_duration_seconds.observe({"query": query}, time.perf_counter() - start)
+
+        return wrapper
+
+    return decorate
 
 
 def _dumps(value: Any) -> str:

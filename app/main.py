@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -13,19 +15,22 @@ from starlette.routing import BaseRoute, Route
 
 from app import db, openapi, queue
 from app.auth import APIKeyAuth
-from app.middleware import HTTPMetrics
+from app.middleware import HTTPMetrics, span_details
 from app.problems import Problem, exception_handlers
 from app.routes import documents, health, scans
 from app.settings import Settings, get_settings
 from app.state import State
 from observability import metrics
 from observability.logs import setup_logging
+from observability.propagation import TraceHeaderGuard
+from observability.tracing import flush, setup_tracing
 
 
 def create_app(settings: Settings | None = None, *, configure_logging: bool = True) -> Starlette:
     settings = settings or get_settings()
     if configure_logging:
         setup_logging(settings.log_level)
+    provider = setup_tracing(settings, "pagelens-api")
     schema = openapi.document()
 
     @contextlib.asynccontextmanager
@@ -38,6 +43,7 @@ def create_app(settings: Settings | None = None, *, configure_logging: bool = Tr
         finally:
             await redis.aclose()
             await pool.close()
+            flush()
 
     async def openapi_json(request: Request) -> Response:
         return JSONResponse(schema)
@@ -55,7 +61,7 @@ def create_app(settings: Settings | None = None, *, configure_logging: bool = Tr
         Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
-    return Starlette(
+    application = Starlette(
         routes=routes,
         middleware=[
             Middleware(HTTPMetrics, routes=routes, enabled=settings.enable_metrics),
@@ -64,6 +70,18 @@ def create_app(settings: Settings | None = None, *, configure_logging: bool = Tr
         exception_handlers=exception_handlers(),
         lifespan=lifespan,
     )
+    if provider is not None:
+        application.add_middleware(
+            OpenTelemetryMiddleware,
+            tracer_provider=provider,
+            # Probes and scrapes arrive every few seconds and say nothing about scans.
+            excluded_urls=r"/healthz(\?|$),/readyz(\?|$),/metrics(\?|$)",
+            default_span_details=functools.partial(span_details, routes),
+            exclude_spans=["receive", "send"],
+        )
+    # Added last so it runs first: bad trace headers are gone before instrumentation reads them.
+    application.add_middleware(TraceHeaderGuard)
+    return application
 
 
 def __getattr__(name: str) -> Starlette:

@@ -20,6 +20,15 @@ def route_template(routes: list[BaseRoute], scope: Scope) -> str:
     return "unmatched"
 
 
+def span_details(routes: list[BaseRoute], scope: Scope) -> tuple[str, dict[str, str]]:
+    """Server span name and route attribute for OpenTelemetry's ASGI middleware."""
+    template = route_template(routes, scope)
+    method = scope.get("method", "HTTP")
+    if template == "unmatched":
+        return method, {}
+    return f"{method} {template}", {"http.route": template}
+
+
 class HTTPMetrics:
     def __init__(self, app: ASGIApp, routes: list[BaseRoute], enabled: bool) -> None:
         self.app = app

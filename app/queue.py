@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 from typing import Any
 
 import msgpack
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.jobs import Job
-from opentelemetry import propagate
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind
+
+from observability import metrics
 
 RUN_SCAN = "run_scan"
 # The one keyword argument that carries the W3C trace context (traceparent, tracestate).
 TRACE_KWARG = "trace_context"
+
+tracer = trace.get_tracer("pagelens.queue")
+
+# The job arq decoded last in this task. arq's on_job_start hook gets no kwargs, but arq decodes
+# the job with our deserializer in the same task just before calling the hook, so the hook can
+# read the trace carrier from here without another Redis round trip.
+decoded_job: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("decoded_job", default=None)
 
 
 def _fallback(obj: Any) -> Any:
@@ -29,7 +40,10 @@ def serialize(obj: Any) -> bytes:
 
 
 def deserialize(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    value = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    if isinstance(value, dict) and "f" in value and "k" in value:
+        decoded_job.set(value)
+    return value
 
 
 def redis_settings(url: str) -> RedisSettings:
@@ -50,8 +64,27 @@ def trace_carrier() -> dict[str, str]:
     return carrier
 
 
+def messaging_attributes(queue: str, operation: str, job_id: str) -> dict[str, str]:
+    return {
+        "messaging.system": "arq",
+        "messaging.operation.type": operation,
+        "messaging.operation.name": operation,
+        "messaging.destination.name": queue,
+        "messaging.message.id": job_id,
+    }
+
+
 async def enqueue_scan(redis: ArqRedis, queue: str, scan_id: str) -> Job | None:
-    """Enqueue the scan's job under the scan id; None when arq already holds a job with that id."""
-    return await redis.enqueue_job(
-        RUN_SCAN, _job_id=scan_id, _queue_name=queue, scan_id=scan_id, trace_context=trace_carrier()
-    )
+    """Enqueue the scan's job under the scan id; None when arq already holds a job with that id.
+
+    The carrier is injected inside the PRODUCER span, so the worker's CONSUMER span is its child."""
+    attributes = {**messaging_attributes(queue, "send", scan_id), "pagelens.scan_id": scan_id}
+    with tracer.start_as_current_span(f"send {queue}", kind=SpanKind.PRODUCER, attributes=attributes) as span:
+        job = await redis.enqueue_job(
+            RUN_SCAN, _job_id=scan_id, _queue_name=queue, scan_id=scan_id, trace_context=trace_carrier()
+        )
+        if job is None:
+            span.set_attribute("pagelens.job.duplicate", True)
+        else:
+            metrics.jobs_enqueued_total.inc({"queue": queue, "function": RUN_SCAN})
+        return job

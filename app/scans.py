@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from app.db import timed
 from app.models import CLAIMABLE, STAGE_PROGRESS, TERMINAL, Kind, ScanError, Stage, Status
 from app.types import Executor, JSONDict, Record
 
@@ -30,6 +31,7 @@ class NewScan:
     trace_id: str | None = None
 
 
+@timed("scans.create")
 async def create(db: Executor, scan: NewScan) -> tuple[Record, bool]:
     """Insert a scan; with an idempotency key already used, return the earlier scan instead."""
     row = await db.fetchrow(
@@ -54,11 +56,13 @@ async def create(db: Executor, scan: NewScan) -> tuple[Record, bool]:
     return existing, False
 
 
+@timed("scans.get")
 async def get(db: Executor, scan_id: uuid.UUID) -> Record | None:
     row: Record | None = await db.fetchrow("SELECT * FROM scans WHERE id = $1", scan_id)
     return row
 
 
+@timed("scans.page")
 async def page(
     db: Executor, *, status: Status | None, limit: int, before: tuple[datetime, uuid.UUID] | None
 ) -> list[Record]:
@@ -77,6 +81,7 @@ async def page(
     return await db.fetch(query, *args)
 
 
+@timed("scans.cancel")
 async def cancel(db: Executor, scan_id: uuid.UUID) -> Record | None:
     """Cancel a scan that has not finished; returns the row as it now is (None when unknown)."""
     row: Record | None = await db.fetchrow(
@@ -88,6 +93,7 @@ async def cancel(db: Executor, scan_id: uuid.UUID) -> Record | None:
     return row if row is not None else await get(db, scan_id)
 
 
+@timed("scans.claim")
 async def claim(db: Executor, scan_id: uuid.UUID, lease_seconds: float) -> Record | None:
     """Take the scan for one attempt. None when it is finished, cancelled, or leased by a live attempt."""
     row: Record | None = await db.fetchrow(
@@ -106,24 +112,28 @@ async def claim(db: Executor, scan_id: uuid.UUID, lease_seconds: float) -> Recor
     return row
 
 
+@timed("scans.enter_stage")
 async def enter_stage(db: Executor, scan_id: uuid.UUID, attempt: int, stage: Stage) -> bool:
     return await _fenced(
         db, scan_id, attempt, "stage = $3, progress = GREATEST(progress, $4)", stage.value, STAGE_PROGRESS[stage]
     )
 
 
+@timed("scans.record_timing")
 async def record_timing(db: Executor, scan_id: uuid.UUID, attempt: int, name: str, millis: float) -> bool:
     return await _fenced(
         db, scan_id, attempt, "timings = timings || jsonb_build_object($3::text, $4::float8)", name, round(millis, 1)
     )
 
 
+@timed("scans.save_teaser")
 async def save_teaser(db: Executor, scan_id: uuid.UUID, attempt: int, teaser: JSONDict) -> bool:
     return await _fenced(
         db, scan_id, attempt, "teaser = $3, status = 'TEASER_READY', progress = GREATEST(progress, 40)", teaser
     )
 
 
+@timed("scans.finish")
 async def finish(db: Executor, scan_id: uuid.UUID, attempt: int, report: JSONDict, timings: dict[str, float]) -> bool:
     """The final write: report, timings and FULL_READY together, only for the attempt holding the scan."""
     return await _fenced(
@@ -137,17 +147,20 @@ async def finish(db: Executor, scan_id: uuid.UUID, attempt: int, report: JSONDic
     )
 
 
+@timed("scans.fail")
 async def fail(db: Executor, scan_id: uuid.UUID, attempt: int, error: ScanError) -> bool:
     return await _fenced(
         db, scan_id, attempt, "status = 'FAILED', error = $3, lease_until = NULL, finished_at = now()", error.to_json()
     )
 
 
+@timed("scans.release_for_retry")
 async def release_for_retry(db: Executor, scan_id: uuid.UUID, attempt: int, error: ScanError | None) -> bool:
     """Give the lease back so the next run can claim the scan; the error shows why it waits."""
     return await _fenced(db, scan_id, attempt, "error = $3, lease_until = NULL", error and error.to_json())
 
 
+@timed("scans.delete_older_than")
 async def delete_older_than(db: Executor, days: int) -> int:
     result = await db.execute(
         "DELETE FROM scans WHERE created_at < now() - make_interval(days => $1) AND status = ANY($2::text[])",

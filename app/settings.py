@@ -69,6 +69,10 @@ class Settings:
     fetch_allow_hosts: frozenset[str] = frozenset()
     api_keys: tuple[str, ...] = ()
     worker_metrics_port: int = 9191
+    # The worker's /metrics listens on loopback unless told otherwise (compose sets 0.0.0.0).
+    worker_metrics_host: str = "127.0.0.1"
+    # Seconds between queue-depth samples (pagelens_queue_size, GET /api/v1/queues).
+    queue_sample_interval: float = 5.0
     enable_metrics: bool = True
     psi_api_key: str | None = None
     psi_base_url: str = "https://www.googleapis.com/pagespeedonline/v5/runPagespeed"
@@ -101,6 +105,14 @@ class Settings:
     psi_cache_ttl: int = 3600
     external_timeout: float = 30.0
 
+    # OpenTelemetry: the SDK reads endpoints, headers and the sampler from OTEL_* itself; these
+    # pick the exporter and the service name.
+    otel_sdk_disabled: bool = False
+    otel_traces_exporter: str | None = None
+    otel_exporter_otlp_protocol: str = "http/protobuf"
+    otel_endpoint_configured: bool = False
+    otel_service_name: str | None = None
+
     log_level: str = "INFO"
     migrations_dir: Path = field(default=ROOT / "migrations")
     data_dir: Path = field(default=ROOT / ".pagelens")
@@ -121,6 +133,8 @@ class Settings:
             fetch_allow_hosts=frozenset(h.lower() for h in _list(env, "PAGELENS_FETCH_ALLOW_HOSTS")),
             api_keys=_list(env, "PAGELENS_API_KEYS"),
             worker_metrics_port=_int(env, "PAGELENS_WORKER_METRICS_PORT", 9191),
+            worker_metrics_host=_opt(env, "PAGELENS_WORKER_METRICS_HOST") or defaults.worker_metrics_host,
+            queue_sample_interval=_float(env, "PAGELENS_QUEUE_SAMPLE_INTERVAL", defaults.queue_sample_interval),
             enable_metrics=_bool(env, "ENABLE_METRICS", True),
             psi_api_key=_opt(env, "PSI_API_KEY"),
             psi_base_url=_opt(env, "PSI_BASE_URL") or defaults.psi_base_url,
@@ -136,6 +150,16 @@ class Settings:
             max_jobs=_int(env, "PAGELENS_MAX_JOBS", defaults.max_jobs, minimum=1),
             retention_days=_int(env, "PAGELENS_RETENTION_DAYS", defaults.retention_days, minimum=1),
             keybert_processes=_int(env, "PAGELENS_KEYBERT_PROCESSES", 1, minimum=1),
+            keybert_timeout=_float(env, "PAGELENS_KEYBERT_TIMEOUT", defaults.keybert_timeout),
+            otel_sdk_disabled=_bool(env, "OTEL_SDK_DISABLED", False),
+            otel_traces_exporter=_opt(env, "OTEL_TRACES_EXPORTER"),
+            otel_exporter_otlp_protocol=_opt(env, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            or _opt(env, "OTEL_EXPORTER_OTLP_PROTOCOL")
+            or defaults.otel_exporter_otlp_protocol,
+            otel_endpoint_configured=bool(
+                _opt(env, "OTEL_EXPORTER_OTLP_ENDPOINT") or _opt(env, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            ),
+            otel_service_name=_opt(env, "OTEL_SERVICE_NAME"),
             log_level=(_opt(env, "PAGELENS_LOG_LEVEL") or "INFO").upper(),
             data_dir=Path(_opt(env, "PAGELENS_DATA_DIR") or defaults.data_dir),
         )

@@ -59,6 +59,11 @@ db_pool_connections = Gauge("pagelens_db_pool_connections", "Database pool conne
 db_query_duration_seconds = Histogram(
     "pagelens_db_query_duration_seconds", "Database query latency.", registry=REGISTRY, buckets=LATENCY_BUCKETS
 )
+# Not in the fixed table: how the telemetry itself is doing, so a broken carrier or hook is visible.
+job_trace_context_total = Counter(
+    "pagelens_job_trace_context_total", "Trace carriers read at job start, by result.", registry=REGISTRY
+)
+job_hook_errors_total = Counter("pagelens_job_hook_errors_total", "Errors inside worker job hooks.", registry=REGISTRY)
 build_info = Gauge("pagelens_build_info", "Build information.", registry=REGISTRY)
 build_info.set({"version": __version__}, 1)
 

@@ -21,6 +21,7 @@ import pytest
 import uvicorn
 from arq.connections import ArqRedis
 from arq.worker import Worker
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from app import db, migrate
 from app.embedded import backing_servers, free_port
@@ -225,3 +226,14 @@ def site() -> Iterator[Site]:
     """The local test web site (tests/site.py), one per session."""
     with serve_site() as s:
         yield s
+
+
+@pytest.fixture(scope="session", autouse=True)
+def spans() -> InMemorySpanExporter:
+    """Every span of the session, exported synchronously to memory (installed before any app)."""
+    from observability.tracing import setup_tracing
+
+    exporter = InMemorySpanExporter()
+    provider = setup_tracing(Settings(), "pagelens-test", exporter=exporter)
+    assert provider is not None
+    return exporter

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import asyncpg
 import httpx
 from arq.connections import ArqRedis
+from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
 from app import db
 from app.settings import Settings
@@ -43,6 +44,9 @@ class Resources:
             await keyphrases.start()
             stack.push_async_callback(keyphrases.close)
         http = httpx.AsyncClient(timeout=settings.external_timeout, trust_env=False)
+        # Only this client (PSI, LLM: services pagelens is configured to call) is instrumented and
+        # propagates trace context; user URLs are fetched by worker.fetch, which never does.
+        HTTPXClientInstrumentor.instrument_client(http)
         stack.push_async_callback(http.aclose)
         return cls(settings, pool, redis, http, keyphrases, stack)
 

@@ -7,26 +7,29 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from arq import Retry
 from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from app import scans
 from app.models import ErrorType, Kind, ScanError, Stage
 from app.types import JSONDict, Record
 from observability import metrics
 from worker.context import Resources
-from worker.fetch import fetch_page
+from worker.fetch import FetchedPage, fetch_page
+from worker.hooks import OUTCOME
 from worker.insights import rule_insights
 from worker.keyphrases import cached_keyphrases
 from worker.lab import lab_metrics
-from worker.llm import llm_insights
+from worker.llm import run_llm
 from worker.parse import document_teaser_json, parse_html, teaser_json
-from worker.psi import psi_scores
+from worker.psi import fetch_psi
 
 logger = logging.getLogger("pagelens.worker")
 tracer = trace.get_tracer("pagelens.worker")
@@ -85,6 +88,7 @@ async def run_scan(ctx: dict[str, Any], scan_id: str, trace_context: dict[str, s
     row = await scans.claim(res.pool, sid, lease_seconds=settings.job_timeout + 30)
     if row is None:
         # Finished, cancelled, deleted, or another attempt holds a live lease: a duplicate delivery.
+        ctx[OUTCOME] = "success"
         return "skipped"
     run = Run(res, row, row["attempts"])
     job_try: int = ctx.get("job_try", 1)
@@ -103,24 +107,27 @@ async def run_scan(ctx: dict[str, Any], scan_id: str, trace_context: dict[str, s
         if not await scans.finish(res.pool, sid, run.attempt, report, run.timings):
             raise Superseded
         metrics.scan_end_to_end_seconds.observe({"kind": row["kind"]}, (time.time() - row["created_at"].timestamp()))
+        ctx[OUTCOME] = "success"
         return "done"
     except Superseded:
+        ctx[OUTCOME] = "cancelled"  # nearly always a DELETE; otherwise another attempt took over
         return "superseded"
     except ScanError as exc:
-        return await _failed(run, exc, job_try)
+        return await _failed(ctx, run, exc, job_try)
     except asyncio.CancelledError:
-        # Aborted (the row is CANCELLED already) or the worker is shutting down (arq runs the job
-        # again): either way give the lease back so a rerun can claim the scan at once.
-        await asyncio.shield(scans.release_for_retry(res.pool, sid, run.attempt, None))
+        # Aborted (the row is CANCELLED already), timed out, or the worker is shutting down (arq
+        # runs the job again): give the lease back so a rerun can claim the scan at once.
+        released = await asyncio.shield(scans.release_for_retry(res.pool, sid, run.attempt, None))
+        ctx[OUTCOME] = "retry" if released else "cancelled"
         raise
     except Exception:
         logger.exception("scan failed unexpectedly")
-        return await _failed(run, ScanError(ErrorType.INTERNAL, "unexpected error while scanning"), job_try)
+        return await _failed(ctx, run, ScanError(ErrorType.INTERNAL, "unexpected error while scanning"), job_try)
     finally:
         metrics.active_scans.dec({})
 
 
-async def _failed(run: Run, exc: ScanError, job_try: int) -> str:
+async def _failed(ctx: dict[str, Any], run: Run, exc: ScanError, job_try: int) -> str:
     settings = run.res.settings
     if exc.retryable and job_try < settings.max_tries:
         await scans.release_for_retry(run.res.pool, run.scan_id, run.attempt, exc)
@@ -133,6 +140,7 @@ async def _failed(run: Run, exc: ScanError, job_try: int) -> str:
             retryable=True,
         )
     await scans.fail(run.res.pool, run.scan_id, run.attempt, exc)
+    ctx[OUTCOME] = "failure"
     metrics.scan_errors_total.inc({"error_type": exc.type.value})
     logger.info("scan failed", extra={"error_type": exc.type.value})
     return "failed"
@@ -141,7 +149,7 @@ async def _failed(run: Run, exc: ScanError, job_try: int) -> str:
 async def _scan_url(run: Run) -> JSONDict:
     res, url = run.res, run.scan["url"]
     async with run.stage(Stage.CRAWL):
-        page = await fetch_page(url, res.settings)
+        page = await _fetch(url, res)
     async with run.stage(Stage.PARSE):
         # selectolax is fast, but a multi-megabyte page still takes tens of ms: keep it off the loop.
         parsed = await asyncio.to_thread(parse_html, page.text, page.final_url)
@@ -153,7 +161,11 @@ async def _scan_url(run: Run) -> JSONDict:
         performance["psi"] = None
         if run.options.get("psi", True) and res.settings.psi_api_key:
             strategy = run.options.get("strategy", "mobile")
-            performance["psi"] = await psi_scores(res.http, res.redis, res.settings, page.final_url, strategy=strategy)
+            with external_call("psi") as call:
+                psi = await fetch_psi(res.http, res.redis, res.settings, page.final_url, strategy=strategy)
+                call.outcome = "success" if psi.outcome in ("ok", "cached") else "error"
+            metrics.cache_requests_total.inc({"cache": "psi", "result": "hit" if psi.cache_hit else "miss"})
+            performance["psi"] = psi.scores
     return await _generate(run, teaser, performance, parsed.main_text, Kind.URL)
 
 
@@ -169,14 +181,61 @@ async def _generate(run: Run, teaser: JSONDict, performance: JSONDict | None, te
     res = run.res
     async with run.stage(Stage.GENERATE):
         top_n = int(run.options.get("topN", 10))
-        phrases, _hit = await cached_keyphrases(
+        started = time.perf_counter()
+        phrases, hit = await cached_keyphrases(
             res.redis, res.keyphrases, text, top_n=top_n, ttl=res.settings.keyphrase_cache_ttl
         )
+        metrics.cache_requests_total.inc({"cache": "keyphrases", "result": "hit" if hit else "miss"})
+        if not hit:
+            metrics.external_call_duration_seconds.observe(
+                {"service": "keybert", "outcome": "success"}, time.perf_counter() - started
+            )
         insights = rule_insights(teaser, performance, phrases, kind=kind.value)
         if run.options.get("llm", True) and res.settings.llm_base_url:
-            insights += await llm_insights(res.http, res.settings, teaser=teaser, keyphrases=phrases, text=text)
+            with external_call("llm") as call:
+                llm = await run_llm(res.http, res.settings, teaser=teaser, keyphrases=phrases, text=text)
+                call.outcome = "success" if llm.outcome == "ok" else "error"
+            insights += llm.insights
     return {
         "performance": performance,
         "keyphrases": [{"phrase": p, "score": s} for p, s in phrases],
         "insights": insights,
     }
+
+
+class _Call:
+    outcome = "error"
+
+
+@contextmanager
+def external_call(service: str) -> Iterator[_Call]:
+    """Time a call to something outside pagelens as pagelens_external_call_duration_seconds."""
+    call, start = _Call(), time.perf_counter()
+    try:
+        yield call
+    finally:
+        metrics.external_call_duration_seconds.observe(
+            {"service": service, "outcome": call.outcome}, time.perf_counter() - start
+        )
+
+
+async def _fetch(url: str, res: Resources) -> FetchedPage:
+    # The fetch runs under an empty trace context so nothing can put trace headers on a request to
+    # a user-supplied URL; this CLIENT span records it in the scan's trace instead.
+    parts = urlsplit(url)
+    attributes = {"http.request.method": "GET", "server.address": parts.hostname or "", "url.scheme": parts.scheme}
+    with (
+        tracer.start_as_current_span("GET", kind=SpanKind.CLIENT, attributes=attributes) as span,
+        external_call("http_fetch") as call,
+    ):
+        try:
+            page = await fetch_page(url, res.settings)
+        except ScanError as exc:
+            call.outcome = "timeout" if exc.type is ErrorType.TIMEOUT else "error"
+            span.set_attribute("error.type", exc.type.value)
+            span.set_status(Status(StatusCode.ERROR, exc.type.value))
+            raise
+        call.outcome = "success"
+        span.set_attribute("http.response.status_code", page.status_code)
+        span.set_attribute("pagelens.fetch.redirects", len(page.redirects))
+        return page

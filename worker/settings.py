@@ -11,7 +11,9 @@ from arq.worker import Function
 from app.queue import RUN_SCAN, deserialize, redis_settings, serialize
 from app.settings import Settings, get_settings
 from observability.logs import setup_logging
+from observability.tracing import flush, setup_tracing
 from worker.context import Resources
+from worker.hooks import make_hooks, observed
 from worker.maintenance import delete_expired_scans, sweep_stranded
 from worker.pipeline import run_scan
 
@@ -23,6 +25,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     if ctx.get("configure_logging", True):
         # After arq's CLI has installed its own logging config, so ours wins.
         setup_logging(settings.log_level)
+    setup_tracing(settings, "pagelens-worker")
     ctx["resources"] = await Resources.open(
         settings, ctx["redis"], pool=ctx.get("pool"), keyphrases=ctx.get("keyphrases")
     )
@@ -33,25 +36,29 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
     resources: Resources | None = ctx.get("resources")
     if resources is not None:
         await resources.close()
+    flush()
 
 
 def functions(settings: Settings) -> list[Function]:
     # arq stops retrying after max_tries; our own retry decision (pipeline) uses the same number,
     # plus one so a final attempt that raises Retry by mistake still lands in the pipeline.
-    return [func(run_scan, name=RUN_SCAN, max_tries=settings.max_tries + 1, timeout=settings.job_timeout)]
+    return [func(observed(run_scan), name=RUN_SCAN, max_tries=settings.max_tries + 1, timeout=settings.job_timeout)]
 
 
 def worker_options(settings: Settings) -> dict[str, Any]:
     """Everything a `Worker` needs besides its Redis pool; tests build workers from the same dict."""
+    on_job_start, on_job_end = make_hooks(settings.queue_name)
     return {
         "functions": functions(settings),
         "cron_jobs": [
-            cron(sweep_stranded, second={0, 30}, run_at_startup=True, timeout=60),
-            cron(delete_expired_scans, minute={17}, second=0, timeout=300),
+            cron(observed(sweep_stranded), name="sweep_stranded", second={0, 30}, run_at_startup=True, timeout=60),
+            cron(observed(delete_expired_scans), name="delete_expired_scans", minute={17}, second=0, timeout=300),
         ],
         "queue_name": settings.queue_name,
         "on_startup": on_startup,
         "on_shutdown": on_shutdown,
+        "on_job_start": on_job_start,
+        "on_job_end": on_job_end,
         "job_serializer": serialize,
         "job_deserializer": deserialize,
         "allow_abort_jobs": True,
@@ -73,6 +80,8 @@ class WorkerSettings:
     queue_name = _options["queue_name"]
     on_startup = on_startup
     on_shutdown = on_shutdown
+    on_job_start = _options["on_job_start"]
+    on_job_end = _options["on_job_end"]
     job_serializer = serialize
     job_deserializer = deserialize
     allow_abort_jobs = True
