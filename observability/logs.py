@@ -16,7 +16,10 @@ job_fields: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextV
 
 MAX_VALUE_CHARS = 500
 _CONTROL = dict.fromkeys(range(32)) | {127: None}
-EXTRA_KEYS = ("scan_id", "job_id", "queue", "queue_wait_seconds", "job_try", "outcome", "stage", "error_type")
+EXTRA_KEYS = (
+    "scan_id", "job_id", "queue", "queue_wait_seconds", "job_try", "function",
+    "outcome", "duration_seconds", "stage", "error_type",
+)  # fmt: skip
 
 
 def clean(value: object, limit: int = MAX_VALUE_CHARS) -> str:

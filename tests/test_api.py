@@ -234,3 +234,9 @@ async def test_api_keys_guard_the_api_only(api_settings: Settings) -> None:
         assert (await c.get(SCANS, headers={"Authorization": "Bearer beta-key"})).status_code == 200
         assert (await c.get(SCANS, headers={"Authorization": "bearer alpha-key"})).status_code == 200
         assert (await c.get("/healthz")).status_code == 200
+
+
+async def test_metrics_can_be_turned_off(api_settings: Settings) -> None:
+    async with serve_api(api_settings.with_(enable_metrics=False)) as base, httpx.AsyncClient(base_url=base) as c:
+        assert_problem(await c.get("/metrics"), 404)
+        assert (await c.get("/healthz")).status_code == 200
