@@ -17,12 +17,14 @@ from app import db, openapi, queue
 from app.auth import APIKeyAuth
 from app.middleware import HTTPMetrics, span_details
 from app.problems import Problem, exception_handlers
-from app.routes import documents, health, scans
+from app.routes import documents, health, queues, scans
 from app.settings import Settings, get_settings
 from app.state import State
 from observability import metrics
 from observability.logs import setup_logging
+from observability.metrics_server import observe_pool
 from observability.propagation import TraceHeaderGuard
+from observability.sampler import QueueSampler
 from observability.tracing import flush, setup_tracing
 
 
@@ -38,9 +40,13 @@ def create_app(settings: Settings | None = None, *, configure_logging: bool = Tr
         pool = await db.create_pool(settings.require_database_url())
         redis = await queue.connect(settings.require_redis_url())
         app.state.pagelens = State(settings=settings, pool=pool, redis=redis)
+        # A leadership candidate: at most one process per queue samples and exports queue depth.
+        sampler = QueueSampler(redis, pool, settings.queue_name, interval=settings.queue_sample_interval)
+        sampler.start()
         try:
             yield
         finally:
+            await sampler.stop()
             await redis.aclose()
             await pool.close()
             flush()
@@ -51,6 +57,7 @@ def create_app(settings: Settings | None = None, *, configure_logging: bool = Tr
     async def metrics_endpoint(request: Request) -> Response:
         if not settings.enable_metrics:
             raise Problem(404, "metrics are disabled (ENABLE_METRICS=false)")
+        observe_pool(State.of(request).pool)
         body, headers = metrics.exposition(request.headers.getlist("accept"))
         return Response(body, headers=headers)
 
@@ -58,6 +65,7 @@ def create_app(settings: Settings | None = None, *, configure_logging: bool = Tr
         *scans.routes,
         *documents.routes,
         *health.routes,
+        *queues.routes,
         Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]

@@ -11,6 +11,7 @@ from typing import Any
 from app import __version__
 from app.models import ErrorType, Stage, Status
 from app.schemas import CreateDocument, CreateScan
+from observability.sampler import STATES as QUEUE_STATES
 
 JSON = "application/json"
 PROBLEM = "application/problem+json"
@@ -114,6 +115,24 @@ def _schemas() -> dict[str, Any]:
                 "timings": {"type": "object"},
             },
         },
+        "Queues": {
+            "type": "object",
+            "required": ["queues", "workers"],
+            "properties": {
+                "queues": {"type": "array", "items": _ref("QueueDepth")},
+                "workers": {"type": "object", "properties": {"live": {"type": "integer", "minimum": 0}}},
+            },
+        },
+        "QueueDepth": {
+            "type": "object",
+            "required": [*QUEUE_STATES, "name", "oldestPendingAgeSeconds", "sampledAt"],
+            "properties": {
+                "name": {"type": "string"},
+                **{state: {"type": "integer", "minimum": 0} for state in QUEUE_STATES},
+                "oldestPendingAgeSeconds": {"type": "number", "minimum": 0},
+                "sampledAt": {"type": "string", "format": "date-time"},
+            },
+        },
         "Problem": {
             "type": "object",
             "required": ["type", "title", "status"],
@@ -183,6 +202,12 @@ def document() -> dict[str, Any]:
                         "409": _problem("Already finished"),
                         **UNAVAILABLE,
                     },
+                }
+            },
+            "/api/v1/queues": {
+                "get": {
+                    "summary": "Queue depth by state, oldest pending age, live workers",
+                    "responses": {**_ok("Queue depth", "Queues"), **UNAVAILABLE},
                 }
             },
             "/healthz": {"get": {"summary": "Liveness", "responses": plain}},

@@ -183,6 +183,10 @@ class QueueSampler:
         self._release = redis.register_script(RELEASE_LUA)
         self._tasks: list[asyncio.Task[None]] = []
 
+    @property
+    def running(self) -> bool:
+        return any(not task.done() for task in self._tasks)
+
     async def sample_once(self) -> dict[str, Any]:
         return await sample_queue(self.redis, self.pool, self.queue)
 
@@ -212,7 +216,9 @@ class QueueSampler:
         self._tasks.append(asyncio.create_task(self._loop(self._sample_round, self.interval, "queue sampler")))
         if self.heartbeat:
             # Its own loop: sampling may be configured slower than the liveness window allows.
-            self._tasks.append(asyncio.create_task(self._loop(self.beat, HEARTBEAT_INTERVAL, "worker heartbeat")))
+            self._tasks.append(
+                asyncio.create_task(self._loop(self._beat_round, HEARTBEAT_INTERVAL, "worker heartbeat"))
+            )
 
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []
@@ -236,8 +242,9 @@ class QueueSampler:
 
     async def _sample_round(self) -> None:
         try:
-            await self.tick()
-        except Exception:
+            async with asyncio.timeout(round_timeout(self.interval)):
+                await self.tick()
+        except Exception:  # TimeoutError included
             self.failures += 1
             # What we last published may no longer be true, and a leader that cannot sample should
             # let a healthier process lead.
@@ -248,13 +255,15 @@ class QueueSampler:
             raise
         self.failures = 0
 
+    async def _beat_round(self) -> None:
+        async with asyncio.timeout(round_timeout(HEARTBEAT_INTERVAL)):
+            await self.beat()
+
     async def _loop(self, step: Callable[[], Awaitable[object]], period: float, what: str) -> None:
         failures = 0
         while True:
             try:
-                # Bounded, so a Redis or PostgreSQL that stops answering cannot freeze the loop.
-                async with asyncio.timeout(max(3 * period, 5.0)):
-                    await step()
+                await step()
             except Exception as exc:
                 failures += 1
                 if failures == 1:  # once per streak: an outage must not write a line per round
@@ -284,6 +293,11 @@ class QueueSampler:
         await self._release(keys=[lock_key(self.queue)], args=[self.instance_id])
         if heartbeat and self.heartbeat:
             await self.redis.zrem(workers_key(self.queue), self.instance_id)
+
+
+def round_timeout(period: float) -> float:
+    # Bounded, so a Redis or PostgreSQL that stops answering cannot freeze the loop.
+    return max(3 * period, 5.0)
 
 
 def backoff(period: float, failures: int) -> float:

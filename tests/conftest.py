@@ -108,6 +108,7 @@ def settings(database_url: str, redis_url: str) -> Settings:
         fetch_total_timeout=5.0,
         fetch_read_timeout=2.0,
         job_timeout=60.0,
+        worker_metrics_port=0,  # each test worker gets a free port; 9191 may be in use
     )
 
 

@@ -51,15 +51,14 @@ def parent_id(span: ReadableSpan) -> int | None:
 
 def span_id(span: ReadableSpan) -> int:
     assert span.context is not None
-    return span.context.span_id
+    return int(span.context.span_id)
 
 
 def counter(collector: Any, labels: dict[str, str]) -> float:
     try:
-        value: float = collector.get(labels)
+        return float(collector.get(labels))
     except KeyError:  # never incremented with these labels
         return 0.0
-    return value
 
 
 async def test_one_trace_from_client_to_stages(
@@ -79,13 +78,16 @@ async def test_one_trace_from_client_to_stages(
     producer = one(found, f"send {queue}")
     assert producer.kind is SpanKind.PRODUCER and parent_id(producer) == span_id(server)
     assert producer.attributes is not None
-    assert dict(producer.attributes).items() >= {
-        "messaging.system": "arq",
-        "messaging.operation.type": "send",
-        "messaging.destination.name": queue,
-        "messaging.message.id": scan_id,
-        "pagelens.scan_id": scan_id,
-    }.items()
+    assert (
+        dict(producer.attributes).items()
+        >= {
+            "messaging.system": "arq",
+            "messaging.operation.type": "send",
+            "messaging.destination.name": queue,
+            "messaging.message.id": scan_id,
+            "pagelens.scan_id": scan_id,
+        }.items()
+    )
     consumer = one(found, f"process {queue}")
     assert consumer.kind is SpanKind.CONSUMER and parent_id(consumer) == span_id(producer)
     assert [link.context.span_id for link in consumer.links] == [span_id(producer)]

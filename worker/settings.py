@@ -11,6 +11,8 @@ from arq.worker import Function
 from app.queue import RUN_SCAN, deserialize, redis_settings, serialize
 from app.settings import Settings, get_settings
 from observability.logs import setup_logging
+from observability.metrics_server import MetricsServer, observe_pool, start_metrics_server
+from observability.sampler import QueueSampler
 from observability.tracing import flush, setup_tracing
 from worker.context import Resources
 from worker.hooks import make_hooks, observed
@@ -29,10 +31,24 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     ctx["resources"] = await Resources.open(
         settings, ctx["redis"], pool=ctx.get("pool"), keyphrases=ctx.get("keyphrases")
     )
+    pool = ctx["resources"].pool
+    # Queue-depth candidate (one elected process samples) and this worker's liveness heartbeat.
+    sampler = QueueSampler(
+        ctx["redis"], pool, settings.queue_name, interval=settings.queue_sample_interval, heartbeat=True
+    )
+    sampler.start()
+    ctx["queue_sampler"] = sampler
+    ctx["metrics_server"] = await start_metrics_server(settings, before_render=lambda: observe_pool(pool))
     logger.info("worker ready", extra={"queue": settings.queue_name})
 
 
 async def on_shutdown(ctx: dict[str, Any]) -> None:
+    sampler: QueueSampler | None = ctx.pop("queue_sampler", None)
+    if sampler is not None:
+        await sampler.stop()  # before the pool it samples with closes
+    server: MetricsServer | None = ctx.pop("metrics_server", None)
+    if server is not None:
+        await server.stop()
     resources: Resources | None = ctx.get("resources")
     if resources is not None:
         await resources.close()
