@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]  # no types-psutil in the dev deps
@@ -57,14 +56,6 @@ def gone(pid: int) -> bool:
 def big_text(words: int = MAX_WORDS) -> str:
     # Many distinct words, so the child has thousands of candidate phrases to embed.
     return " ".join(f"soil{i % 2500} compost garden{i % 700}" for i in range(words // 3))
-
-
-@pytest.fixture(scope="module")
-async def extractor() -> AsyncIterator[KeyphraseExtractor]:
-    ex = KeyphraseExtractor(processes=1, timeout=60.0)
-    await ex.start()
-    yield ex
-    await ex.close()
 
 
 async def test_composting_paragraph(extractor: KeyphraseExtractor) -> None:
