@@ -192,6 +192,18 @@ def document() -> dict[str, Any]:
             "/api/v1/scan-jobs/{scanId}/status": _read("Progress of a scan", "ScanStatus"),
             "/api/v1/scan-jobs/{scanId}/teaser": _read("Page facts, once TEASER_READY", "Teaser", conflict=True),
             "/api/v1/scan-jobs/{scanId}/full": _read("The full report, once FULL_READY", "Report", conflict=True),
+            "/api/v1/scan-jobs/{scanId}/retry": {
+                "post": {
+                    "summary": "Replay a FAILED scan under the same id",
+                    "parameters": [SCAN_ID],
+                    "responses": {
+                        **_ok("Queued again", "Accepted", "202"),
+                        "404": _problem("No such scan"),
+                        "409": _problem("Not FAILED"),
+                        **UNAVAILABLE,
+                    },
+                }
+            },
             "/api/v1/scan-jobs/{scanId}": {
                 "delete": {
                     "summary": "Cancel a queued or running scan",

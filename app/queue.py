@@ -8,6 +8,7 @@ from typing import Any
 
 import msgpack
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.constants import result_key_prefix, retry_key_prefix
 from arq.jobs import Job
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
@@ -62,6 +63,13 @@ def trace_carrier() -> dict[str, str]:
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return carrier
+
+
+async def requeue_scan(redis: ArqRedis, queue: str, scan_id: str) -> Job | None:
+    """Enqueue a scan again under the same job id: arq keeps a finished job's result and its try
+    counter for a day, and would refuse the id or count old tries against the new run."""
+    await redis.delete(result_key_prefix + scan_id, retry_key_prefix + scan_id)
+    return await enqueue_scan(redis, queue, scan_id)
 
 
 def messaging_attributes(queue: str, operation: str, job_id: str) -> dict[str, str]:

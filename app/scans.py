@@ -160,6 +160,20 @@ async def release_for_retry(db: Executor, scan_id: uuid.UUID, attempt: int, erro
     return await _fenced(db, scan_id, attempt, "error = $3, lease_until = NULL", error and error.to_json())
 
 
+@timed("scans.replay")
+async def replay(db: Executor, scan_id: uuid.UUID) -> Record | None:
+    """Put a FAILED scan back to QUEUED with a fresh retry budget; None when it is not FAILED."""
+    row: Record | None = await db.fetchrow(
+        """UPDATE scans
+           SET status = 'QUEUED', stage = NULL, progress = 0, error = NULL, teaser = NULL, report = NULL,
+               timings = '{}'::jsonb, lease_until = NULL, finished_at = NULL, retry_base = attempts,
+               updated_at = now()
+           WHERE id = $1 AND status = 'FAILED' RETURNING *""",
+        scan_id,
+    )
+    return row
+
+
 @timed("scans.delete_older_than")
 async def delete_older_than(db: Executor, days: int) -> int:
     result = await db.execute(

@@ -174,6 +174,31 @@ async def test_transient_errors_retry_then_exhaust(
     assert len(hits) >= 3
 
 
+async def test_retry_replays_a_dead_scan(
+    client: httpx.AsyncClient, site: Site, make_worker: MakeWorker, settings: Settings
+) -> None:
+    scan_id = await submit(client, site.url("/status/503"))
+    await drain(make_worker, settings.with_(max_tries=2))
+    dead = await status(client, scan_id)
+    assert dead["status"] == "FAILED" and dead["error"]["type"] == "retries_exhausted" and dead["attempts"] == 2
+
+    replay = await client.post(f"{SCANS}/{scan_id}/retry")
+    assert replay.status_code == 202 and replay.json()["status"] == "QUEUED"
+    queued = await status(client, scan_id)
+    assert queued["status"] == "QUEUED" and queued["error"] is None and queued["progress"] == 0
+    # The replay gets a whole new retry budget (arq's own try counter included).
+    worker = await drain(make_worker, settings.with_(max_tries=2))
+    assert worker.jobs_retried == 1
+    again = await status(client, scan_id)
+    assert again["status"] == "FAILED" and again["attempts"] == 4
+
+    ok = await submit(client, site.url("/pages/article.html"))
+    await drain(make_worker)
+    conflict = await client.post(f"{SCANS}/{ok}/retry")
+    assert conflict.status_code == 409 and conflict.json()["scanStatus"] == "FULL_READY"
+    assert (await client.post(f"{SCANS}/{uuid.uuid4()}/retry")).status_code == 404
+
+
 async def test_corrupt_row_fails_with_internal_error(
     pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, make_worker: MakeWorker
 ) -> None:

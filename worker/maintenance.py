@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from arq.constants import job_key_prefix, result_key_prefix
+from arq.constants import job_key_prefix
 
 from app import queue, scans
 from app.models import ErrorType, ScanError
@@ -38,7 +38,7 @@ async def sweep_stranded(ctx: dict[str, Any]) -> int:
         if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", SWEEP_LOCK):
             return 0
         rows = await conn.fetch(
-            """SELECT id, attempts FROM scans
+            """SELECT id, attempts - retry_base AS attempts FROM scans
                WHERE (status = 'QUEUED' AND updated_at < now() - make_interval(secs => $1))
                   OR (status IN ('RUNNING', 'TEASER_READY') AND lease_until < now())
                ORDER BY created_at LIMIT 500""",
@@ -51,9 +51,7 @@ async def sweep_stranded(ctx: dict[str, Any]) -> int:
             if row["attempts"] >= res.settings.max_tries:
                 await _give_up(conn, row["id"], row["attempts"])
                 continue
-            # A stale result would make arq refuse the job id.
-            await res.redis.delete(result_key_prefix + scan_id)
-            if await queue.enqueue_scan(res.redis, res.settings.queue_name, scan_id) is not None:
+            if await queue.requeue_scan(res.redis, res.settings.queue_name, scan_id) is not None:
                 requeued += 1
     if requeued:
         logger.warning("re-enqueued %d stranded scans", requeued)

@@ -150,6 +150,35 @@ async def cancel_scan(request: Request) -> Response:
     return JSONResponse({"scanId": str(scan_id), "status": row["status"]}, status_code=202)
 
 
+async def retry_scan(request: Request) -> Response:
+    """Replay a FAILED scan (a dead one, typically) under the same id."""
+    state = State.of(request)
+    scan_id = _scan_id(request)
+    row = await scans.replay(state.pool, scan_id)
+    if row is None:
+        current = await scans.get(state.pool, scan_id)
+        if current is None:
+            raise Problem(404, "no scan with this id", code="scan-not-found")
+        raise Problem(
+            409,
+            f"only FAILED scans can be retried; this one is {current['status']}",
+            code="not-failed",
+            scanStatus=current["status"],
+        )
+    try:
+        await queue.requeue_scan(state.redis, state.settings.queue_name, str(scan_id))
+    except Exception as exc:  # QUEUED in the table: the sweeper enqueues it once Redis is back
+        logger.warning(
+            "enqueue failed, scan left for the sweeper: %s", type(exc).__name__, extra={"scan_id": str(scan_id)}
+        )
+    status_url = f"{PREFIX}/{scan_id}/status"
+    return JSONResponse(
+        {"scanId": str(scan_id), "status": row["status"], "statusUrl": status_url},
+        status_code=202,
+        headers={"Location": status_url},
+    )
+
+
 def _decode_cursor(raw: str) -> tuple[datetime, uuid.UUID]:
     try:
         text = base64.urlsafe_b64decode(raw.encode() + b"=" * (-len(raw) % 4)).decode()
@@ -196,4 +225,5 @@ routes = [
     Route(PREFIX + "/{scanId}/teaser", get_teaser, methods=["GET"]),
     Route(PREFIX + "/{scanId}/full", get_full, methods=["GET"]),
     Route(PREFIX + "/{scanId}", cancel_scan, methods=["DELETE"]),
+    Route(PREFIX + "/{scanId}/retry", retry_scan, methods=["POST"]),
 ]
