@@ -33,7 +33,8 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
     for p in processes:
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 15
+    # Longer than the worker's shutdown grace, so running scans can finish.
+    deadline = time.monotonic() + 40
     for p in processes:
         try:
             p.wait(max(0.1, deadline - time.monotonic()))

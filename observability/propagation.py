@@ -61,16 +61,16 @@ class TraceHeaderGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
             headers = scope["headers"]
-            kept = []
-            seen: set[bytes] = set()
-            for name, value in headers:
-                check = CHECKS.get(name.lower())
-                if check is not None:
-                    # Repeated trace headers are ambiguous: keep only the first.
-                    if name.lower() in seen or not check(value.decode("latin-1").strip()):
-                        continue
-                    seen.add(name.lower())
-                kept.append((name, value))
+            kept = [(n, v) for n, v in headers if self._keep(n.lower(), v)]
+            if sum(1 for n, _ in kept if n.lower() == b"traceparent") > 1:
+                # Two parents are ambiguous: start a new trace, as the W3C test suite expects, and
+                # drop tracestate, which means nothing without its traceparent.
+                kept = [(n, v) for n, v in kept if n.lower() not in (b"traceparent", b"tracestate")]
             if len(kept) != len(headers):
                 scope = {**scope, "headers": kept}
         await self.app(scope, receive, send)
+
+    @staticmethod
+    def _keep(name: bytes, value: bytes) -> bool:
+        check = CHECKS.get(name)
+        return check is None or check(value.decode("latin-1").strip())

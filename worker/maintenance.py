@@ -41,6 +41,9 @@ async def sweep_stranded(ctx: dict[str, Any]) -> int:
             """SELECT id, attempts - retry_base AS attempts FROM scans
                WHERE (status = 'QUEUED' AND updated_at < now() - make_interval(secs => $1))
                   OR (status IN ('RUNNING', 'TEASER_READY') AND lease_until < now())
+                  -- released by an attempt that was cancelled or timed out, and not picked up since
+                  OR (status IN ('RUNNING', 'TEASER_READY') AND lease_until IS NULL
+                      AND updated_at < now() - make_interval(secs => $1))
                ORDER BY created_at LIMIT 500""",
             QUEUED_GRACE_SECONDS,
         )

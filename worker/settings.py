@@ -79,6 +79,7 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         "job_deserializer": deserialize,
         "allow_abort_jobs": True,
         "max_jobs": settings.max_jobs,
+        "job_completion_wait": settings.shutdown_grace,
         "job_timeout": settings.job_timeout,
         "keep_result": 3600,
         "health_check_interval": 10,
@@ -102,6 +103,7 @@ class WorkerSettings:
     job_deserializer = deserialize
     allow_abort_jobs = True
     max_jobs = _options["max_jobs"]
+    job_completion_wait = _options["job_completion_wait"]
     job_timeout = _options["job_timeout"]
     keep_result = _options["keep_result"]
     health_check_interval = _options["health_check_interval"]
