@@ -11,17 +11,16 @@ The server runs on 127.0.0.1 in a background thread. Each response closes its co
 from __future__ import annotations
 
 import contextlib
-import socket
-import socketserver
 import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+from tests.httpserver import LoopbackServer, TrackedHandler
 
 TRACES_PATH = "/v1/traces"
 PROTOBUF = "application/x-protobuf"
@@ -121,62 +120,15 @@ class _Store:
     rejected: list[str] = field(default_factory=list)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = False  # server_close() joins the handler threads
-    block_on_close = True
-
+class _Server(LoopbackServer):
     def __init__(self, store: _Store) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(_Handler)
         self.store = store
-        self.connections: set[socket.socket] = set()
-        self.connections_lock = threading.Lock()
-        self.stopping = False
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind also looks up the host's FQDN (a DNS query): the address is enough.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name = "127.0.0.1"
-        self.server_port = self.socket.getsockname()[1]
-
-    def track(self, conn: socket.socket, *, add: bool) -> None:
-        with self.connections_lock:
-            if not add:
-                self.connections.discard(conn)
-                return
-            self.connections.add(conn)
-            late = self.stopping
-        if late:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-
-    def close_connections(self) -> None:
-        with self.connections_lock:
-            self.stopping = True
-            open_connections = list(self.connections)
-        for conn in open_connections:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # an exporter that hangs up mid-request is not the receiver's problem
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(TrackedHandler):
     server: _Server
     timeout = READ_TIMEOUT
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.track(self.connection, add=True)
-
-    def finish(self) -> None:
-        self.server.track(self.connection, add=False)
-        with contextlib.suppress(OSError):
-            super().finish()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
     def do_GET(self) -> None:
         self._reply(405, b"only POST /v1/traces\n", "text/plain", ("Allow", "POST"))
@@ -287,9 +239,7 @@ class OTLPReceiver:
         raise TimeoutError(f"spans not as expected after {timeout} s ({len(spans)} received)")
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.close_connections()
-        self._server.server_close()  # joins the handler threads
+        self._server.stop()
 
 
 @contextlib.contextmanager

@@ -12,16 +12,14 @@ import functools
 import gzip
 import html
 import mimetypes
-import socket
-import socketserver
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.httpserver import LoopbackServer, TrackedHandler
 
 PAGES_DIR = Path(__file__).resolve().parent / "pages"
 HUGE_BYTES = 7 * 1024 * 1024  # > 6 MiB, and above the default 5 MiB fetch cap
@@ -83,72 +81,19 @@ class Site:
             return [headers for target, headers in self.requests if target == path]
 
 
-class _Server(ThreadingHTTPServer):
-    # Non-daemon so server_close() joins them (socketserver does not track daemon threads); stop()
-    # makes sure each one returns promptly.
-    daemon_threads = False
-    block_on_close = True
-
+class _Server(LoopbackServer):
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.lock = threading.Lock()
-        self.stopping = threading.Event()
+        super().__init__(_Handler)
         self.requests: list[tuple[str, dict[str, str]]] = []
-        self.connections: set[socket.socket] = set()
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind would also look up our FQDN (a DNS query); the address is all we need.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name = "127.0.0.1"
-        self.server_port = self.socket.getsockname()[1]
 
     def record(self, target: str, headers: dict[str, str]) -> None:
         with self.lock:
             self.requests.append((target, headers))
 
-    def track(self, conn: socket.socket, *, add: bool) -> None:
-        with self.lock:
-            if not add:
-                self.connections.discard(conn)
-                return
-            self.connections.add(conn)
-            late = self.stopping.is_set()
-        if late:  # accepted while stop() was closing the others: it has missed this one
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
 
-    def stop(self) -> None:
-        with self.lock:
-            self.stopping.set()
-        self.shutdown()
-        with self.lock:
-            open_connections = list(self.connections)
-        for conn in open_connections:  # wakes handlers blocked reading a kept-alive connection
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        self.server_close()  # joins the handler threads
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # Clients that hang up mid-response (timeouts, size caps) are the point of several tests.
-        pass
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(TrackedHandler):
     server: _Server
     timeout = 30  # an idle kept-alive connection cannot hold a thread forever
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.track(self.connection, add=True)
-
-    def finish(self) -> None:
-        self.server.track(self.connection, add=False)
-        with contextlib.suppress(OSError):
-            super().finish()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
     def do_GET(self) -> None:
         headers: dict[str, str] = {}
