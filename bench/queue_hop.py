@@ -1,0 +1,650 @@
+"""The queue hop: bare arq against pagelens's instrumented worker, side by side in one run.
+
+Per variant and repetition it measures
+- enqueue→start latency on an idle worker: one job at a time, from just before the enqueue to the
+  first line of the job function;
+- no-op throughput: N jobs queued while no worker runs, then a worker started; jobs/s from the
+  first job's start to the last job's end.
+
+Every (variant, repetition) runs in a fresh interpreter (`python -m bench.queue_hop child CONFIG`),
+the variants alternating, because `setup_tracing` is process-wide and one-way: it installs the
+global TracerProvider and instruments redis-py for every client in the process, so a bare run after
+an instrumented one would pay for tracing it does not have. The OTLP sink stays in this (the
+parent) process, like a collector in its own. docs/performance.md says more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import logging.config
+import os
+import random
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.constants import (
+    expires_extra_ms,
+    health_check_key_suffix,
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
+from arq.jobs import Deserializer, Serializer, serialize_job
+from arq.utils import timestamp_ms
+from arq.worker import Worker, func
+
+from app.settings import ROOT
+from bench.common import (
+    BenchContext,
+    Benchmark,
+    BenchResult,
+    OtlpSink,
+    RedisTarget,
+    Table,
+    machine,
+    median,
+    percentile,
+)
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+
+NAME = "queue_hop"
+JOB = "hop"
+WAIT_LIMIT = 10.0  # seconds for any one job to start: far above any healthy hop, bounds a broken run
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    label: str
+    poll_delay: float
+    instrumented: bool
+
+
+def variants(tuned_poll_delay: float) -> tuple[Variant, ...]:
+    tuned = f"{tuned_poll_delay * 1000:g} ms"
+    return (
+        Variant("bare-default", "bare arq, defaults (poll 0.5 s, pickle)", 0.5, False),
+        Variant("bare-tuned", f"bare arq, poll {tuned}", tuned_poll_delay, False),
+        Variant("pagelens", f"pagelens instrumented, poll {tuned}", tuned_poll_delay, True),
+    )
+
+
+@dataclass(frozen=True)
+class HopConfig:
+    jobs: int = 2000  # per throughput run
+    latency_samples: int = 200  # per latency run
+    # A latency sample costs about one poll delay (a random arrival phase, then the wait), so the
+    # 0.5 s default gets fewer: 200 of them would take 100 s per repetition.
+    slow_latency_samples: int = 30
+    warmup: int = 50
+    reps: int = 3
+    # 5 ms: an idle worker then waits 2.5 ms on average for its next poll, small enough that the
+    # per-job cost shows, while it still sleeps between polls (0 would spin on Redis round trips
+    # and take CPU from the very work being compared, on a 2-core machine).
+    tuned_poll_delay: float = 0.005
+    log_level: str = "INFO"  # both kinds of worker log each job at INFO by default
+    child_timeout: float = 240.0
+
+    def samples_for(self, variant: Variant) -> int:
+        return self.slow_latency_samples if variant.poll_delay >= 0.1 else self.latency_samples
+
+
+# --- records -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One child run: one variant, one repetition."""
+
+    variant: str
+    rep: int
+    latencies_ms: tuple[float, ...]
+    jobs: int  # queued for the throughput phase
+    started: int  # of those, started
+    finished: int  # of those, whose function returned
+    seconds: float  # first start to last finish
+    # Process CPU (all threads: the span exporter's too) from worker start until its spans are exported.
+    cpu_seconds: float
+    spans_exported: int = 0  # counted by the parent's sink
+
+    @property
+    def throughput(self) -> float:
+        return self.finished / self.seconds if self.seconds > 0 else 0.0
+
+    def latency(self, q: float) -> float:
+        return percentile(self.latencies_ms, q)
+
+    @property
+    def cpu_per_job_us(self) -> float:
+        return self.cpu_seconds / self.finished * 1e6 if self.finished else 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> RunRecord:
+        raw = json.loads(text)
+        return cls(**{**raw, "latencies_ms": tuple(float(x) for x in raw["latencies_ms"])})
+
+
+@dataclass(frozen=True)
+class VariantSummary:
+    """Medians over the variant's repetitions."""
+
+    variant: Variant
+    runs: tuple[RunRecord, ...]
+
+    def latency(self, q: float) -> float:
+        return median([run.latency(q) for run in self.runs])
+
+    @property
+    def throughput(self) -> float:
+        return median([run.throughput for run in self.runs])
+
+    @property
+    def cpu_per_job_us(self) -> float:
+        return median([run.cpu_per_job_us for run in self.runs])
+
+    @property
+    def samples(self) -> int:
+        return sum(len(run.latencies_ms) for run in self.runs)
+
+    @property
+    def spans_exported(self) -> int:
+        return sum(run.spans_exported for run in self.runs)
+
+
+@dataclass(frozen=True)
+class HopResult:
+    config: HopConfig
+    summaries: tuple[VariantSummary, ...]
+    seconds: float
+    environment: str
+    token: str  # in every key and queue name the run used
+
+    def summary(self, name: str) -> VariantSummary:
+        return next(s for s in self.summaries if s.variant.name == name)
+
+    @property
+    def throughput_vs_tuned(self) -> float:
+        return self.summary("pagelens").throughput / self.summary("bare-tuned").throughput
+
+    @property
+    def throughput_vs_default(self) -> float:
+        return self.summary("pagelens").throughput / self.summary("bare-default").throughput
+
+    @property
+    def paired_throughput_vs_tuned(self) -> tuple[float, ...]:
+        """pagelens / bare-tuned per repetition: the two ran back to back, so drift mostly cancels."""
+        pairs = zip(self.summary("pagelens").runs, self.summary("bare-tuned").runs, strict=True)
+        return tuple(p.throughput / t.throughput for p, t in pairs)
+
+    def p50_vs(self, name: str) -> float:
+        return self.summary("pagelens").latency(50) / self.summary(name).latency(50)
+
+    def bench_result(self) -> BenchResult:
+        headers = ("variant", "p50 ms", "p95 ms", "p99 ms", "samples", "jobs/s", "CPU µs/job", "jobs", "spans exported")
+        rows = tuple(
+            (
+                s.variant.label,
+                _ms(s.latency(50)),
+                _ms(s.latency(95)),
+                _ms(s.latency(99)),
+                str(s.samples),
+                f"{s.throughput:,.0f}",
+                f"{s.cpu_per_job_us:,.0f}",
+                f"{len(s.runs)} x {s.runs[0].jobs:,}",
+                f"{s.spans_exported:,}" if s.variant.instrumented else "-",
+            )
+            for s in self.summaries
+        )
+        paired = self.paired_throughput_vs_tuned
+        tuned, pagelens = self.summary("bare-tuned"), self.summary("pagelens")
+        verdict = "met" if self.throughput_vs_tuned >= 0.9 else "NOT met"
+        notes = (
+            f"throughput, pagelens / bare tuned: **{self.throughput_vs_tuned:.2f}x** (per repetition "
+            f"{min(paired):.2f}x to {max(paired):.2f}x); target >= 0.90x: {verdict}",
+            f"throughput, pagelens / bare defaults: **{self.throughput_vs_default:.2f}x**",
+            f"latency p50, pagelens vs bare tuned: {_ms(pagelens.latency(50))} vs {_ms(tuned.latency(50))} ms "
+            f"({self.p50_vs('bare-tuned'):.2f}x); vs bare defaults: {self.p50_vs('bare-default'):.3f}x",
+            f"medians of {self.config.reps} repetitions, variants alternating; {self.config.jobs:,} jobs per "
+            f"throughput run, {self.config.latency_samples} latency samples per run "
+            f"({self.config.slow_latency_samples} for the 0.5 s default), {self.config.warmup} warm-up jobs "
+            f"first; log level {self.config.log_level}; queue-hop wall time {self.seconds:.0f} s",
+        )
+        return BenchResult(
+            name=NAME,
+            title="Queue hop: bare arq vs pagelens instrumented",
+            table=Table(headers, rows),
+            notes=notes,
+            environment=self.environment,
+            seconds=self.seconds,
+        )
+
+
+def _ms(value: float) -> str:
+    return f"{value:.0f}" if value >= 100 else f"{value:.2f}"
+
+
+# --- the parent: runs the children, alternating, and sums up ------------------------------------
+
+
+def run(config: HopConfig, redis: RedisTarget) -> HopResult:
+    began = time.monotonic()
+    token = secrets.token_hex(4)  # in every key and queue name this run creates
+    chosen = variants(config.tuned_poll_delay)
+    runs: dict[str, list[RunRecord]] = {v.name: [] for v in chosen}
+    with OtlpSink() as sink, tempfile.TemporaryDirectory(prefix="pagelens-bench-") as tmp:
+        try:
+            for rep in range(config.reps):
+                # Rotate the order so no variant always runs first (or right after the slow one).
+                for variant in chosen[rep % len(chosen) :] + chosen[: rep % len(chosen)]:
+                    runs[variant.name].append(_run_child(config, redis, sink, variant, rep, token, Path(tmp)))
+        finally:
+            _sweep(redis.url, token)
+    summaries = tuple(VariantSummary(v, tuple(runs[v.name])) for v in chosen)
+    return HopResult(config, summaries, time.monotonic() - began, _environment(redis), token)
+
+
+def _run_child(
+    config: HopConfig, redis: RedisTarget, sink: OtlpSink, variant: Variant, rep: int, token: str, tmp: Path
+) -> RunRecord:
+    out = tmp / f"{variant.name}-{rep}.json"
+    log = tmp / f"{variant.name}-{rep}.log"
+    child = ChildConfig(
+        variant=variant,
+        redis_url=redis.url,
+        queue=f"pagelens-bench:{token}:{variant.name}:{rep}",
+        id_prefix=f"pagelens-bench-{token}-{variant.name}-{rep}-",
+        jobs=config.jobs,
+        latency_samples=config.samples_for(variant),
+        warmup=config.warmup,
+        otlp_endpoint=sink.endpoint,
+        log_level=config.log_level,
+        rep=rep,
+        out=str(out),
+    )
+    # Without the shell's OTEL_* (sampler, batch sizes, endpoints): the figures are for the SDK defaults.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    spans_before = sink.spans
+    # The child's logs go to a file: a real write per line, as in production, and readable on failure.
+    with log.open("wb") as stderr:
+        done = subprocess.run(
+            [sys.executable, "-m", "bench.queue_hop", "child", child.to_json()],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=stderr,
+            stderr=stderr,
+            timeout=config.child_timeout,
+            check=False,
+        )
+    if done.returncode != 0 or not out.exists():
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+        raise RuntimeError(f"queue-hop run {variant.name} #{rep} exited with {done.returncode}:\n{tail}")
+    record = RunRecord.from_json(out.read_text())
+    return dataclasses.replace(record, spans_exported=sink.spans - spans_before)
+
+
+def _sweep(url: str, token: str) -> None:
+    """Delete anything of this run a child left behind (it cleans up after itself unless killed)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"*pagelens-bench*{token}*", count=1000))
+        for chunk in _chunks(keys, 1000):
+            client.unlink(*chunk)
+    finally:
+        client.close()
+
+
+def _environment(target: RedisTarget) -> str:
+    import redis
+
+    client = redis.Redis.from_url(target.url)
+    try:
+        version = cast(dict[str, Any], client.info("server")).get("redis_version", "?")
+    finally:
+        client.close()
+    versions = ", ".join(f"{p} {metadata.version(p)}" for p in ("arq", "redis", "opentelemetry-sdk"))
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    return f"Measured {day} on {machine()}; Redis {version} ({target.source}); {versions}."
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def bench(context: BenchContext) -> BenchResult:
+    return run(HopConfig(), context.redis).bench_result()
+
+
+BENCHMARK = Benchmark(NAME, bench)
+
+
+# --- the child: one variant, one repetition, in its own interpreter ------------------------------
+
+
+@dataclass(frozen=True)
+class ChildConfig:
+    variant: Variant
+    redis_url: str
+    queue: str
+    id_prefix: str
+    jobs: int
+    latency_samples: int
+    warmup: int
+    otlp_endpoint: str
+    log_level: str
+    rep: int
+    out: str
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ChildConfig:
+        raw = json.loads(text)
+        return cls(**{**raw, "variant": Variant(**raw["variant"])})
+
+
+class Probe:
+    """What the job function reports to: start and end times, and a future per watched job.
+
+    Every variant runs the same probe code, so its (tiny) cost is in every figure alike."""
+
+    def __init__(self) -> None:
+        self.expect(0)
+        self._watched: dict[str, asyncio.Future[float]] = {}
+
+    def expect(self, jobs: int) -> None:
+        self.target = jobs
+        self.started = 0
+        self.finished = 0
+        self.first_start = 0.0
+        self.last_finish = 0.0
+        self.all_done = asyncio.Event()
+
+    def watch(self, job_id: str) -> asyncio.Future[float]:
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._watched[job_id] = future
+        return future
+
+    def on_start(self, job_id: str) -> None:
+        now = time.perf_counter()
+        if not self.started:
+            self.first_start = now
+        self.started += 1
+        future = self._watched.pop(job_id, None)
+        if future is not None and not future.done():
+            future.set_result(now)
+
+    def on_finish(self) -> None:
+        self.last_finish = time.perf_counter()
+        self.finished += 1
+        if self.finished >= self.target:
+            self.all_done.set()
+
+    async def wait_all(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self.all_done.wait(), timeout)
+        except TimeoutError:
+            raise RuntimeError(f"only {self.finished} of {self.target} jobs finished in {timeout:.0f} s") from None
+
+
+async def hop_job(ctx: dict[str, Any], **_: Any) -> None:
+    """The no-op job; `trace_context` (pagelens) lands in the ignored kwargs."""
+    probe: Probe = ctx["probe"]
+    probe.on_start(ctx["job_id"])
+    probe.on_finish()
+
+
+class Enqueuer:
+    """Enqueues as plain arq code does: `enqueue_job`, nothing around it."""
+
+    def __init__(self, pool: ArqRedis, queue: str, serializer: Serializer | None) -> None:
+        self.pool = pool
+        self.queue = queue
+        self.serializer = serializer
+
+    async def one(self, job_id: str) -> None:
+        with self.send(job_id) as kwargs:
+            job = await self.pool.enqueue_job(JOB, _job_id=job_id, _queue_name=self.queue, **kwargs)
+        if job is None:
+            raise RuntimeError(f"job id {job_id} already taken")
+
+    async def batch(self, job_ids: Sequence[str]) -> None:
+        """What `enqueue_job` writes (the job with arq's default expiry, its queue entry), pipelined:
+        the throughput phase measures the worker, not the producer's round trips."""
+        for chunk in _chunks(job_ids, 500):
+            async with self.pool.pipeline(transaction=False) as pipe:
+                for job_id in chunk:
+                    with self.send(job_id) as kwargs:  # a real trace context in the job; times nothing
+                        now = timestamp_ms()
+                        payload = serialize_job(JOB, (), kwargs, None, now, serializer=self.serializer)
+                    pipe.psetex(job_key_prefix + job_id, expires_extra_ms, payload)
+                    pipe.zadd(self.queue, {job_id: now})
+                await pipe.execute()
+
+    @contextlib.contextmanager
+    def send(self, job_id: str) -> Iterator[dict[str, Any]]:
+        """The extra keyword arguments of the job, and whatever wraps its enqueueing."""
+        yield {}
+
+
+class TracedEnqueuer(Enqueuer):
+    """Enqueues as `app.queue.enqueue_scan` does: inside a PRODUCER span, its carrier in `trace_context`."""
+
+    def __init__(self, pool: ArqRedis, queue: str, serializer: Serializer | None) -> None:
+        super().__init__(pool, queue, serializer)
+        # Imported here, not at the top: a bare run must not load any of pagelens's telemetry.
+        from opentelemetry import trace
+
+        from app import queue as app_queue
+        from observability import metrics
+
+        self.tracer = trace.get_tracer("pagelens.bench")
+        self.app_queue = app_queue
+        self.enqueued = metrics.jobs_enqueued_total
+
+    @contextlib.contextmanager
+    def send(self, job_id: str) -> Iterator[dict[str, Any]]:
+        from opentelemetry.trace import SpanKind
+
+        attributes = self.app_queue.messaging_attributes(self.queue, "send", job_id)
+        with self.tracer.start_as_current_span(f"send {self.queue}", kind=SpanKind.PRODUCER, attributes=attributes):
+            yield {self.app_queue.TRACE_KWARG: self.app_queue.trace_carrier()}
+            self.enqueued.inc({"queue": self.queue, "function": JOB})
+
+
+@contextlib.asynccontextmanager
+async def running(worker: Worker) -> AsyncIterator[Worker]:
+    task = asyncio.create_task(worker.async_run())
+    try:
+        yield worker
+    finally:
+        await idle(worker)  # close() cancels jobs in flight, even one only writing its result
+        await worker.close()  # with handle_signals=False this cancels the main task itself
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def idle(worker: Worker) -> None:
+    """Until the worker has no job in flight (a job's task outlives its function: result, hooks)."""
+    pending = [task for task in worker.tasks.values() if not task.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=WAIT_LIMIT)
+
+
+class Child:
+    def __init__(self, config: ChildConfig) -> None:
+        self.config = config
+        self.variant = config.variant
+        self.probe = Probe()
+        self.redis_settings = RedisSettings.from_dsn(config.redis_url)
+        self.issued: list[str] = []
+        self.serializer: Serializer | None = None
+        self.deserializer: Deserializer | None = None
+        if self.variant.instrumented:
+            from app.queue import deserialize, serialize
+
+            self.serializer, self.deserializer = serialize, deserialize
+
+    def ids(self, count: int) -> list[str]:
+        new = [f"{self.config.id_prefix}{len(self.issued) + i}" for i in range(count)]
+        self.issued.extend(new)
+        return new
+
+    def worker(self) -> Worker:
+        options: dict[str, Any] = {}
+        function: Any = hop_job
+        if self.variant.instrumented:
+            from worker.hooks import make_hooks, observed
+
+            function = observed(hop_job)
+            on_job_start, on_job_end = make_hooks(self.config.queue)
+            options = {
+                "on_job_start": on_job_start,
+                "on_job_end": on_job_end,
+                "job_serializer": self.serializer,
+                "job_deserializer": self.deserializer,
+            }
+        return Worker(
+            functions=[func(function, name=JOB)],
+            queue_name=self.config.queue,
+            redis_settings=self.redis_settings,
+            burst=False,
+            poll_delay=self.variant.poll_delay,
+            handle_signals=False,
+            ctx={"probe": self.probe},
+            **options,
+        )
+
+    async def run(self) -> RunRecord:
+        provider = self._setup_telemetry()
+        pool = await create_pool(
+            self.redis_settings, job_serializer=self.serializer, job_deserializer=self.deserializer
+        )
+        kind = TracedEnqueuer if self.variant.instrumented else Enqueuer
+        enqueuer = kind(pool, self.config.queue, self.serializer)
+        try:
+            # Warm-up: first-call costs (imports inside the SDK, connection set-up) are not measured.
+            warmup = self.ids(self.config.warmup)
+            for job_id in warmup:
+                await enqueuer.one(job_id)
+            self.probe.expect(len(warmup))
+            async with running(self.worker()):
+                await self.probe.wait_all(WAIT_LIMIT + len(warmup))
+
+            # Throughput: queue everything first, then start a worker on it.
+            batch = self.ids(self.config.jobs)
+            await enqueuer.batch(batch)
+            if provider is not None:
+                provider.force_flush()  # the producer spans' export belongs to the API, not this window
+            self.probe.expect(len(batch))
+            cpu_before = time.process_time()
+            async with running(self.worker()) as worker:
+                await self.probe.wait_all(WAIT_LIMIT + len(batch) / 20)  # bounded: 20 jobs/s is far too slow
+                started, finished = self.probe.started, self.probe.finished
+                seconds = self.probe.last_finish - self.probe.first_start
+                await idle(worker)
+                if provider is not None:
+                    provider.force_flush()  # these jobs' spans are part of their CPU cost
+                cpu_seconds = time.process_time() - cpu_before
+                latencies = await self._latencies(worker, enqueuer)
+            return RunRecord(
+                variant=self.variant.name,
+                rep=self.config.rep,
+                latencies_ms=tuple(latencies),
+                jobs=len(batch),
+                started=started,
+                finished=finished,
+                seconds=seconds,
+                cpu_seconds=cpu_seconds,
+            )
+        finally:
+            await self._delete_keys(pool)
+            await pool.aclose()
+            if provider is not None:
+                provider.shutdown()  # exports what is left, so the sink's count is complete
+
+    async def _latencies(self, worker: Worker, enqueuer: Enqueuer) -> list[float]:
+        rng = random.Random(self.config.rep)  # reproducible pauses, different per repetition
+        samples: list[float] = []
+        for job_id in self.ids(self.config.latency_samples):
+            await idle(worker)
+            # A random pause puts each enqueue at a random point of the worker's poll cycle, as real
+            # arrivals are; back to back, every sample would land at the same phase.
+            await asyncio.sleep(rng.uniform(0, self.variant.poll_delay))
+            started = self.probe.watch(job_id)
+            before = time.perf_counter()
+            await enqueuer.one(job_id)
+            samples.append((await asyncio.wait_for(started, WAIT_LIMIT) - before) * 1000)
+        await idle(worker)
+        return samples
+
+    def _setup_telemetry(self) -> TracerProvider | None:
+        """Logging as each kind of worker has it by default; for pagelens also tracing exported in
+        batches over OTLP/HTTP to the parent's sink, as in production."""
+        if not self.variant.instrumented:
+            from arq.logs import default_log_config
+
+            logging.config.dictConfig(default_log_config(verbose=False))  # what the `arq` CLI does
+            logging.getLogger("arq").setLevel(self.config.log_level)
+            return None
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        from app.settings import Settings
+        from observability.logs import setup_logging
+        from observability.tracing import setup_tracing
+
+        setup_logging(self.config.log_level)  # what the worker's on_startup does
+        provider = setup_tracing(Settings(), "pagelens-bench")
+        if provider is None:
+            raise RuntimeError("setup_tracing installed no provider")
+        # setup_tracing's `exporter` argument exports synchronously (for tests); production exports
+        # in batches from a background thread, so add that processor here.
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=self.config.otlp_endpoint)))
+        return provider
+
+    async def _delete_keys(self, pool: ArqRedis) -> None:
+        keys = [self.config.queue, self.config.queue + health_check_key_suffix]
+        for job_id in self.issued:
+            keys += [prefix + job_id for prefix in (job_key_prefix, result_key_prefix, retry_key_prefix)]
+            keys.append(in_progress_key_prefix + job_id)
+        for chunk in _chunks(keys, 1000):
+            await pool.unlink(*chunk)
+
+
+def child_main(argv: Sequence[str]) -> int:
+    config = ChildConfig.from_json(argv[0])
+    record = asyncio.run(Child(config).run())
+    Path(config.out).write_text(record.to_json())
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["child"] or len(sys.argv) != 3:
+        sys.exit("usage: python -m bench.queue_hop child CONFIG_JSON (run by `python -m bench queue_hop`)")
+    sys.exit(child_main(sys.argv[2:]))

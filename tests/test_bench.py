@@ -1,0 +1,92 @@
+"""`make bench`'s queue-hop benchmark, tiny: its records are complete and consistent. Never how fast."""
+
+from __future__ import annotations
+
+import redis
+from pytest import approx
+
+from bench.common import Table, markers, percentile, redis_target, replace_section
+from bench.queue_hop import HopConfig, run
+
+JOBS = 20
+
+
+def test_queue_hop_records_are_complete_and_consistent() -> None:
+    config = HopConfig(jobs=JOBS, latency_samples=JOBS, slow_latency_samples=3, warmup=5, reps=2)
+    with redis_target() as target:
+        result = run(config, target)
+        client = redis.Redis.from_url(target.url)
+        try:
+            leftovers = list(client.scan_iter(match=f"*{result.token}*", count=1000))
+        finally:
+            client.close()
+    assert leftovers == []
+
+    assert [s.variant.name for s in result.summaries] == ["bare-default", "bare-tuned", "pagelens"]
+    for summary in result.summaries:
+        assert [run.rep for run in summary.runs] == list(range(config.reps))
+        for record in summary.runs:
+            assert record.jobs == record.started == record.finished == JOBS
+            assert len(record.latencies_ms) == config.samples_for(summary.variant)
+            assert min(record.latencies_ms) > 0
+            assert record.seconds > 0
+            assert record.cpu_seconds > 0
+            assert record.latency(50) <= record.latency(95) <= record.latency(99) <= max(record.latencies_ms)
+        assert summary.latency(50) <= summary.latency(95) <= summary.latency(99)
+        assert summary.samples == sum(config.samples_for(summary.variant) for _ in summary.runs)
+        assert summary.throughput > 0
+
+    bare = [record for name in ("bare-default", "bare-tuned") for record in result.summary(name).runs]
+    assert all(record.spans_exported == 0 for record in bare)
+    for record in result.summary("pagelens").runs:
+        # At least a PRODUCER and a CONSUMER span for every job of the run, all received by the sink.
+        jobs = config.warmup + record.jobs + len(record.latencies_ms)
+        assert record.spans_exported >= 2 * jobs
+
+    # The ratios come from this run's own figures.
+    pagelens, tuned, default = (result.summary(n) for n in ("pagelens", "bare-tuned", "bare-default"))
+    assert result.throughput_vs_tuned == approx(pagelens.throughput / tuned.throughput)
+    assert result.throughput_vs_default == approx(pagelens.throughput / default.throughput)
+    assert result.p50_vs("bare-tuned") == approx(pagelens.latency(50) / tuned.latency(50))
+    assert result.paired_throughput_vs_tuned == approx(
+        [p.throughput / t.throughput for p, t in zip(pagelens.runs, tuned.runs, strict=True)]
+    )
+
+    report = result.bench_result()
+    assert report.name == "queue_hop"
+    assert len(report.table.rows) == 3
+    assert all(len(row) == len(report.table.headers) for row in report.table.rows)
+    assert f"{result.throughput_vs_tuned:.2f}x" in report.notes[0]
+
+
+def test_percentile_interpolates_between_ranks() -> None:
+    values = [4.0, 1.0, 3.0, 2.0]
+    assert percentile(values, 0) == 1.0
+    assert percentile(values, 50) == 2.5
+    assert percentile(values, 100) == 4.0
+    assert percentile([7.0], 99) == 7.0
+
+
+def test_replace_section_keeps_everything_outside_the_markers() -> None:
+    start, end = markers("queue_hop")
+    other_start, other_end = markers("api_load")
+    document = (
+        f"# Performance\n\nintro\n\n{start}\nold figures\n{end}\n\n{other_start}\nkeep me\n{other_end}\n\nafter\n"
+    )
+    updated = replace_section(document, "queue_hop", "new figures\n")
+    assert updated == document.replace("old figures", "new figures")
+    assert replace_section(updated, "queue_hop", "new figures\n") == updated
+
+    appended = replace_section("# Performance\n", "keyphrases", "figures")
+    assert appended == f"# Performance\n\n{markers('keyphrases')[0]}\nfigures\n{markers('keyphrases')[1]}\n"
+
+
+def test_table_renders_markdown_and_text() -> None:
+    table = Table(("variant", "jobs/s"), (("bare", "1,600"), ("pagelens", "900")))
+    assert table.markdown().splitlines() == [
+        "| variant | jobs/s |",
+        "| --- | --: |",
+        "| bare | 1,600 |",
+        "| pagelens | 900 |",
+    ]
+    assert table.text().splitlines()[2] == "bare       1,600"
