@@ -12,7 +12,7 @@ JOBS = 20
 
 
 def test_queue_hop_records_are_complete_and_consistent() -> None:
-    config = HopConfig(jobs=JOBS, latency_samples=JOBS, slow_latency_samples=3, warmup=5, reps=2)
+    config = HopConfig(jobs=JOBS, latency_samples=JOBS, slow_latency_samples=3, warmup=5, reps=2, idle_seconds=0.2)
     with redis_target() as target:
         result = run(config, target)
         client = redis.Redis.from_url(target.url)
@@ -22,7 +22,7 @@ def test_queue_hop_records_are_complete_and_consistent() -> None:
             client.close()
     assert leftovers == []
 
-    assert [s.variant.name for s in result.summaries] == ["bare-default", "bare-tuned", "pagelens"]
+    assert [s.variant.name for s in result.summaries] == ["bare-default", "bare-tuned", "pagelens-before", "pagelens"]
     for summary in result.summaries:
         assert [run.rep for run in summary.runs] == list(range(config.reps))
         for record in summary.runs:
@@ -31,6 +31,7 @@ def test_queue_hop_records_are_complete_and_consistent() -> None:
             assert min(record.latencies_ms) > 0
             assert record.seconds > 0
             assert record.cpu_seconds > 0
+            assert record.idle_cpu_percent >= 0
             assert record.latency(50) <= record.latency(95) <= record.latency(99) <= max(record.latencies_ms)
         assert summary.latency(50) <= summary.latency(95) <= summary.latency(99)
         assert summary.samples == sum(config.samples_for(summary.variant) for _ in summary.runs)
@@ -38,10 +39,13 @@ def test_queue_hop_records_are_complete_and_consistent() -> None:
 
     bare = [record for name in ("bare-default", "bare-tuned") for record in result.summary(name).runs]
     assert all(record.spans_exported == 0 for record in bare)
-    for record in result.summary("pagelens").runs:
+    for record in [*result.summary("pagelens-before").runs, *result.summary("pagelens").runs]:
         # At least a PRODUCER and a CONSUMER span for every job of the run, all received by the sink.
         jobs = config.warmup + record.jobs + len(record.latencies_ms)
         assert record.spans_exported >= 2 * jobs
+    # Only the production variant is woken on enqueue; it samples at the pace of a tuned poll.
+    assert [s.variant.wake for s in result.summaries] == [False, False, False, True]
+    assert result.summary("pagelens").samples == config.reps * config.latency_samples
 
     # The ratios come from this run's own figures.
     pagelens, tuned, default = (result.summary(n) for n in ("pagelens", "bare-tuned", "bare-default"))
@@ -54,9 +58,9 @@ def test_queue_hop_records_are_complete_and_consistent() -> None:
 
     report = result.bench_result()
     assert report.name == "queue_hop"
-    assert len(report.table.rows) == 3
+    assert len(report.table.rows) == 4
     assert all(len(row) == len(report.table.headers) for row in report.table.rows)
-    assert f"{result.throughput_vs_tuned:.2f}x" in report.notes[0]
+    assert f"{result.throughput_vs_tuned:.2f}x" in report.notes[1]
 
 
 def test_percentile_interpolates_between_ranks() -> None:
