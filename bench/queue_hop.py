@@ -27,7 +27,6 @@ import dataclasses
 import json
 import logging
 import logging.config
-import os
 import random
 import secrets
 import subprocess
@@ -36,10 +35,8 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.constants import (
@@ -62,9 +59,13 @@ from bench.common import (
     OtlpSink,
     RedisTarget,
     Table,
-    machine,
+    child_env,
+    environment,
+    fmt_ms,
     median,
     percentile,
+    tail,
+    verdict,
 )
 
 if TYPE_CHECKING:
@@ -240,9 +241,9 @@ class HopResult:
         rows = tuple(
             (
                 s.variant.label,
-                _ms(s.latency(50)),
-                _ms(s.latency(95)),
-                _ms(s.latency(99)),
+                fmt_ms(s.latency(50)),
+                fmt_ms(s.latency(95)),
+                fmt_ms(s.latency(99)),
                 str(s.samples),
                 f"{s.throughput:,.0f}",
                 f"{s.cpu_per_job_us:,.0f}",
@@ -254,16 +255,16 @@ class HopResult:
         )
         paired = self.paired_throughput_vs_tuned
         tuned, pagelens, before = (self.summary(n) for n in ("bare-tuned", "pagelens", "pagelens-before"))
-        throughput_verdict = _verdict(self.throughput_vs_tuned >= 0.9)
-        latency_verdict = _verdict(pagelens.latency(50) <= 5 and pagelens.latency(99) <= 20)
+        throughput_verdict = verdict(self.throughput_vs_tuned >= 0.9)
+        latency_verdict = verdict(pagelens.latency(50) <= 5 and pagelens.latency(99) <= 20)
         notes = (
-            f"latency, pagelens: p50 **{_ms(pagelens.latency(50))} ms**, p99 **{_ms(pagelens.latency(99))} ms**; "
+            f"latency, pagelens: p50 **{fmt_ms(pagelens.latency(50))} ms**, p99 **{fmt_ms(pagelens.latency(99))} ms**; "
             f"target p50 <= 5 ms and p99 <= 20 ms: {latency_verdict}; before (polling only): p50 "
-            f"{_ms(before.latency(50))} ms, p99 {_ms(before.latency(99))} ms",
+            f"{fmt_ms(before.latency(50))} ms, p99 {fmt_ms(before.latency(99))} ms",
             f"throughput, pagelens / bare tuned: **{self.throughput_vs_tuned:.2f}x** (per repetition "
             f"{min(paired):.2f}x to {max(paired):.2f}x); target >= 0.90x: {throughput_verdict}",
             f"throughput, pagelens / bare defaults: **{self.throughput_vs_default:.2f}x**",
-            f"latency p50, pagelens vs bare tuned: {_ms(pagelens.latency(50))} vs {_ms(tuned.latency(50))} ms "
+            f"latency p50, pagelens vs bare tuned: {fmt_ms(pagelens.latency(50))} vs {fmt_ms(tuned.latency(50))} ms "
             f"({self.p50_vs('bare-tuned'):.2f}x); vs bare defaults: {self.p50_vs('bare-default'):.3f}x",
             f"idle CPU, pagelens vs bare tuned: {pagelens.idle_cpu_percent:.1f}% vs {tuned.idle_cpu_percent:.1f}% "
             f"of a core, over {self.config.idle_seconds:g} s with nothing queued",
@@ -280,14 +281,6 @@ class HopResult:
             environment=self.environment,
             seconds=self.seconds,
         )
-
-
-def _ms(value: float) -> str:
-    return f"{value:.0f}" if value >= 100 else f"{value:.2f}"
-
-
-def _verdict(met: bool) -> str:
-    return "met" if met else "NOT met"
 
 
 # --- the parent: runs the children, alternating, and sums up ------------------------------------
@@ -307,7 +300,7 @@ def run(config: HopConfig, redis: RedisTarget) -> HopResult:
         finally:
             _sweep(redis.url, token)
     summaries = tuple(VariantSummary(v, tuple(runs[v.name])) for v in chosen)
-    return HopResult(config, summaries, time.monotonic() - began, _environment(redis), token)
+    return HopResult(config, summaries, time.monotonic() - began, environment(redis), token)
 
 
 def _run_child(
@@ -329,16 +322,13 @@ def _run_child(
         rep=rep,
         out=str(out),
     )
-    # Without the shell's OTEL_* (sampler, batch sizes, endpoints): the figures are for the SDK defaults.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     spans_before = sink.spans
     # The child's logs go to a file: a real write per line, as in production, and readable on failure.
     with log.open("wb") as stderr:
         done = subprocess.run(
             [sys.executable, "-m", "bench.queue_hop", "child", child.to_json()],
             cwd=ROOT,
-            env=env,
+            env=child_env(),  # without the shell's OTEL_*: the figures are for the SDK defaults
             stdin=subprocess.DEVNULL,
             stdout=stderr,
             stderr=stderr,
@@ -346,8 +336,7 @@ def _run_child(
             check=False,
         )
     if done.returncode != 0 or not out.exists():
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-        raise RuntimeError(f"queue-hop run {variant.name} #{rep} exited with {done.returncode}:\n{tail}")
+        raise RuntimeError(f"queue-hop run {variant.name} #{rep} exited with {done.returncode}:\n{tail(log)}")
     record = RunRecord.from_json(out.read_text())
     return dataclasses.replace(record, spans_exported=sink.spans - spans_before)
 
@@ -363,19 +352,6 @@ def _sweep(url: str, token: str) -> None:
             client.unlink(*chunk)
     finally:
         client.close()
-
-
-def _environment(target: RedisTarget) -> str:
-    import redis
-
-    client = redis.Redis.from_url(target.url)
-    try:
-        version = cast(dict[str, Any], client.info("server")).get("redis_version", "?")
-    finally:
-        client.close()
-    versions = ", ".join(f"{p} {metadata.version(p)}" for p in ("arq", "redis", "opentelemetry-sdk"))
-    day = datetime.now(UTC).strftime("%Y-%m-%d")
-    return f"Measured {day} on {machine()}; Redis {version} ({target.source}); {versions}."
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

@@ -1,11 +1,13 @@
-"""`make bench`'s queue-hop benchmark, tiny: its records are complete and consistent. Never how fast."""
+"""`make bench`'s benchmarks, each run tiny: their records are complete and consistent. Never how fast."""
 
 from __future__ import annotations
 
 import redis
 from pytest import approx
 
-from bench.common import Table, markers, percentile, redis_target, replace_section
+from bench.api_load import SERVERS, ApiConfig
+from bench.api_load import run as run_api
+from bench.common import BenchContext, Table, markers, percentile, redis_target, replace_section
 from bench.queue_hop import HopConfig, run
 
 JOBS = 20
@@ -94,3 +96,34 @@ def test_table_renders_markdown_and_text() -> None:
         "| pagelens | 900 |",
     ]
     assert table.text().splitlines()[2] == "bare       1,600"
+
+
+def test_api_load_measures_both_servers_under_both_loads() -> None:
+    config = ApiConfig(reps=2, seconds=0.5, warmup=0.2, concurrency=4, rate=40, connections=4)
+    with redis_target() as target:
+        result = run_api(config, BenchContext(target))
+        client = redis.Redis.from_url(target.url)
+        try:
+            leftovers = list(client.scan_iter(match="pagelens-bench:*:api:*", count=1000))
+        finally:
+            client.close()
+    assert leftovers == []  # queues and their jobs deleted
+
+    names = [s.name for s in SERVERS]
+    assert names == ["bare", "pagelens", "untraced"]
+    assert len(result.turns) == config.reps * len(SERVERS) * 2
+    for turn in result.turns:
+        assert turn.result.latencies_ms, turn
+        assert turn.accepted == len(turn.result.latencies_ms)  # every request got its 202
+        assert turn.server_cpu_seconds > 0
+    for name in names:
+        assert [t.rep for t in result.of(name, "closed")] == [0, 1]
+        assert result.throughput(name) > 0
+        assert result.latency(name, "open", 50) <= result.latency(name, "open", 99)
+    assert result.failed == 0
+    assert result.spans_exported > 0  # only the traced server exports
+    assert result.ratio == approx(result.throughput("pagelens") / result.throughput("bare"))
+
+    report = result.bench_result()
+    assert report.name == "api" and len(report.table.rows) == len(SERVERS)
+    assert f"{result.ratio:.2f}x" in report.notes[0]
