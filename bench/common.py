@@ -361,18 +361,22 @@ def verdict(met: bool) -> str:
     return "met" if met else "NOT met"
 
 
-def environment(redis: RedisTarget, *, extra: str = "", packages: Sequence[str] = ()) -> str:
+def environment(redis: RedisTarget | None, *, extra: str = "", packages: Sequence[str] = ()) -> str:
     """The line under each results table: when, on what, against which servers and versions."""
-    import redis as redis_py
+    servers = [extra]
+    if redis is not None:
+        import redis as redis_py
 
-    client = redis_py.Redis.from_url(redis.url)
-    try:
-        version = cast(dict[str, Any], client.info("server")).get("redis_version", "?")
-    finally:
-        client.close()
-    versions = ", ".join(f"{p} {metadata.version(p)}" for p in ("arq", "redis", "opentelemetry-sdk", *packages))
-    servers = "; ".join(filter(None, [f"Redis {version} ({redis.source})", extra]))
-    return f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine()}; {servers}; {versions}."
+        client = redis_py.Redis.from_url(redis.url)
+        try:
+            version = cast(dict[str, Any], client.info("server")).get("redis_version", "?")
+        finally:
+            client.close()
+        servers.insert(0, f"Redis {version} ({redis.source})")
+    names = ("arq", "redis", "opentelemetry-sdk", *packages) if redis is not None else packages
+    versions = ", ".join(f"{p} {metadata.version(p)}" for p in names)
+    details = "; ".join(filter(None, [*servers, versions]))
+    return f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine()}; {details}."
 
 
 def machine() -> str:
