@@ -17,7 +17,8 @@ from app import db, openapi, queue
 from app.auth import APIKeyAuth
 from app.middleware import HTTPMetrics, span_details
 from app.problems import Problem, exception_handlers
-from app.routes import documents, health, queues, scans
+from app.routes import documents, events, health, queues, scans
+from app.scan_events import ScanEvents
 from app.settings import Settings, get_settings
 from app.state import State
 from observability import metrics
@@ -39,7 +40,9 @@ def create_app(settings: Settings | None = None, *, configure_logging: bool = Tr
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         pool = await db.create_pool(settings.require_database_url())
         redis = await queue.connect(settings.require_redis_url())
-        app.state.pagelens = State(settings=settings, pool=pool, redis=redis)
+        hub = ScanEvents(settings.require_database_url(), pool, max_streams=settings.sse_max_streams)
+        hub.start()
+        app.state.pagelens = State(settings=settings, pool=pool, redis=redis, events=hub)
         # A leadership candidate: at most one process per queue samples and exports queue depth.
         sampler = QueueSampler(redis, pool, settings.queue_name, interval=settings.queue_sample_interval)
         sampler.start()
@@ -47,6 +50,7 @@ def create_app(settings: Settings | None = None, *, configure_logging: bool = Tr
             yield
         finally:
             await sampler.stop()
+            await hub.stop()
             await redis.aclose()
             await pool.close()
             flush()
@@ -63,6 +67,7 @@ def create_app(settings: Settings | None = None, *, configure_logging: bool = Tr
 
     routes: list[BaseRoute] = [
         *scans.routes,
+        *events.routes,
         *documents.routes,
         *health.routes,
         *queues.routes,

@@ -8,6 +8,7 @@ import asyncpg
 from arq.connections import ArqRedis
 from starlette.requests import HTTPConnection
 
+from app.scan_events import ScanEvents
 from app.settings import Settings
 
 
@@ -16,6 +17,7 @@ class State:
     settings: Settings
     pool: asyncpg.Pool
     redis: ArqRedis
+    events: ScanEvents
 
     @staticmethod
     def of(connection: HTTPConnection) -> State:
