@@ -135,9 +135,11 @@ class Settings:
     sse_max_seconds: float = 60.0
     # The link each scan's trace id gets on the web page; {trace_id} is replaced.
     trace_url_template: str = GRAFANA_EXPLORE_TRACE
-    # POST /v1/traces (browser spans, forwarded to the OTLP exporter). None: on when spans are
-    # exported over OTLP, else off (404).
-    browser_traces: bool | None = None
+    # POST /v1/traces takes the web page's spans and forwards them to this OTLP/HTTP traces URL,
+    # else to where the API's own spans go (when that is OTLP); with neither, or when switched
+    # off, it answers 404.
+    browser_traces: bool = True
+    browser_traces_endpoint: str | None = None
     browser_traces_max_bytes: int = 512 * 1024
     browser_traces_per_minute: int = 60  # per client address
 
@@ -197,9 +199,8 @@ class Settings:
             sse_keepalive=_float(env, "PAGELENS_SSE_KEEPALIVE", defaults.sse_keepalive),
             sse_max_seconds=_float(env, "PAGELENS_SSE_MAX_SECONDS", defaults.sse_max_seconds),
             trace_url_template=env.get("PAGELENS_TRACE_URL_TEMPLATE", defaults.trace_url_template).strip(),
-            browser_traces=_bool(env, "PAGELENS_BROWSER_TRACES", True)
-            if _opt(env, "PAGELENS_BROWSER_TRACES")
-            else None,
+            browser_traces=_bool(env, "PAGELENS_BROWSER_TRACES", True),
+            browser_traces_endpoint=_opt(env, "PAGELENS_BROWSER_TRACES_ENDPOINT"),
             browser_traces_max_bytes=_int(
                 env, "PAGELENS_BROWSER_TRACES_MAX_BYTES", defaults.browser_traces_max_bytes, minimum=1024
             ),
@@ -218,8 +219,12 @@ class Settings:
     @property
     def browser_traces_enabled(self) -> bool:
         """Whether POST /v1/traces accepts spans: only when they can go somewhere."""
-        exporting = self.otel_endpoint_configured and (self.otel_traces_exporter or "otlp").lower().startswith("otlp")
-        return exporting and not self.otel_sdk_disabled if self.browser_traces is None else self.browser_traces
+        exporting = (
+            self.otel_endpoint_configured
+            and not self.otel_sdk_disabled
+            and (self.otel_traces_exporter or "otlp").lower().split(",")[0].strip() == "otlp"
+        )
+        return self.browser_traces and (bool(self.browser_traces_endpoint) or exporting)
 
     def require_database_url(self) -> str:
         if not self.database_url:

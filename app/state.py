@@ -8,6 +8,7 @@ import asyncpg
 from arq.connections import ArqRedis
 from starlette.requests import HTTPConnection
 
+from app.browser_spans import BrowserTraces
 from app.scan_events import ScanEvents
 from app.settings import Settings
 
@@ -18,6 +19,7 @@ class State:
     pool: asyncpg.Pool
     redis: ArqRedis
     events: ScanEvents
+    browser_traces: BrowserTraces | None = None
 
     @staticmethod
     def of(connection: HTTPConnection) -> State:
