@@ -180,6 +180,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         print(
             f"""
 pagelens is starting{embedded}; {len(applied)} migration(s) applied.
+  web page      http://{API_HOST}:{args.port}/
   API           http://{API_HOST}:{args.port}/api/v1/scan-jobs   (OpenAPI: /openapi.json)
   API metrics   http://{API_HOST}:{args.port}/metrics
   worker        http://127.0.0.1:{settings.worker_metrics_port}/metrics (once observability is on)

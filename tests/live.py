@@ -11,16 +11,13 @@ from __future__ import annotations
 import contextlib
 import secrets
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import psutil  # type: ignore[import-untyped]
 
-from app import migrate
 from app.embedded import free_port
-from app.settings import Settings
 from tests.otlp import OTLPReceiver, serve_otlp
 from tests.site import Site
 from tests.test_e2e_observability import (
@@ -47,11 +44,10 @@ class Live:
 
 @contextlib.asynccontextmanager
 async def live_stack(
-    logs: Path, server_dsn: str, empty_database: Any, redis_url: str, site: Site, **extra_env: str
+    logs: Path, migrated_database: Callable[[], Awaitable[str]], redis_url: str, site: Site, **extra_env: str
 ) -> AsyncIterator[Live]:
     """API, worker and receiver until the block ends; then SIGTERM, and nothing may be left running."""
-    database_url: str = await empty_database(server_dsn)
-    await migrate.apply(database_url, Settings().migrations_dir)
+    database_url = await migrated_database()
     queue = f"pagelens:live:{secrets.token_hex(4)}"
     api_port, metrics_port = free_port(), free_port()
     with serve_otlp() as receiver:

@@ -63,9 +63,9 @@ async def pagelens(*args: str, env: dict[str, str] | None = None, stdin: bytes |
 
 @pytest.fixture(scope="module")
 async def live(
-    tmp_path_factory: pytest.TempPathFactory, server_dsn: str, empty_database: Any, redis_url: str, site: Site
+    tmp_path_factory: pytest.TempPathFactory, migrated_database: Any, redis_url: str, site: Site
 ) -> AsyncIterator[Live]:
-    async with live_stack(tmp_path_factory.mktemp("cli-logs"), server_dsn, empty_database, redis_url, site) as stack:
+    async with live_stack(tmp_path_factory.mktemp("cli-logs"), migrated_database, redis_url, site) as stack:
         yield stack
 
 

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +23,7 @@ from arq.worker import Worker
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 
-from app import db, migrate, scans
+from app import db, scans
 from app.main import create_app
 from app.models import ErrorType, ScanError, Stage
 from app.scan_events import LISTENER_NAME, ScanEvents
@@ -122,10 +122,8 @@ async def until(predicate: Callable[[], bool], what: str) -> None:
 
 
 @pytest.fixture(scope="module")
-async def events_db(server_dsn: str, empty_database: Any) -> str:
-    dsn: str = await empty_database(server_dsn)
-    await migrate.apply(dsn, Settings().migrations_dir)
-    return dsn
+async def events_db(migrated_database: Callable[[], Awaitable[str]]) -> str:
+    return await migrated_database()
 
 
 @pytest.fixture(scope="module")

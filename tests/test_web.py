@@ -102,3 +102,12 @@ async def test_the_page_and_its_assets(settings: Settings) -> None:
     assert assets["app.js"].headers["content-type"].split(";")[0] in ("text/javascript", "application/javascript")
     assert assets["app.css"].headers["content-type"].startswith("text/css")
     assert missing.status_code == 404
+
+
+async def test_openapi_documents_the_page_the_stream_and_browser_traces(client: httpx.AsyncClient) -> None:
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    events = paths["/api/v1/scan-jobs/{scanId}/events"]["get"]
+    assert "text/event-stream" in events["responses"]["200"]["content"]
+    assert {"204", "404", "429"} <= events["responses"].keys()
+    assert "/" in paths
+    assert {"application/json", "application/x-protobuf"} == set(paths["/v1/traces"]["post"]["requestBody"]["content"])

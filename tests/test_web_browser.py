@@ -69,12 +69,12 @@ def chromium() -> str:
 
 @pytest.fixture(scope="module")
 async def live(
-    tmp_path_factory: pytest.TempPathFactory, server_dsn: str, empty_database: Any, redis_url: str, site: Site
+    tmp_path_factory: pytest.TempPathFactory, migrated_database: Any, redis_url: str, site: Site
 ) -> AsyncIterator[Live]:
     chromium()
     logs = tmp_path_factory.mktemp("web-logs")
     async with live_stack(
-        logs, server_dsn, empty_database, redis_url, site, PAGELENS_TRACE_URL_TEMPLATE=TRACE_TEMPLATE
+        logs, migrated_database, redis_url, site, PAGELENS_TRACE_URL_TEMPLATE=TRACE_TEMPLATE
     ) as stack:
         yield stack
 
