@@ -1,4 +1,8 @@
-"""API keys: when PAGELENS_API_KEYS is set, /api/* requires `Authorization: Bearer <key>`."""
+"""API keys: when PAGELENS_API_KEYS is set, /api/* requires `Authorization: Bearer <key>`.
+
+So does /v1/traces (browser spans): otherwise anyone could write into the trace store. The web
+page at / stays open; it holds no data and asks for a key when the API answers 401.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,9 @@ from app.problems import Problem, problem_response
 
 def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
+
+
+PROTECTED = ("/api/", "/v1/traces")
 
 
 class APIKeyAuth:
@@ -31,7 +38,7 @@ class APIKeyAuth:
         return found
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self.digests or scope["type"] != "http" or not scope["path"].startswith("/api/"):
+        if not self.digests or scope["type"] != "http" or not scope["path"].startswith(PROTECTED):
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}

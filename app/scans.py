@@ -62,6 +62,17 @@ async def get(db: Executor, scan_id: uuid.UUID) -> Record | None:
     return row
 
 
+@timed("scans.statuses")
+async def statuses(db: Executor, scan_ids: list[uuid.UUID]) -> list[Record]:
+    """The status columns (and `version`) of these scans, without documents, teasers or reports."""
+    return await db.fetch(
+        """SELECT id, url, status, stage, progress, error, trace_id, attempts, created_at, updated_at, timings,
+                  version
+           FROM scans WHERE id = ANY($1::uuid[])""",
+        scan_ids,
+    )
+
+
 @timed("scans.page")
 async def page(
     db: Executor, *, status: Status | None, limit: int, before: tuple[datetime, uuid.UUID] | None

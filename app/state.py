@@ -8,6 +8,8 @@ import asyncpg
 from arq.connections import ArqRedis
 from starlette.requests import HTTPConnection
 
+from app.browser_spans import BrowserTraces
+from app.scan_events import ScanEvents
 from app.settings import Settings
 
 
@@ -16,6 +18,8 @@ class State:
     settings: Settings
     pool: asyncpg.Pool
     redis: ArqRedis
+    events: ScanEvents
+    browser_traces: BrowserTraces | None = None
 
     @staticmethod
     def of(connection: HTTPConnection) -> State:

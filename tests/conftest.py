@@ -11,7 +11,7 @@ import contextlib
 import os
 import secrets
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ import uvicorn
 from arq.connections import ArqRedis
 from arq.worker import Worker
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from starlette.applications import Starlette
 
 from app import db, migrate
 from app.embedded import backing_servers, free_port
@@ -88,6 +89,18 @@ async def empty_database() -> AsyncIterator[object]:
     yield make
     for server, name in created:
         await _drop_database(server, name)
+
+
+@pytest.fixture(scope="session")
+def migrated_database(server_dsn: str, empty_database: Any) -> Callable[[], Awaitable[str]]:
+    """A factory for fresh databases with every migration applied, for tests that need their own."""
+
+    async def make() -> str:
+        dsn: str = await empty_database(server_dsn)
+        await migrate.apply(dsn, Settings().migrations_dir)
+        return dsn
+
+    return make
 
 
 @pytest.fixture(scope="session")
@@ -188,14 +201,14 @@ async def worker_ctx(
 
 
 @contextlib.asynccontextmanager
-async def serve_api(settings: Settings) -> AsyncIterator[str]:
-    """The real API served by uvicorn on a loopback port, in the test event loop."""
+async def serve_api(settings: Settings, app: Starlette | None = None) -> AsyncIterator[str]:
+    """The real API (or `app`, built by the caller to look inside it) served by uvicorn on a
+    loopback port, in the test event loop."""
     from app.main import create_app
 
     port = free_port()
-    config = uvicorn.Config(
-        create_app(settings, configure_logging=False), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-    )
+    app = app or create_app(settings, configure_logging=False)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     for _ in range(400):

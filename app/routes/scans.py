@@ -88,7 +88,7 @@ async def create_scan(request: Request) -> Response:
     )
 
 
-def _scan_id(request: Request) -> uuid.UUID:
+def scan_id_of(request: Request) -> uuid.UUID:
     try:
         return uuid.UUID(request.path_params["scanId"])
     except ValueError:
@@ -96,7 +96,7 @@ def _scan_id(request: Request) -> uuid.UUID:
 
 
 async def _load(request: Request) -> Record:
-    row = await scans.get(State.of(request).pool, _scan_id(request))
+    row = await scans.get(State.of(request).pool, scan_id_of(request))
     if row is None:
         raise Problem(404, "no scan with this id", code="scan-not-found")
     return row
@@ -135,7 +135,7 @@ async def get_full(request: Request) -> Response:
 
 async def cancel_scan(request: Request) -> Response:
     state = State.of(request)
-    scan_id = _scan_id(request)
+    scan_id = scan_id_of(request)
     row = await scans.cancel(state.pool, scan_id)
     if row is None:
         raise Problem(404, "no scan with this id", code="scan-not-found")
@@ -153,7 +153,7 @@ async def cancel_scan(request: Request) -> Response:
 async def retry_scan(request: Request) -> Response:
     """Replay a FAILED scan (a dead one, typically) under the same id."""
     state = State.of(request)
-    scan_id = _scan_id(request)
+    scan_id = scan_id_of(request)
     row = await scans.replay(state.pool, scan_id)
     if row is None:
         current = await scans.get(state.pool, scan_id)
