@@ -104,9 +104,11 @@ class Client:
 
     def follow(self, scan_id: str) -> Iterator[JSONDict]:
         """Each status change (the current state first) until a terminal state, over the event
-        stream; a dropped stream is resumed with Last-Event-ID."""
+        stream. The server ends a stream after a while and a network can drop it: both are resumed
+        with Last-Event-ID, and only failures in a row count against STREAM_RECONNECTS."""
         last_id = ""
-        for attempt in range(STREAM_RECONNECTS + 1):
+        failures = 0
+        while True:
             headers = {"Accept": "text/event-stream", **({"Last-Event-ID": last_id} if last_id else {})}
             try:
                 with self.http.stream(
@@ -118,6 +120,7 @@ class Client:
                         response.read()
                         self._check(response)
                         raise Unavailable(f"the event stream answered {response.status_code}")
+                    failures = 0  # the API answered: a stream ending from here on is a rotation
                     for event_id, data in _events(response.iter_lines()):
                         last_id = event_id or last_id
                         status: JSONDict = json.loads(data)
@@ -125,10 +128,10 @@ class Client:
                         if status.get("status") in TERMINAL:
                             return
             except httpx.HTTPError as exc:
-                if attempt == STREAM_RECONNECTS:
+                failures += 1
+                if failures > STREAM_RECONNECTS:
                     raise Unavailable(f"lost the event stream from {self.base_url} ({type(exc).__name__})") from None
-                time.sleep(min(2.0 * (attempt + 1), 10.0))
-        raise Unavailable(f"the event stream from {self.base_url} kept ending before the scan did")
+                time.sleep(min(2.0 * failures, 10.0))
 
 
 def _events(lines: Iterator[str]) -> Iterator[tuple[str, str]]:

@@ -14,11 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from app import migrate
+from app.client import STREAM_RECONNECTS
 from app.embedded import free_port
 from app.settings import ROOT, Settings
+from observability import metrics
 from tests.conftest import serve_api
 from tests.live import Live, live_stack
 from tests.site import PAGES_DIR, Site
@@ -166,6 +169,32 @@ async def test_an_unreachable_or_locked_api_exits_3(settings: Settings) -> None:
     assert refused.code == 3 and "API key" in refused.err, refused.err
     assert allowed.code == 0 and "items" in allowed.json(), allowed.err
     assert flag.code == 0, flag.err
+
+
+async def test_wait_outlives_any_number_of_stream_rotations(settings: Settings) -> None:
+    """The API ends every event stream after sse_max_seconds; a --wait resumes each time, for as
+    long as the scan takes, and only failures in a row count against its reconnect limit."""
+
+    def streams_served() -> float:
+        labels = {"method": "GET", "route": "/api/v1/scan-jobs/{scanId}/events", "status": "2xx"}
+        value = metrics.http_requests_total.get(labels) if labels in metrics.http_requests_total.values else 0
+        assert isinstance(value, int | float)
+        return float(value)
+
+    async with serve_api(settings.with_(sse_max_seconds=0.1)) as base, httpx.AsyncClient(base_url=base) as http:
+        created = await http.post("/api/v1/documents", json={"text": "words " * 50})
+        scan_id = created.json()["scanId"]  # no worker takes this queue: the scan stays QUEUED
+        before = streams_served()
+        waiting = asyncio.create_task(pagelens("status", scan_id, "--wait", "--api", base))
+        for _ in range(600):  # bounded: until the CLI has resumed more often than STREAM_RECONNECTS
+            if streams_served() - before > STREAM_RECONNECTS + 5 or waiting.done():
+                break
+            await asyncio.sleep(0.05)
+        assert (await http.delete(f"/api/v1/scan-jobs/{scan_id}")).status_code == 202
+        run = await waiting
+    streams = streams_served() - before
+    assert streams > STREAM_RECONNECTS + 5, streams
+    assert run.code == 1 and "CANCELLED" in run.err, (run.code, run.err)
 
 
 async def test_migrate_and_worker(live: Live, server_dsn: str, empty_database: Any) -> None:
