@@ -183,7 +183,7 @@ pagelens is starting{embedded}; {len(applied)} migration(s) applied.
   web page      http://{API_HOST}:{args.port}/
   API           http://{API_HOST}:{args.port}/api/v1/scan-jobs   (OpenAPI: /openapi.json)
   API metrics   http://{API_HOST}:{args.port}/metrics
-  worker        http://127.0.0.1:{settings.worker_metrics_port}/metrics (once observability is on)
+  worker        http://127.0.0.1:{settings.worker_metrics_port}/metrics
   servers       {env_file}   (more workers: set -a; . {env_file}; .venv/bin/arq worker.WorkerSettings)
 Scan a page:  curl -s -XPOST localhost:{args.port}/api/v1/scan-jobs -H 'content-type: application/json' \\
                 -d '{{"url": "https://example.com/"}}'
