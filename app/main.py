@@ -38,7 +38,7 @@ def create_app(settings: Settings | None = None, *, configure_logging: bool = Tr
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         pool = await db.create_pool(settings.require_database_url())
-        redis = await queue.connect(settings.require_redis_url())
+        redis = await queue.connect(settings.require_redis_url(), outage_seconds=queue.API_REDIS_OUTAGE)
         app.state.pagelens = State(settings=settings, pool=pool, redis=redis)
         # A leadership candidate: at most one process per queue samples and exports queue depth.
         sampler = QueueSampler(redis, pool, settings.queue_name, interval=settings.queue_sample_interval)

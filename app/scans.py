@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from app.db import timed
@@ -94,8 +95,9 @@ async def cancel(db: Executor, scan_id: uuid.UUID) -> Record | None:
 
 
 @timed("scans.claim")
-async def claim(db: Executor, scan_id: uuid.UUID, lease_seconds: float) -> Record | None:
-    """Take the scan for one attempt. None when it is finished, cancelled, or leased by a live attempt."""
+async def claim(db: Executor, scan_id: uuid.UUID, lease_seconds: float, max_tries: int) -> Record | None:
+    """Take the scan for one attempt. None when it is finished, cancelled, leased by a live attempt,
+    or has used its `max_tries` attempts (counted since its last replay): see `unclaimable`."""
     row: Record | None = await db.fetchrow(
         """UPDATE scans
            SET status = CASE WHEN status = 'QUEUED' THEN 'RUNNING' ELSE status END,
@@ -104,12 +106,61 @@ async def claim(db: Executor, scan_id: uuid.UUID, lease_seconds: float) -> Recor
                error = NULL,
                updated_at = now()
            WHERE id = $1 AND status = ANY($2::text[]) AND (lease_until IS NULL OR lease_until < now())
+             AND attempts - retry_base < $4
            RETURNING *""",
         scan_id,
         _CLAIMABLE,
         lease_seconds,
+        max_tries,
     )
     return row
+
+
+class Unclaimable(StrEnum):
+    GONE = "gone"  # deleted, finished or cancelled: a duplicate delivery
+    LEASED = "leased"  # another attempt holds a live lease (or it just ran out: try again)
+    EXHAUSTED = "exhausted"  # every try was used; see `give_up`
+
+
+@timed("scans.unclaimable")
+async def unclaimable(db: Executor, scan_id: uuid.UUID, max_tries: int) -> tuple[Unclaimable, float]:
+    """Why `claim` refused the scan, and for LEASED the seconds until the lease runs out."""
+    row = await db.fetchrow(
+        """SELECT status, attempts - retry_base AS tries,
+                  GREATEST(0, extract(epoch FROM lease_until - now()))::float8 AS lease_left
+           FROM scans WHERE id = $1""",
+        scan_id,
+    )
+    if row is None or row["status"] not in _CLAIMABLE:
+        return Unclaimable.GONE, 0.0
+    if row["lease_left"]:
+        return Unclaimable.LEASED, float(row["lease_left"])
+    if row["tries"] >= max_tries:
+        return Unclaimable.EXHAUSTED, 0.0
+    return Unclaimable.LEASED, 0.0
+
+
+@timed("scans.give_up")
+async def give_up(db: Executor, scan_id: uuid.UUID, max_tries: int) -> bool:
+    """FAILED with `retries_exhausted` for a scan that used every try without finishing (its workers
+    died, timed out or were stopped); the message names the last error an attempt recorded."""
+    result = await db.execute(
+        """UPDATE scans
+           SET status = 'FAILED', lease_until = NULL, finished_at = now(), updated_at = now(),
+               error = jsonb_build_object(
+                   'type', 'retries_exhausted',
+                   'retryable', true,
+                   'message', CASE WHEN error IS NULL
+                       THEN format('no attempt finished after %s tries', attempts - retry_base)
+                       ELSE format('gave up after %s attempts; last error (%s): %s',
+                                   attempts - retry_base, error->>'type', error->>'message') END)
+           WHERE id = $1 AND status = ANY($2::text[]) AND (lease_until IS NULL OR lease_until < now())
+             AND attempts - retry_base >= $3""",
+        scan_id,
+        _CLAIMABLE,
+        max_tries,
+    )
+    return result != "UPDATE 0"
 
 
 @timed("scans.enter_stage")

@@ -102,6 +102,8 @@ class Settings:
     # cancels them (a cancelled scan is released and runs again on another worker).
     shutdown_grace: int = 20
     retention_days: int = 30
+    # Seconds between sweeps for scans arq lost track of; a QUEUED scan is swept once this old.
+    sweep_interval: int = 30
     keybert_processes: int = 1
     keybert_timeout: float = 60.0
     keyphrase_cache_ttl: int = 7 * 24 * 3600
@@ -153,6 +155,7 @@ class Settings:
             max_jobs=_int(env, "PAGELENS_MAX_JOBS", defaults.max_jobs, minimum=1),
             shutdown_grace=_int(env, "PAGELENS_SHUTDOWN_GRACE", defaults.shutdown_grace),
             retention_days=_int(env, "PAGELENS_RETENTION_DAYS", defaults.retention_days, minimum=1),
+            sweep_interval=_int(env, "PAGELENS_SWEEP_INTERVAL", defaults.sweep_interval, minimum=1),
             keybert_processes=_int(env, "PAGELENS_KEYBERT_PROCESSES", 1, minimum=1),
             keybert_timeout=_float(env, "PAGELENS_KEYBERT_TIMEOUT", defaults.keybert_timeout),
             otel_sdk_disabled=_bool(env, "OTEL_SDK_DISABLED", False),
