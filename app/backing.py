@@ -17,6 +17,8 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     # statement (57014): what a PostgreSQL restart looks like to the connections it had.
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.TooManyConnectionsError,
+    # What asyncpg raises on a pooled connection whose session the server ended while it was idle.
+    asyncpg.exceptions.InternalClientError,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
 )
