@@ -60,7 +60,7 @@ class PrivatePostgres:
 
     def __init__(self, data_dir: Path) -> None:
         self.dsn, self._handle = start_postgres(data_dir)
-        self._pg_ctl: Any = pg_commands.pg_ctl
+        self._pg_ctl: Any = pg_commands.pg_ctl  # type: ignore[attr-defined]  # made at import time
         info = self._handle.get_postmaster_info()
         self._pgdata: Path = self._handle.pgdata
         # pgserver runs the cluster as an unprivileged system user when we are root.
