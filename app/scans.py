@@ -30,14 +30,16 @@ class NewScan:
     idempotency_key: str | None = None
     request_hash: str | None = None
     trace_id: str | None = None
+    api_key_id: str | None = None  # a short digest of the API key that created it
 
 
 @timed("scans.create")
 async def create(db: Executor, scan: NewScan) -> tuple[Record, bool]:
     """Insert a scan; with an idempotency key already used, return the earlier scan instead."""
     row = await db.fetchrow(
-        """INSERT INTO scans (id, kind, url, document, title, options, idempotency_key, request_hash, trace_id)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+        """INSERT INTO scans (id, kind, url, document, title, options, idempotency_key, request_hash, trace_id,
+                              api_key_id)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
            ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
            RETURNING *""",
         uuid.uuid4(),
@@ -49,6 +51,7 @@ async def create(db: Executor, scan: NewScan) -> tuple[Record, bool]:
         scan.idempotency_key,
         scan.request_hash,
         scan.trace_id,
+        scan.api_key_id,
     )
     if row is not None:
         return row, True
@@ -212,15 +215,17 @@ async def release_for_retry(db: Executor, scan_id: uuid.UUID, attempt: int, erro
 
 
 @timed("scans.replay")
-async def replay(db: Executor, scan_id: uuid.UUID) -> Record | None:
-    """Put a FAILED scan back to QUEUED with a fresh retry budget; None when it is not FAILED."""
+async def replay(db: Executor, scan_id: uuid.UUID, api_key_id: str | None = None) -> Record | None:
+    """Put a FAILED scan back to QUEUED with a fresh retry budget; None when it is not FAILED.
+    With `api_key_id` the reopened scan counts as that key's from now on."""
     row: Record | None = await db.fetchrow(
         """UPDATE scans
            SET status = 'QUEUED', stage = NULL, progress = 0, error = NULL, teaser = NULL, report = NULL,
                timings = '{}'::jsonb, lease_until = NULL, finished_at = NULL, retry_base = attempts,
-               updated_at = now()
+               api_key_id = COALESCE($2, api_key_id), updated_at = now()
            WHERE id = $1 AND status = 'FAILED' RETURNING *""",
         scan_id,
+        api_key_id,
     )
     return row
 

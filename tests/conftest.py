@@ -11,7 +11,7 @@ import contextlib
 import os
 import secrets
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -88,6 +88,19 @@ async def empty_database() -> AsyncIterator[object]:
     yield make
     for server, name in created:
         await _drop_database(server, name)
+
+
+@pytest.fixture(scope="session")
+async def migrated_database(server_dsn: str, empty_database: Any) -> Callable[[], Awaitable[str]]:
+    """A factory for fresh databases with every migration applied: for tests whose scans must not
+    meet the session's (a sweeper would find those too)."""
+
+    async def make() -> str:
+        dsn: str = await empty_database(server_dsn)
+        await migrate.apply(dsn, Settings().migrations_dir)
+        return dsn
+
+    return make
 
 
 @pytest.fixture(scope="session")

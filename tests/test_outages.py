@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -37,11 +36,9 @@ async def own_postgres(tmp_path: Path, settings: Settings) -> AsyncIterator[tupl
 
 @pytest.fixture
 async def own_redis(
-    tmp_path: Path, settings: Settings, server_dsn: str, empty_database: Any
+    tmp_path: Path, settings: Settings, migrated_database: Callable[[], Awaitable[str]]
 ) -> AsyncIterator[tuple[PrivateRedis, Settings]]:
-    # A database of its own too: the sweeper below must only find this test's scans.
-    dsn = await empty_database(server_dsn)
-    await migrate.apply(dsn, settings.migrations_dir)
+    dsn = await migrated_database()  # a database of its own too: the sweeper must find only this test's scans
     with private_redis(tmp_path / "redis") as server:
         yield server, settings.with_(redis_url=server.url, database_url=dsn, sweep_interval=1)
 
