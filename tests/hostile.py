@@ -37,6 +37,11 @@ class Hostile:
         with self._server.lock:
             return self._server.hits.get(path, 0)
 
+    def paths(self) -> list[str]:
+        """Every request target received (a proxied request's is an absolute URL)."""
+        with self._server.lock:
+            return list(self._server.hits)
+
 
 class _Server(LoopbackServer):
     def __init__(self) -> None:

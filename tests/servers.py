@@ -8,6 +8,7 @@ directory, and stop them at the end.
 from __future__ import annotations
 
 import contextlib
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -96,9 +97,12 @@ def private_redis(data_dir: Path) -> Iterator[PrivateRedis]:
 
 
 @contextlib.contextmanager
-def private_postgres(data_dir: Path) -> Iterator[PrivatePostgres]:
-    server = PrivatePostgres(data_dir)
-    try:
-        yield server
-    finally:
-        server.close()
+def private_postgres() -> Iterator[PrivatePostgres]:
+    # Not under pytest's tmp_path: the cluster runs as another user, and a pytest session starting
+    # meanwhile (several share /tmp/pytest-of-<user>) resets that tree to owner-only access.
+    with tempfile.TemporaryDirectory(prefix="pagelens-pg-") as tmp:
+        server = PrivatePostgres(Path(tmp) / "pg")
+        try:
+            yield server
+        finally:
+            server.close()

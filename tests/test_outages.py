@@ -28,8 +28,8 @@ READY_POLLS = 200  # x 0.05 s: the pool reconnects on the first request after a 
 
 
 @pytest.fixture
-async def own_postgres(tmp_path: Path, settings: Settings) -> AsyncIterator[tuple[PrivatePostgres, Settings]]:
-    with private_postgres(tmp_path / "pg") as server:
+async def own_postgres(settings: Settings) -> AsyncIterator[tuple[PrivatePostgres, Settings]]:
+    with private_postgres() as server:
         await migrate.apply(server.dsn, settings.migrations_dir)
         yield server, settings.with_(database_url=server.dsn, queue_name=f"{settings.queue_name}:pg-outage")
 
