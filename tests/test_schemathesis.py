@@ -23,7 +23,7 @@ from app import openapi
 from app.embedded import free_port
 from app.settings import Settings
 
-MAX_EXAMPLES = 30
+MAX_EXAMPLES = 60
 START_POLLS = 400  # x 0.025 s
 
 SCHEMA = schemathesis.openapi.from_dict(openapi.document())
