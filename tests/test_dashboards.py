@@ -449,21 +449,21 @@ def test_dashboard_structure(dashboards: dict[str, dict[str, Any]], name: str) -
             assert x1 <= a0 or a1 <= x0 or y1 <= b0 or b1 <= y0, f"panels {title!r} and {other!r} overlap"
 
 
-def _datasource_refs(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+def datasource_refs(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
     if isinstance(node, dict):
         for key, value in node.items():
             if key == "datasource":
                 yield path, value
             else:
-                yield from _datasource_refs(value, f"{path}.{key}")
+                yield from datasource_refs(value, f"{path}.{key}")
     elif isinstance(node, list):
         for i, item in enumerate(node):
-            yield from _datasource_refs(item, f"{path}[{i}]")
+            yield from datasource_refs(item, f"{path}[{i}]")
 
 
 @pytest.mark.parametrize("name", DASHBOARDS)
 def test_datasources_are_the_provisioned_ones(dashboards: dict[str, dict[str, Any]], name: str) -> None:
-    refs = list(_datasource_refs(dashboards[name]))
+    refs = list(datasource_refs(dashboards[name]))
     assert refs
     for path, ref in refs:
         assert isinstance(ref, dict), f"{path}: datasource must be {{'type', 'uid'}}, not {ref!r}"
