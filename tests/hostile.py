@@ -7,11 +7,10 @@ broken compression, lying lengths, floods of headers, bytes that are no HTTP at 
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Callable, Iterator
 from urllib.parse import parse_qs, urlsplit
 
-from tests.httpserver import LoopbackServer, TrackedHandler
+from tests.httpserver import LoopbackServer, TrackedHandler, running
 from tests.site import PAGES_DIR
 
 ARTICLE = (PAGES_DIR / "article.html").read_bytes()
@@ -124,10 +123,5 @@ def _page(title: bytes, text: bytes) -> bytes:
 @contextlib.contextmanager
 def serve_hostile() -> Iterator[Hostile]:
     server = _Server()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="hostile-site")
-    thread.start()
-    try:
+    with running(server, "hostile-site"):
         yield Hostile(server)
-    finally:
-        server.stop()
-        thread.join(timeout=10)
