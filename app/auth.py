@@ -1,5 +1,8 @@
 """API keys: when PAGELENS_API_KEYS is set, /api/* requires `Authorization: Bearer <key>`.
 
+So does /v1/traces (browser spans): otherwise anyone could write into the trace store. The web
+page at / stays open; it holds no data and asks for a key when the API answers 401.
+
 Each request with a valid key is then held to the key's rate limit (app/limits.py), and the key's
 short id is left in the request state for the cap on open scans.
 """
@@ -20,6 +23,9 @@ KEY_ID_STATE = "api_key_id"
 
 def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
+
+
+PROTECTED = ("/api/", "/v1/traces")
 
 
 def _presented(header: str | None) -> bytes | None:
@@ -61,7 +67,7 @@ class APIKeyAuth:
         return key_id(found) if found is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self.digests or scope["type"] != "http" or not scope["path"].startswith("/api/"):
+        if not self.digests or scope["type"] != "http" or not scope["path"].startswith(PROTECTED):
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}

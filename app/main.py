@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 from collections.abc import AsyncIterator
@@ -15,9 +16,11 @@ from starlette.routing import BaseRoute, Route
 
 from app import db, openapi, queue
 from app.auth import APIKeyAuth, bearer_matches
+from app.browser_spans import BrowserTraces
 from app.middleware import HeaderLimits, HTTPMetrics, span_details
 from app.problems import Problem, exception_handlers
-from app.routes import documents, health, queues, scans
+from app.routes import documents, events, health, queues, scans, traces, web
+from app.scan_events import ScanEvents
 from app.settings import Settings, get_settings
 from app.state import State
 from observability import metrics
@@ -39,7 +42,10 @@ def create_app(settings: Settings | None = None, *, configure_logging: bool = Tr
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         pool = await db.create_pool(settings.require_database_url())
         redis = await queue.connect(settings.require_redis_url(), outage_seconds=queue.API_REDIS_OUTAGE)
-        app.state.pagelens = State(settings=settings, pool=pool, redis=redis)
+        hub = ScanEvents(settings.require_database_url(), pool, max_streams=settings.sse_max_streams)
+        hub.start()
+        browser = BrowserTraces.from_settings(settings)
+        app.state.pagelens = State(settings=settings, pool=pool, redis=redis, events=hub, browser_traces=browser)
         # A leadership candidate: at most one process per queue samples and exports queue depth.
         sampler = QueueSampler(redis, pool, settings.queue_name, interval=settings.queue_sample_interval)
         sampler.start()
@@ -56,6 +62,9 @@ def create_app(settings: Settings | None = None, *, configure_logging: bool = Tr
             if metrics_server is not None:
                 await metrics_server.stop()
             await sampler.stop()
+            await hub.stop()
+            if browser is not None:
+                await asyncio.to_thread(browser.shutdown)  # exports what is queued
             await redis.aclose()
             await pool.close()
             flush()
@@ -76,6 +85,9 @@ def create_app(settings: Settings | None = None, *, configure_logging: bool = Tr
 
     routes: list[BaseRoute] = [
         *scans.routes,
+        *events.routes,
+        *traces.routes,
+        *web.routes,
         *documents.routes,
         *health.routes,
         *queues.routes,
@@ -96,8 +108,9 @@ def create_app(settings: Settings | None = None, *, configure_logging: bool = Tr
         application.add_middleware(
             OpenTelemetryMiddleware,
             tracer_provider=provider,
-            # Probes and scrapes arrive every few seconds and say nothing about scans.
-            excluded_urls=r"/healthz(\?|$),/readyz(\?|$),/metrics(\?|$)",
+            # Probes and scrapes arrive every few seconds and say nothing about scans; browser span
+            # exports would trace the tracing, and the page's static files are just files.
+            excluded_urls=r"/healthz(\?|$),/readyz(\?|$),/metrics(\?|$),/v1/traces(\?|$),/static/",
             default_span_details=functools.partial(span_details, routes),
             exclude_spans=["receive", "send"],
         )

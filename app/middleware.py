@@ -44,21 +44,42 @@ class HTTPMetrics:
             return
         labels = {"method": scope["method"], "route": route_template(self.routes, scope)}
         status = 500
+        start = time.perf_counter()
+        done = False
+
+        def record() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                metrics.http_requests_in_progress.dec(labels)
+                metrics.http_request_duration_seconds.observe(labels, time.perf_counter() - start)
+                metrics.http_requests_total.inc({**labels, "status": f"{status // 100}xx"})
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if _is_event_stream(message):
+                    # A server-sent event stream lasts as long as the client watches. Counted to its
+                    # end it would sit "in progress" for minutes and put minutes into the latency
+                    # histogram every dashboard reads; so it counts as served once its headers are
+                    # sent (the time to open the stream), and pagelens_sse_streams_open counts it
+                    # while it stays open.
+                    record()
             await send(message)
 
         metrics.http_requests_in_progress.inc(labels)
-        start = time.perf_counter()
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            metrics.http_requests_in_progress.dec(labels)
-            metrics.http_request_duration_seconds.observe(labels, time.perf_counter() - start)
-            metrics.http_requests_total.inc({**labels, "status": f"{status // 100}xx"})
+            record()
+
+
+def _is_event_stream(message: Message) -> bool:
+    for name, value in message.get("headers", ()):
+        if name.lower() == b"content-type":
+            return bool(value.split(b";")[0].strip().lower() == b"text/event-stream")
+    return False
 
 
 class HeaderLimits:

@@ -66,6 +66,17 @@ async def get(db: Executor, scan_id: uuid.UUID) -> Record | None:
     return row
 
 
+@timed("scans.statuses")
+async def statuses(db: Executor, scan_ids: list[uuid.UUID]) -> list[Record]:
+    """The status columns (and `version`) of these scans, without documents, teasers or reports."""
+    return await db.fetch(
+        """SELECT id, url, status, stage, progress, error, trace_id, attempts, created_at, updated_at, timings,
+                  version
+           FROM scans WHERE id = ANY($1::uuid[])""",
+        scan_ids,
+    )
+
+
 @timed("scans.page")
 async def page(
     db: Executor, *, status: Status | None, limit: int, before: tuple[datetime, uuid.UUID] | None
@@ -98,9 +109,10 @@ async def cancel(db: Executor, scan_id: uuid.UUID) -> Record | None:
 
 
 @timed("scans.claim")
-async def claim(db: Executor, scan_id: uuid.UUID, lease_seconds: float, max_tries: int) -> Record | None:
+async def claim(db: Executor, scan_id: uuid.UUID, lease_seconds: float, max_tries: int | None = None) -> Record | None:
     """Take the scan for one attempt. None when it is finished, cancelled, leased by a live attempt,
-    or has used its `max_tries` attempts (counted since its last replay): see `unclaimable`."""
+    or has used its `max_tries` attempts (counted since its last replay; None: no limit): see
+    `unclaimable`."""
     row: Record | None = await db.fetchrow(
         """UPDATE scans
            SET status = CASE WHEN status = 'QUEUED' THEN 'RUNNING' ELSE status END,
@@ -109,7 +121,7 @@ async def claim(db: Executor, scan_id: uuid.UUID, lease_seconds: float, max_trie
                error = NULL,
                updated_at = now()
            WHERE id = $1 AND status = ANY($2::text[]) AND (lease_until IS NULL OR lease_until < now())
-             AND attempts - retry_base < $4
+             AND ($4::int IS NULL OR attempts - retry_base < $4)
            RETURNING *""",
         scan_id,
         _CLAIMABLE,

@@ -61,6 +61,16 @@ def _opt(env: Mapping[str, str], name: str) -> str | None:
     return env.get(name, "").strip() or None
 
 
+# Grafana Explore on the compose stack's Grafana, opening the trace in the provisioned Tempo datasource.
+GRAFANA_EXPLORE_TRACE = (
+    "http://localhost:3000/explore?schemaVersion=1&panes="
+    "%7B%22trace%22%3A%7B%22datasource%22%3A%22tempo%22%2C%22queries%22%3A%5B%7B%22refId%22%3A%22A%22%2C"
+    "%22datasource%22%3A%7B%22type%22%3A%22tempo%22%2C%22uid%22%3A%22tempo%22%7D%2C%22queryType%22%3A"
+    "%22traceql%22%2C%22query%22%3A%22{trace_id}%22%7D%5D%2C%22range%22%3A%7B%22from%22%3A%22now-1h%22%2C"
+    "%22to%22%3A%22now%22%7D%7D%7D&orgId=1"
+)
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = None
@@ -129,6 +139,27 @@ class Settings:
     otel_endpoint_configured: bool = False
     otel_service_name: str | None = None
 
+    # Live progress (server-sent events) and the web page.
+    sse_max_streams: int = 200  # concurrent event streams per API process; more are refused with 429
+    sse_keepalive: float = 15.0  # seconds between keep-alive comments on an idle stream
+    # A stream ends after this long and the client reconnects with Last-Event-ID: a client that
+    # vanished without a FIN holds a slot no longer than this, and neither does a server shutdown
+    # (uvicorn waits for open responses before it stops).
+    sse_max_seconds: float = 60.0
+    # The link each scan's trace id gets on the web page; {trace_id} is replaced.
+    trace_url_template: str = GRAFANA_EXPLORE_TRACE
+    # POST /v1/traces takes the web page's spans and forwards them to this OTLP/HTTP traces URL,
+    # else to where the API's own spans go (when that is OTLP); with neither, or when switched
+    # off, it answers 404.
+    browser_traces: bool = True
+    browser_traces_endpoint: str | None = None
+    browser_traces_max_bytes: int = 512 * 1024
+    browser_traces_per_minute: int = 60  # per client address
+
+    # The `pagelens` command as a client of a running API.
+    api_url: str = "http://127.0.0.1:8000"
+    api_key: str | None = None
+
     log_level: str = "INFO"
     migrations_dir: Path = field(default=ROOT / "migrations")
     data_dir: Path = field(default=ROOT / ".pagelens")
@@ -184,12 +215,36 @@ class Settings:
                 _opt(env, "OTEL_EXPORTER_OTLP_ENDPOINT") or _opt(env, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             ),
             otel_service_name=_opt(env, "OTEL_SERVICE_NAME"),
+            sse_max_streams=_int(env, "PAGELENS_SSE_MAX_STREAMS", defaults.sse_max_streams, minimum=1),
+            sse_keepalive=_float(env, "PAGELENS_SSE_KEEPALIVE", defaults.sse_keepalive),
+            sse_max_seconds=_float(env, "PAGELENS_SSE_MAX_SECONDS", defaults.sse_max_seconds),
+            trace_url_template=env.get("PAGELENS_TRACE_URL_TEMPLATE", defaults.trace_url_template).strip(),
+            browser_traces=_bool(env, "PAGELENS_BROWSER_TRACES", True),
+            browser_traces_endpoint=_opt(env, "PAGELENS_BROWSER_TRACES_ENDPOINT"),
+            browser_traces_max_bytes=_int(
+                env, "PAGELENS_BROWSER_TRACES_MAX_BYTES", defaults.browser_traces_max_bytes, minimum=1024
+            ),
+            browser_traces_per_minute=_int(
+                env, "PAGELENS_BROWSER_TRACES_PER_MINUTE", defaults.browser_traces_per_minute, minimum=1
+            ),
+            api_url=(_opt(env, "PAGELENS_API_URL") or defaults.api_url).rstrip("/"),
+            api_key=_opt(env, "PAGELENS_API_KEY"),
             log_level=(_opt(env, "PAGELENS_LOG_LEVEL") or "INFO").upper(),
             data_dir=Path(_opt(env, "PAGELENS_DATA_DIR") or defaults.data_dir),
         )
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
+
+    @property
+    def browser_traces_enabled(self) -> bool:
+        """Whether POST /v1/traces accepts spans: only when they can go somewhere."""
+        exporting = (
+            self.otel_endpoint_configured
+            and not self.otel_sdk_disabled
+            and (self.otel_traces_exporter or "otlp").lower().split(",")[0].strip() == "otlp"
+        )
+        return self.browser_traces and (bool(self.browser_traces_endpoint) or exporting)
 
     def require_database_url(self) -> str:
         if not self.database_url:

@@ -9,6 +9,8 @@ from arq.connections import ArqRedis
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection
 
+from app.browser_spans import BrowserTraces
+from app.scan_events import ScanEvents
 from app.settings import Settings
 
 
@@ -17,6 +19,8 @@ class State:
     settings: Settings
     pool: asyncpg.Pool
     redis: ArqRedis
+    events: ScanEvents
+    browser_traces: BrowserTraces | None = None
 
     @staticmethod
     def of(connection: HTTPConnection) -> State:

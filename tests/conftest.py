@@ -22,6 +22,7 @@ import uvicorn
 from arq.connections import ArqRedis
 from arq.worker import Worker
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from starlette.applications import Starlette
 
 from app import db, migrate
 from app.embedded import backing_servers, free_port
@@ -91,9 +92,9 @@ async def empty_database() -> AsyncIterator[object]:
 
 
 @pytest.fixture(scope="session")
-async def migrated_database(server_dsn: str, empty_database: Any) -> Callable[[], Awaitable[str]]:
-    """A factory for fresh databases with every migration applied: for tests whose scans must not
-    meet the session's (a sweeper would find those too)."""
+def migrated_database(server_dsn: str, empty_database: Any) -> Callable[[], Awaitable[str]]:
+    """A factory for fresh databases with every migration applied, for tests that need their own
+    (a sweeper would find the session's scans too)."""
 
     async def make() -> str:
         dsn: str = await empty_database(server_dsn)
@@ -202,14 +203,14 @@ async def worker_ctx(
 
 
 @contextlib.asynccontextmanager
-async def serve_api(settings: Settings) -> AsyncIterator[str]:
-    """The real API served by uvicorn on a loopback port, in the test event loop."""
+async def serve_api(settings: Settings, app: Starlette | None = None) -> AsyncIterator[str]:
+    """The real API (or `app`, built by the caller to look inside it) served by uvicorn on a
+    loopback port, in the test event loop."""
     from app.main import create_app
 
     port = free_port()
-    config = uvicorn.Config(
-        create_app(settings, configure_logging=False), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-    )
+    app = app or create_app(settings, configure_logging=False)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     for _ in range(400):

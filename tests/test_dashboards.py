@@ -37,8 +37,9 @@ DATASOURCES = {"prometheus": "prometheus", "tempo": "tempo", "loki": "loki"}  # 
 MIN_SCHEMA_VERSION = 39
 GRID_WIDTH = 24
 
-# DESIGN.md's metric table (names and labels are fixed there), plus the two telemetry-health
-# counters metrics.py adds. Prometheus adds job and instance to every series.
+# DESIGN.md's metric table (names and labels are fixed there), plus what metrics.py adds: two
+# telemetry-health counters and the open event streams gauge. Prometheus adds job and instance to
+# every series.
 PAGELENS_LABELS: dict[str, frozenset[str]] = {
     "pagelens_http_requests_total": frozenset({"method", "route", "status"}),
     "pagelens_http_request_duration_seconds": frozenset({"method", "route"}),
@@ -59,6 +60,7 @@ PAGELENS_LABELS: dict[str, frozenset[str]] = {
     "pagelens_build_info": frozenset({"version"}),
     "pagelens_job_trace_context_total": frozenset({"result"}),
     "pagelens_job_hook_errors_total": frozenset({"hook"}),
+    "pagelens_sse_streams_open": frozenset(),
 }
 # The fixed value sets of labels (DESIGN.md, app/models.py, worker/pipeline.py), per metric.
 LABEL_VALUES: dict[tuple[str, str], frozenset[str]] = {

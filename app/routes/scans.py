@@ -92,7 +92,7 @@ async def create_scan(request: Request) -> Response:
     )
 
 
-def _scan_id(request: Request) -> uuid.UUID:
+def scan_id_of(request: Request) -> uuid.UUID:
     try:
         return uuid.UUID(request.path_params["scanId"])
     except ValueError:
@@ -100,7 +100,7 @@ def _scan_id(request: Request) -> uuid.UUID:
 
 
 async def _load(request: Request) -> Record:
-    row = await scans.get(State.of(request).pool, _scan_id(request))
+    row = await scans.get(State.of(request).pool, scan_id_of(request))
     if row is None:
         raise Problem(404, "no scan with this id", code="scan-not-found")
     return row
@@ -139,7 +139,7 @@ async def get_full(request: Request) -> Response:
 
 async def cancel_scan(request: Request) -> Response:
     state = State.of(request)
-    scan_id = _scan_id(request)
+    scan_id = scan_id_of(request)
     row = await scans.cancel(state.pool, scan_id)
     if row is None:
         raise Problem(404, "no scan with this id", code="scan-not-found")
@@ -157,7 +157,7 @@ async def cancel_scan(request: Request) -> Response:
 async def retry_scan(request: Request) -> Response:
     """Replay a FAILED scan (a dead one, typically) under the same id."""
     state = State.of(request)
-    scan_id = _scan_id(request)
+    scan_id = scan_id_of(request)
     key_id = request_key_id(request.scope)
     async with state.pool.acquire() as conn, conn.transaction():
         await limits.reserve_open_scan(conn, key_id, state.settings.max_open_scans)
