@@ -93,6 +93,17 @@ class Settings:
     # Request limits: a body larger than this is refused with 413 before it is read whole.
     max_body_bytes: int = 1_048_576
     max_document_chars: int = 200_000
+    # All request header lines together (names and values); more is refused with 431.
+    max_header_bytes: int = 16_384
+    # Per API key (only with PAGELENS_API_KEYS): requests per minute (as a burst too), and scans
+    # open at once. 0 turns either off.
+    rate_limit: int = 600
+    max_open_scans: int = 100
+    # The API's /metrics: with a token it requires `Authorization: Bearer <token>`; with a port it
+    # moves to its own listener on that port and host, and the public port answers 404 there.
+    metrics_token: str | None = None
+    api_metrics_port: int | None = None
+    api_metrics_host: str = "127.0.0.1"
 
     # Fetching user-supplied URLs.
     fetch_connect_timeout: float = 5.0
@@ -112,6 +123,8 @@ class Settings:
     # cancels them (a cancelled scan is released and runs again on another worker).
     shutdown_grace: int = 20
     retention_days: int = 30
+    # Seconds between sweeps for scans arq lost track of; a QUEUED scan is swept once this old.
+    sweep_interval: int = 30
     keybert_processes: int = 1
     keybert_timeout: float = 60.0
     keyphrase_cache_ttl: int = 7 * 24 * 3600
@@ -176,6 +189,12 @@ class Settings:
             llm_api_key=_opt(env, "LLM_API_KEY"),
             llm_model=_opt(env, "LLM_MODEL") or defaults.llm_model,
             max_body_bytes=_int(env, "PAGELENS_MAX_BODY_BYTES", defaults.max_body_bytes, minimum=1024),
+            max_header_bytes=_int(env, "PAGELENS_MAX_HEADER_BYTES", defaults.max_header_bytes, minimum=1024),
+            rate_limit=_int(env, "PAGELENS_RATE_LIMIT", defaults.rate_limit),
+            max_open_scans=_int(env, "PAGELENS_MAX_OPEN_SCANS", defaults.max_open_scans),
+            metrics_token=_opt(env, "PAGELENS_METRICS_TOKEN"),
+            api_metrics_port=_int(env, "PAGELENS_API_METRICS_PORT", 0) or None,
+            api_metrics_host=_opt(env, "PAGELENS_API_METRICS_HOST") or defaults.api_metrics_host,
             fetch_total_timeout=_float(env, "PAGELENS_FETCH_TIMEOUT", defaults.fetch_total_timeout),
             fetch_max_bytes=_int(env, "PAGELENS_FETCH_MAX_BYTES", defaults.fetch_max_bytes, minimum=1024),
             fetch_allowed_ports=allowed_ports,
@@ -184,6 +203,7 @@ class Settings:
             max_jobs=_int(env, "PAGELENS_MAX_JOBS", defaults.max_jobs, minimum=1),
             shutdown_grace=_int(env, "PAGELENS_SHUTDOWN_GRACE", defaults.shutdown_grace),
             retention_days=_int(env, "PAGELENS_RETENTION_DAYS", defaults.retention_days, minimum=1),
+            sweep_interval=_int(env, "PAGELENS_SWEEP_INTERVAL", defaults.sweep_interval, minimum=1),
             keybert_processes=_int(env, "PAGELENS_KEYBERT_PROCESSES", 1, minimum=1),
             keybert_timeout=_float(env, "PAGELENS_KEYBERT_TIMEOUT", defaults.keybert_timeout),
             otel_sdk_disabled=_bool(env, "OTEL_SDK_DISABLED", False),

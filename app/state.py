@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import asyncpg
 from arq.connections import ArqRedis
+from starlette.applications import Starlette
 from starlette.requests import HTTPConnection
 
 from app.browser_spans import BrowserTraces
@@ -23,5 +24,9 @@ class State:
 
     @staticmethod
     def of(connection: HTTPConnection) -> State:
-        state: State = connection.app.state.pagelens
+        return State.of_app(connection.app)
+
+    @staticmethod
+    def of_app(app: Starlette) -> State:
+        state: State = app.state.pagelens
         return state

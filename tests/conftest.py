@@ -93,7 +93,8 @@ async def empty_database() -> AsyncIterator[object]:
 
 @pytest.fixture(scope="session")
 def migrated_database(server_dsn: str, empty_database: Any) -> Callable[[], Awaitable[str]]:
-    """A factory for fresh databases with every migration applied, for tests that need their own."""
+    """A factory for fresh databases with every migration applied, for tests that need their own
+    (a sweeper would find the session's scans too)."""
 
     async def make() -> str:
         dsn: str = await empty_database(server_dsn)
@@ -159,10 +160,11 @@ async def make_worker(
 
     workers: list[Worker] = []
 
-    def make(worker_settings: Settings | None = None, **overrides: object) -> Worker:
+    def make(worker_settings: Settings | None = None, *, db: asyncpg.Pool | None = None, **overrides: object) -> Worker:
+        """`db`: a pool on the database `worker_settings` names, when it is not the session's."""
         s = worker_settings or settings
         options = worker_options(s)
-        options["ctx"] = {"settings": s, "pool": pool, "keyphrases": extractor, "configure_logging": False}
+        options["ctx"] = {"settings": s, "pool": db or pool, "keyphrases": extractor, "configure_logging": False}
         options["cron_jobs"] = []
         options.update(overrides)
         # Its own Redis connection: Worker.close() closes the pool it runs on.
