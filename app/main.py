@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 from collections.abc import AsyncIterator
@@ -14,15 +15,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from app import db, openapi, queue
-from app.auth import APIKeyAuth
-from app.middleware import HTTPMetrics, span_details
+from app.auth import APIKeyAuth, bearer_matches
+from app.browser_spans import BrowserTraces
+from app.middleware import HeaderLimits, HTTPMetrics, span_details
 from app.problems import Problem, exception_handlers
-from app.routes import documents, health, queues, scans
+from app.routes import documents, events, health, queues, scans, traces, web
+from app.scan_events import ScanEvents
 from app.settings import Settings, get_settings
 from app.state import State
 from observability import metrics
 from observability.logs import setup_logging
-from observability.metrics_server import observe_pool
+from observability.metrics_server import MetricsServer, observe_pool
 from observability.propagation import TraceHeaderGuard
 from observability.sampler import QueueSampler
 from observability.tracing import flush, setup_tracing
@@ -38,15 +41,30 @@ def create_app(settings: Settings | None = None, *, configure_logging: bool = Tr
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         pool = await db.create_pool(settings.require_database_url())
-        redis = await queue.connect(settings.require_redis_url())
-        app.state.pagelens = State(settings=settings, pool=pool, redis=redis)
+        redis = await queue.connect(settings.require_redis_url(), outage_seconds=queue.API_REDIS_OUTAGE)
+        hub = ScanEvents(settings.require_database_url(), pool, max_streams=settings.sse_max_streams)
+        hub.start()
+        browser = BrowserTraces.from_settings(settings)
+        app.state.pagelens = State(settings=settings, pool=pool, redis=redis, events=hub, browser_traces=browser)
         # A leadership candidate: at most one process per queue samples and exports queue depth.
         sampler = QueueSampler(redis, pool, settings.queue_name, interval=settings.queue_sample_interval)
         sampler.start()
+        # /metrics on a listener of its own (PAGELENS_API_METRICS_PORT), off the public port.
+        metrics_server: MetricsServer | None = None
+        if settings.enable_metrics and settings.api_metrics_port:
+            metrics_server = MetricsServer(
+                settings.api_metrics_host, settings.api_metrics_port, before_render=lambda: observe_pool(pool)
+            )
+            await metrics_server.start()
         try:
             yield
         finally:
+            if metrics_server is not None:
+                await metrics_server.stop()
             await sampler.stop()
+            await hub.stop()
+            if browser is not None:
+                await asyncio.to_thread(browser.shutdown)  # exports what is queued
             await redis.aclose()
             await pool.close()
             flush()
@@ -57,12 +75,19 @@ def create_app(settings: Settings | None = None, *, configure_logging: bool = Tr
     async def metrics_endpoint(request: Request) -> Response:
         if not settings.enable_metrics:
             raise Problem(404, "metrics are disabled (ENABLE_METRICS=false)")
+        if settings.api_metrics_port:
+            raise Problem(404, "metrics are served on their own port (PAGELENS_API_METRICS_PORT)")
+        if settings.metrics_token and not bearer_matches(request.headers.get("authorization"), settings.metrics_token):
+            raise Problem(401, "a valid metrics token is required", headers={"WWW-Authenticate": "Bearer"})
         observe_pool(State.of(request).pool)
         body, headers = metrics.exposition(request.headers.getlist("accept"))
         return Response(body, headers=headers)
 
     routes: list[BaseRoute] = [
         *scans.routes,
+        *events.routes,
+        *traces.routes,
+        *web.routes,
         *documents.routes,
         *health.routes,
         *queues.routes,
@@ -73,7 +98,8 @@ def create_app(settings: Settings | None = None, *, configure_logging: bool = Tr
         routes=routes,
         middleware=[
             Middleware(HTTPMetrics, routes=routes, enabled=settings.enable_metrics),
-            Middleware(APIKeyAuth, keys=settings.api_keys),
+            Middleware(HeaderLimits, max_bytes=settings.max_header_bytes),
+            Middleware(APIKeyAuth, keys=settings.api_keys, rate_limit=settings.rate_limit),
         ],
         exception_handlers=exception_handlers(),
         lifespan=lifespan,
@@ -82,8 +108,9 @@ def create_app(settings: Settings | None = None, *, configure_logging: bool = Tr
         application.add_middleware(
             OpenTelemetryMiddleware,
             tracer_provider=provider,
-            # Probes and scrapes arrive every few seconds and say nothing about scans.
-            excluded_urls=r"/healthz(\?|$),/readyz(\?|$),/metrics(\?|$)",
+            # Probes and scrapes arrive every few seconds and say nothing about scans; browser span
+            # exports would trace the tracing, and the page's static files are just files.
+            excluded_urls=r"/healthz(\?|$),/readyz(\?|$),/metrics(\?|$),/v1/traces(\?|$),/static/",
             default_span_details=functools.partial(span_details, routes),
             exclude_spans=["receive", "send"],
         )

@@ -1,4 +1,4 @@
-"""ASGI middleware: HTTP metrics labelled by route template."""
+"""ASGI middleware: HTTP metrics labelled by route template, and request header limits."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import time
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.problems import Problem, problem_response
 from observability import metrics
+
+MAX_HEADER_COUNT = 100
 
 
 def route_template(routes: list[BaseRoute], scope: Scope) -> str:
@@ -41,18 +44,64 @@ class HTTPMetrics:
             return
         labels = {"method": scope["method"], "route": route_template(self.routes, scope)}
         status = 500
+        start = time.perf_counter()
+        done = False
+
+        def record() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                metrics.http_requests_in_progress.dec(labels)
+                metrics.http_request_duration_seconds.observe(labels, time.perf_counter() - start)
+                metrics.http_requests_total.inc({**labels, "status": f"{status // 100}xx"})
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if _is_event_stream(message):
+                    # A server-sent event stream lasts as long as the client watches. Counted to its
+                    # end it would sit "in progress" for minutes and put minutes into the latency
+                    # histogram every dashboard reads; so it counts as served once its headers are
+                    # sent (the time to open the stream), and pagelens_sse_streams_open counts it
+                    # while it stays open.
+                    record()
             await send(message)
 
         metrics.http_requests_in_progress.inc(labels)
-        start = time.perf_counter()
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            metrics.http_requests_in_progress.dec(labels)
-            metrics.http_request_duration_seconds.observe(labels, time.perf_counter() - start)
-            metrics.http_requests_total.inc({**labels, "status": f"{status // 100}xx"})
+            record()
+
+
+def _is_event_stream(message: Message) -> bool:
+    for name, value in message.get("headers", ()):
+        if name.lower() == b"content-type":
+            return bool(value.split(b";")[0].strip().lower() == b"text/event-stream")
+    return False
+
+
+class HeaderLimits:
+    """431 for requests with too many or too large headers, before anything else reads them.
+
+    uvicorn's default parser accepts megabytes of headers; this keeps them away from routing,
+    tracing and logging, and tells the client what was wrong."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = scope["headers"]
+            size = sum(len(name) + len(value) for name, value in headers)
+            if len(headers) > MAX_HEADER_COUNT or size > self.max_bytes:
+                problem = Problem(
+                    431,
+                    f"request headers may be at most {MAX_HEADER_COUNT} lines and {self.max_bytes} bytes",
+                    code="headers-too-large",
+                )
+                await problem_response(problem, scope["path"])(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -192,6 +192,37 @@ def document() -> dict[str, Any]:
             "/api/v1/scan-jobs/{scanId}/status": _read("Progress of a scan", "ScanStatus"),
             "/api/v1/scan-jobs/{scanId}/teaser": _read("Page facts, once TEASER_READY", "Teaser", conflict=True),
             "/api/v1/scan-jobs/{scanId}/full": _read("The full report, once FULL_READY", "Report", conflict=True),
+            "/api/v1/scan-jobs/{scanId}/events": {
+                "get": {
+                    "summary": "Status changes as server-sent events, until a terminal state",
+                    "description": (
+                        "Each event is `event: status`, `id:` the scan's version and `data:` the status document "
+                        "(ScanStatus). The current state comes first unless Last-Event-ID already names it; the "
+                        "stream ends after a terminal state, or after PAGELENS_SSE_MAX_SECONDS, when a client "
+                        "reconnects with Last-Event-ID. Idle streams carry keep-alive comments."
+                    ),
+                    "parameters": [
+                        SCAN_ID,
+                        {
+                            "name": "Last-Event-ID",
+                            "in": "header",
+                            "required": False,
+                            "description": "The last event id (version) the client has seen.",
+                            "schema": {"type": "string"},
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The event stream",
+                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        },
+                        "204": {"description": "Last-Event-ID is the scan's final state: nothing more will come"},
+                        "404": _problem("No such scan"),
+                        "429": _problem("This server streams to as many clients as it may; poll the status"),
+                        **UNAVAILABLE,
+                    },
+                }
+            },
             "/api/v1/scan-jobs/{scanId}/retry": {
                 "post": {
                     "summary": "Replay a FAILED scan under the same id",
@@ -230,6 +261,27 @@ def document() -> dict[str, Any]:
                 }
             },
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": plain}},
+            "/": {"get": {"summary": "The web page", "responses": {"200": {"description": "HTML"}}}},
+            "/v1/traces": {
+                "post": {
+                    "summary": "OTLP/HTTP trace export for the web page's spans, forwarded to the collector",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": {"type": "object"}},
+                            "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
+                        },
+                    },
+                    "responses": {
+                        "200": {"description": "Accepted (an empty ExportTraceServiceResponse)"},
+                        "400": _problem("Not a valid OTLP ExportTraceServiceRequest"),
+                        "404": _problem("Browser traces are not collected: no OTLP endpoint"),
+                        "413": _problem("Body too large"),
+                        "415": _problem("Not OTLP JSON or protobuf, or an unknown encoding"),
+                        "429": _problem("Too many exports from this client"),
+                    },
+                }
+            },
         },
         "components": {"schemas": _schemas()},
     }

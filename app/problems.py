@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import asyncpg
-import redis.exceptions
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+
+from app.backing import UNAVAILABLE
 
 logger = logging.getLogger("pagelens.api")
 
@@ -73,24 +73,18 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
     return problem_response(Problem(exc.status_code, detail, headers=headers), request.url.path)
 
 
+RETRY_AFTER_UNAVAILABLE = "5"
+
+
 # A backing service being down is the one case where the API answers 5xx on purpose: 503 and a hint
 # when to come back, so clients and load balancers back off instead of treating it as a bug.
-UNAVAILABLE = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    TimeoutError,
-)
-
-
 async def on_unavailable(request: Request, exc: Exception) -> Response:
     logger.warning("backing service unavailable: %s", type(exc).__name__)
     problem = Problem(
-        503, "a backing service is unavailable, try again shortly", code="unavailable", headers={"Retry-After": "5"}
+        503,
+        "a backing service is unavailable, try again shortly",
+        code="unavailable",
+        headers={"Retry-After": RETRY_AFTER_UNAVAILABLE},
     )
     return problem_response(problem, request.url.path)
 

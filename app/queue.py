@@ -13,6 +13,10 @@ from arq.jobs import Job, serialize_job
 from arq.utils import timestamp_ms
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from observability import metrics
 
@@ -65,16 +69,38 @@ def deserialize(data: bytes) -> Any:
     return value
 
 
-def redis_settings(url: str) -> RedisSettings:
+# How long a worker's Redis commands keep retrying through an outage (a restart, a failover) before
+# the error surfaces. Without this, redis-py raises on the first refused connection and arq's worker
+# loop exits. The API waits far less: it answers 202 or 503 instead of holding requests.
+WORKER_REDIS_OUTAGE = 60.0
+API_REDIS_OUTAGE = 1.0
+BACKOFF_BASE, BACKOFF_CAP = 0.05, 1.0
+
+
+def _retry(outage_seconds: float) -> Retry:
+    """Capped exponential backoff with as many tries as fit into `outage_seconds`."""
+    backoff = ExponentialBackoff(cap=BACKOFF_CAP, base=BACKOFF_BASE)
+    waited, retries = 0.0, 0
+    while waited < outage_seconds:
+        retries += 1
+        waited += backoff.compute(retries)
+    return Retry(backoff, retries)
+
+
+def redis_settings(url: str, *, outage_seconds: float = WORKER_REDIS_OUTAGE) -> RedisSettings:
     settings = RedisSettings.from_dsn(url)
-    # Ride out a Redis restart instead of giving up after arq's default 5 quick tries.
+    # Ride out a Redis restart at start-up instead of giving up after arq's default 5 quick tries,
+    # and afterwards retry every command (pipelines included) with backoff.
     settings.conn_retries = 30
     settings.conn_retry_delay = 1
+    settings.retry = _retry(outage_seconds)
+    settings.retry_on_error = [RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError]
     return settings
 
 
-async def connect(url: str) -> ArqRedis:
-    return await create_pool(redis_settings(url), job_serializer=serialize, job_deserializer=deserialize)
+async def connect(url: str, *, outage_seconds: float = WORKER_REDIS_OUTAGE) -> ArqRedis:
+    settings = redis_settings(url, outage_seconds=outage_seconds)
+    return await create_pool(settings, job_serializer=serialize, job_deserializer=deserialize)
 
 
 def trace_carrier() -> dict[str, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from app.db import timed
@@ -29,14 +30,16 @@ class NewScan:
     idempotency_key: str | None = None
     request_hash: str | None = None
     trace_id: str | None = None
+    api_key_id: str | None = None  # a short digest of the API key that created it
 
 
 @timed("scans.create")
 async def create(db: Executor, scan: NewScan) -> tuple[Record, bool]:
     """Insert a scan; with an idempotency key already used, return the earlier scan instead."""
     row = await db.fetchrow(
-        """INSERT INTO scans (id, kind, url, document, title, options, idempotency_key, request_hash, trace_id)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+        """INSERT INTO scans (id, kind, url, document, title, options, idempotency_key, request_hash, trace_id,
+                              api_key_id)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
            ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
            RETURNING *""",
         uuid.uuid4(),
@@ -48,6 +51,7 @@ async def create(db: Executor, scan: NewScan) -> tuple[Record, bool]:
         scan.idempotency_key,
         scan.request_hash,
         scan.trace_id,
+        scan.api_key_id,
     )
     if row is not None:
         return row, True
@@ -60,6 +64,17 @@ async def create(db: Executor, scan: NewScan) -> tuple[Record, bool]:
 async def get(db: Executor, scan_id: uuid.UUID) -> Record | None:
     row: Record | None = await db.fetchrow("SELECT * FROM scans WHERE id = $1", scan_id)
     return row
+
+
+@timed("scans.statuses")
+async def statuses(db: Executor, scan_ids: list[uuid.UUID]) -> list[Record]:
+    """The status columns (and `version`) of these scans, without documents, teasers or reports."""
+    return await db.fetch(
+        """SELECT id, url, status, stage, progress, error, trace_id, attempts, created_at, updated_at, timings,
+                  version
+           FROM scans WHERE id = ANY($1::uuid[])""",
+        scan_ids,
+    )
 
 
 @timed("scans.page")
@@ -94,8 +109,10 @@ async def cancel(db: Executor, scan_id: uuid.UUID) -> Record | None:
 
 
 @timed("scans.claim")
-async def claim(db: Executor, scan_id: uuid.UUID, lease_seconds: float) -> Record | None:
-    """Take the scan for one attempt. None when it is finished, cancelled, or leased by a live attempt."""
+async def claim(db: Executor, scan_id: uuid.UUID, lease_seconds: float, max_tries: int | None = None) -> Record | None:
+    """Take the scan for one attempt. None when it is finished, cancelled, leased by a live attempt,
+    or has used its `max_tries` attempts (counted since its last replay; None: no limit): see
+    `unclaimable`."""
     row: Record | None = await db.fetchrow(
         """UPDATE scans
            SET status = CASE WHEN status = 'QUEUED' THEN 'RUNNING' ELSE status END,
@@ -104,12 +121,61 @@ async def claim(db: Executor, scan_id: uuid.UUID, lease_seconds: float) -> Recor
                error = NULL,
                updated_at = now()
            WHERE id = $1 AND status = ANY($2::text[]) AND (lease_until IS NULL OR lease_until < now())
+             AND ($4::int IS NULL OR attempts - retry_base < $4)
            RETURNING *""",
         scan_id,
         _CLAIMABLE,
         lease_seconds,
+        max_tries,
     )
     return row
+
+
+class Unclaimable(StrEnum):
+    GONE = "gone"  # deleted, finished or cancelled: a duplicate delivery
+    LEASED = "leased"  # another attempt holds a live lease (or it just ran out: try again)
+    EXHAUSTED = "exhausted"  # every try was used; see `give_up`
+
+
+@timed("scans.unclaimable")
+async def unclaimable(db: Executor, scan_id: uuid.UUID, max_tries: int) -> tuple[Unclaimable, float]:
+    """Why `claim` refused the scan, and for LEASED the seconds until the lease runs out."""
+    row = await db.fetchrow(
+        """SELECT status, attempts - retry_base AS tries,
+                  GREATEST(0, extract(epoch FROM lease_until - now()))::float8 AS lease_left
+           FROM scans WHERE id = $1""",
+        scan_id,
+    )
+    if row is None or row["status"] not in _CLAIMABLE:
+        return Unclaimable.GONE, 0.0
+    if row["lease_left"]:
+        return Unclaimable.LEASED, float(row["lease_left"])
+    if row["tries"] >= max_tries:
+        return Unclaimable.EXHAUSTED, 0.0
+    return Unclaimable.LEASED, 0.0
+
+
+@timed("scans.give_up")
+async def give_up(db: Executor, scan_id: uuid.UUID, max_tries: int) -> bool:
+    """FAILED with `retries_exhausted` for a scan that used every try without finishing (its workers
+    died, timed out or were stopped); the message names the last error an attempt recorded."""
+    result = await db.execute(
+        """UPDATE scans
+           SET status = 'FAILED', lease_until = NULL, finished_at = now(), updated_at = now(),
+               error = jsonb_build_object(
+                   'type', 'retries_exhausted',
+                   'retryable', true,
+                   'message', CASE WHEN error IS NULL
+                       THEN format('no attempt finished after %s tries', attempts - retry_base)
+                       ELSE format('gave up after %s attempts; last error (%s): %s',
+                                   attempts - retry_base, error->>'type', error->>'message') END)
+           WHERE id = $1 AND status = ANY($2::text[]) AND (lease_until IS NULL OR lease_until < now())
+             AND attempts - retry_base >= $3""",
+        scan_id,
+        _CLAIMABLE,
+        max_tries,
+    )
+    return result != "UPDATE 0"
 
 
 @timed("scans.enter_stage")
@@ -161,15 +227,17 @@ async def release_for_retry(db: Executor, scan_id: uuid.UUID, attempt: int, erro
 
 
 @timed("scans.replay")
-async def replay(db: Executor, scan_id: uuid.UUID) -> Record | None:
-    """Put a FAILED scan back to QUEUED with a fresh retry budget; None when it is not FAILED."""
+async def replay(db: Executor, scan_id: uuid.UUID, api_key_id: str | None = None) -> Record | None:
+    """Put a FAILED scan back to QUEUED with a fresh retry budget; None when it is not FAILED.
+    With `api_key_id` the reopened scan counts as that key's from now on."""
     row: Record | None = await db.fetchrow(
         """UPDATE scans
            SET status = 'QUEUED', stage = NULL, progress = 0, error = NULL, teaser = NULL, report = NULL,
                timings = '{}'::jsonb, lease_until = NULL, finished_at = NULL, retry_base = attempts,
-               updated_at = now()
+               api_key_id = COALESCE($2, api_key_id), updated_at = now()
            WHERE id = $1 AND status = 'FAILED' RETURNING *""",
         scan_id,
+        api_key_id,
     )
     return row
 

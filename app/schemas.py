@@ -75,6 +75,8 @@ async def parse_json(request: Request, model: type[Model], settings: Settings) -
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise Problem(400, f"body is not valid JSON: {exc}", code="malformed-json") from None
+    except RecursionError:  # nesting deeper than the parser's stack: no request needs that
+        raise Problem(400, "body is not valid JSON: nested too deeply", code="malformed-json") from None
     if not isinstance(data, dict):
         raise Problem(422, "body must be a JSON object", code="validation", errors=[])
     try:

@@ -61,6 +61,16 @@ def _opt(env: Mapping[str, str], name: str) -> str | None:
     return env.get(name, "").strip() or None
 
 
+# Grafana Explore on the compose stack's Grafana, opening the trace in the provisioned Tempo datasource.
+GRAFANA_EXPLORE_TRACE = (
+    "http://localhost:3000/explore?schemaVersion=1&panes="
+    "%7B%22trace%22%3A%7B%22datasource%22%3A%22tempo%22%2C%22queries%22%3A%5B%7B%22refId%22%3A%22A%22%2C"
+    "%22datasource%22%3A%7B%22type%22%3A%22tempo%22%2C%22uid%22%3A%22tempo%22%7D%2C%22queryType%22%3A"
+    "%22traceql%22%2C%22query%22%3A%22{trace_id}%22%7D%5D%2C%22range%22%3A%7B%22from%22%3A%22now-1h%22%2C"
+    "%22to%22%3A%22now%22%7D%7D%7D&orgId=1"
+)
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = None
@@ -83,6 +93,17 @@ class Settings:
     # Request limits: a body larger than this is refused with 413 before it is read whole.
     max_body_bytes: int = 1_048_576
     max_document_chars: int = 200_000
+    # All request header lines together (names and values); more is refused with 431.
+    max_header_bytes: int = 16_384
+    # Per API key (only with PAGELENS_API_KEYS): requests per minute (as a burst too), and scans
+    # open at once. 0 turns either off.
+    rate_limit: int = 600
+    max_open_scans: int = 100
+    # The API's /metrics: with a token it requires `Authorization: Bearer <token>`; with a port it
+    # moves to its own listener on that port and host, and the public port answers 404 there.
+    metrics_token: str | None = None
+    api_metrics_port: int | None = None
+    api_metrics_host: str = "127.0.0.1"
 
     # Fetching user-supplied URLs.
     fetch_connect_timeout: float = 5.0
@@ -105,6 +126,8 @@ class Settings:
     # cancels them (a cancelled scan is released and runs again on another worker).
     shutdown_grace: int = 20
     retention_days: int = 30
+    # Seconds between sweeps for scans arq lost track of; a QUEUED scan is swept once this old.
+    sweep_interval: int = 30
     keybert_processes: int = 1
     keybert_timeout: float = 60.0
     keyphrase_cache_ttl: int = 7 * 24 * 3600
@@ -118,6 +141,27 @@ class Settings:
     otel_exporter_otlp_protocol: str = "http/protobuf"
     otel_endpoint_configured: bool = False
     otel_service_name: str | None = None
+
+    # Live progress (server-sent events) and the web page.
+    sse_max_streams: int = 200  # concurrent event streams per API process; more are refused with 429
+    sse_keepalive: float = 15.0  # seconds between keep-alive comments on an idle stream
+    # A stream ends after this long and the client reconnects with Last-Event-ID: a client that
+    # vanished without a FIN holds a slot no longer than this, and neither does a server shutdown
+    # (uvicorn waits for open responses before it stops).
+    sse_max_seconds: float = 60.0
+    # The link each scan's trace id gets on the web page; {trace_id} is replaced.
+    trace_url_template: str = GRAFANA_EXPLORE_TRACE
+    # POST /v1/traces takes the web page's spans and forwards them to this OTLP/HTTP traces URL,
+    # else to where the API's own spans go (when that is OTLP); with neither, or when switched
+    # off, it answers 404.
+    browser_traces: bool = True
+    browser_traces_endpoint: str | None = None
+    browser_traces_max_bytes: int = 512 * 1024
+    browser_traces_per_minute: int = 60  # per client address
+
+    # The `pagelens` command as a client of a running API.
+    api_url: str = "http://127.0.0.1:8000"
+    api_key: str | None = None
 
     log_level: str = "INFO"
     migrations_dir: Path = field(default=ROOT / "migrations")
@@ -148,6 +192,12 @@ class Settings:
             llm_api_key=_opt(env, "LLM_API_KEY"),
             llm_model=_opt(env, "LLM_MODEL") or defaults.llm_model,
             max_body_bytes=_int(env, "PAGELENS_MAX_BODY_BYTES", defaults.max_body_bytes, minimum=1024),
+            max_header_bytes=_int(env, "PAGELENS_MAX_HEADER_BYTES", defaults.max_header_bytes, minimum=1024),
+            rate_limit=_int(env, "PAGELENS_RATE_LIMIT", defaults.rate_limit),
+            max_open_scans=_int(env, "PAGELENS_MAX_OPEN_SCANS", defaults.max_open_scans),
+            metrics_token=_opt(env, "PAGELENS_METRICS_TOKEN"),
+            api_metrics_port=_int(env, "PAGELENS_API_METRICS_PORT", 0) or None,
+            api_metrics_host=_opt(env, "PAGELENS_API_METRICS_HOST") or defaults.api_metrics_host,
             fetch_total_timeout=_float(env, "PAGELENS_FETCH_TIMEOUT", defaults.fetch_total_timeout),
             fetch_max_bytes=_int(env, "PAGELENS_FETCH_MAX_BYTES", defaults.fetch_max_bytes, minimum=1024),
             fetch_allowed_ports=allowed_ports,
@@ -157,6 +207,7 @@ class Settings:
             poll_delay=_float(env, "PAGELENS_POLL_DELAY", defaults.poll_delay),
             shutdown_grace=_int(env, "PAGELENS_SHUTDOWN_GRACE", defaults.shutdown_grace),
             retention_days=_int(env, "PAGELENS_RETENTION_DAYS", defaults.retention_days, minimum=1),
+            sweep_interval=_int(env, "PAGELENS_SWEEP_INTERVAL", defaults.sweep_interval, minimum=1),
             keybert_processes=_int(env, "PAGELENS_KEYBERT_PROCESSES", 1, minimum=1),
             keybert_timeout=_float(env, "PAGELENS_KEYBERT_TIMEOUT", defaults.keybert_timeout),
             otel_sdk_disabled=_bool(env, "OTEL_SDK_DISABLED", False),
@@ -168,12 +219,36 @@ class Settings:
                 _opt(env, "OTEL_EXPORTER_OTLP_ENDPOINT") or _opt(env, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             ),
             otel_service_name=_opt(env, "OTEL_SERVICE_NAME"),
+            sse_max_streams=_int(env, "PAGELENS_SSE_MAX_STREAMS", defaults.sse_max_streams, minimum=1),
+            sse_keepalive=_float(env, "PAGELENS_SSE_KEEPALIVE", defaults.sse_keepalive),
+            sse_max_seconds=_float(env, "PAGELENS_SSE_MAX_SECONDS", defaults.sse_max_seconds),
+            trace_url_template=env.get("PAGELENS_TRACE_URL_TEMPLATE", defaults.trace_url_template).strip(),
+            browser_traces=_bool(env, "PAGELENS_BROWSER_TRACES", True),
+            browser_traces_endpoint=_opt(env, "PAGELENS_BROWSER_TRACES_ENDPOINT"),
+            browser_traces_max_bytes=_int(
+                env, "PAGELENS_BROWSER_TRACES_MAX_BYTES", defaults.browser_traces_max_bytes, minimum=1024
+            ),
+            browser_traces_per_minute=_int(
+                env, "PAGELENS_BROWSER_TRACES_PER_MINUTE", defaults.browser_traces_per_minute, minimum=1
+            ),
+            api_url=(_opt(env, "PAGELENS_API_URL") or defaults.api_url).rstrip("/"),
+            api_key=_opt(env, "PAGELENS_API_KEY"),
             log_level=(_opt(env, "PAGELENS_LOG_LEVEL") or "INFO").upper(),
             data_dir=Path(_opt(env, "PAGELENS_DATA_DIR") or defaults.data_dir),
         )
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
+
+    @property
+    def browser_traces_enabled(self) -> bool:
+        """Whether POST /v1/traces accepts spans: only when they can go somewhere."""
+        exporting = (
+            self.otel_endpoint_configured
+            and not self.otel_sdk_disabled
+            and (self.otel_traces_exporter or "otlp").lower().split(",")[0].strip() == "otlp"
+        )
+        return self.browser_traces and (bool(self.browser_traces_endpoint) or exporting)
 
     def require_database_url(self) -> str:
         if not self.database_url:

@@ -6,8 +6,11 @@ from dataclasses import dataclass
 
 import asyncpg
 from arq.connections import ArqRedis
+from starlette.applications import Starlette
 from starlette.requests import HTTPConnection
 
+from app.browser_spans import BrowserTraces
+from app.scan_events import ScanEvents
 from app.settings import Settings
 
 
@@ -16,8 +19,14 @@ class State:
     settings: Settings
     pool: asyncpg.Pool
     redis: ArqRedis
+    events: ScanEvents
+    browser_traces: BrowserTraces | None = None
 
     @staticmethod
     def of(connection: HTTPConnection) -> State:
-        state: State = connection.app.state.pagelens
+        return State.of_app(connection.app)
+
+    @staticmethod
+    def of_app(app: Starlette) -> State:
+        state: State = app.state.pagelens
         return state

@@ -82,7 +82,7 @@ def _configured_sampler() -> Sampler:
         return ALWAYS_ON
 
 
-def _exporter(settings: Settings) -> SpanExporter | None:
+def span_exporter(settings: Settings) -> SpanExporter | None:
     # OTel's own default is "otlp"; we only export when asked to, or when an endpoint is set, so a
     # developer without a collector gets no connection errors every few seconds.
     name = (settings.otel_traces_exporter or ("otlp" if settings.otel_endpoint_configured else "none")).lower()
@@ -125,7 +125,7 @@ def setup_tracing(
     provider = TracerProvider(resource=resource, sampler=NoOrphanClientSpans(_configured_sampler()))
     if exporter is not None:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
-    elif (chosen := _exporter(settings)) is not None:
+    elif (chosen := span_exporter(settings)) is not None:
         provider.add_span_processor(BatchSpanProcessor(chosen))
     trace.set_tracer_provider(provider)
     propagate.set_global_textmap(CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()]))

@@ -11,7 +11,7 @@ import contextlib
 import os
 import secrets
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ import uvicorn
 from arq.connections import ArqRedis
 from arq.worker import Worker
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from starlette.applications import Starlette
 
 from app import db, migrate
 from app.embedded import backing_servers, free_port
@@ -91,6 +92,19 @@ async def empty_database() -> AsyncIterator[object]:
 
 
 @pytest.fixture(scope="session")
+def migrated_database(server_dsn: str, empty_database: Any) -> Callable[[], Awaitable[str]]:
+    """A factory for fresh databases with every migration applied, for tests that need their own
+    (a sweeper would find the session's scans too)."""
+
+    async def make() -> str:
+        dsn: str = await empty_database(server_dsn)
+        await migrate.apply(dsn, Settings().migrations_dir)
+        return dsn
+
+    return make
+
+
+@pytest.fixture(scope="session")
 async def database_url(server_dsn: str, empty_database: object) -> str:
     dsn: str = await empty_database(server_dsn)  # type: ignore[operator]
     await migrate.apply(dsn, Settings().migrations_dir)
@@ -146,10 +160,11 @@ async def make_worker(
 
     workers: list[Worker] = []
 
-    def make(worker_settings: Settings | None = None, **overrides: object) -> Worker:
+    def make(worker_settings: Settings | None = None, *, db: asyncpg.Pool | None = None, **overrides: object) -> Worker:
+        """`db`: a pool on the database `worker_settings` names, when it is not the session's."""
         s = worker_settings or settings
         options = worker_options(s)
-        options["ctx"] = {"settings": s, "pool": pool, "keyphrases": extractor, "configure_logging": False}
+        options["ctx"] = {"settings": s, "pool": db or pool, "keyphrases": extractor, "configure_logging": False}
         options["cron_jobs"] = []
         options.update(overrides)
         # Its own Redis connection: Worker.close() closes the pool it runs on.
@@ -188,14 +203,14 @@ async def worker_ctx(
 
 
 @contextlib.asynccontextmanager
-async def serve_api(settings: Settings) -> AsyncIterator[str]:
-    """The real API served by uvicorn on a loopback port, in the test event loop."""
+async def serve_api(settings: Settings, app: Starlette | None = None) -> AsyncIterator[str]:
+    """The real API (or `app`, built by the caller to look inside it) served by uvicorn on a
+    loopback port, in the test event loop."""
     from app.main import create_app
 
     port = free_port()
-    config = uvicorn.Config(
-        create_app(settings, configure_logging=False), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-    )
+    app = app or create_app(settings, configure_logging=False)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     for _ in range(400):

@@ -10,6 +10,7 @@ import contextlib
 import socket
 import socketserver
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -75,3 +76,15 @@ class TrackedHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+
+@contextlib.contextmanager
+def running(server: LoopbackServer, name: str) -> Iterator[None]:
+    """Serve in a background thread for the duration of the block, then stop and join it."""
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=name)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.stop()
+        thread.join(timeout=10)

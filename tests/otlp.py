@@ -13,13 +13,13 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
+from app.browser_spans import inflate
 from tests.httpserver import LoopbackServer, TrackedHandler
 
 TRACES_PATH = "/v1/traces"
@@ -98,20 +98,6 @@ def _span(span: Any, service: str | None, scope: str) -> Span:
     )
 
 
-def gunzip(data: bytes, limit: int = MAX_BODY) -> bytes:
-    """Inflate a gzip body, refusing (ValueError) anything that inflates beyond `limit`."""
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(data, limit + 1)
-    except zlib.error as exc:
-        raise ValueError(f"bad gzip body: {exc}") from None
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise ValueError("gzip body inflates beyond the limit")
-    if not inflater.eof:
-        raise ValueError("truncated gzip body")
-    return out
-
-
 @dataclass
 class _Store:
     lock: threading.Condition = field(default_factory=threading.Condition)
@@ -157,7 +143,7 @@ class _Handler(TrackedHandler):
         encoding = (self.headers.get("Content-Encoding") or "identity").strip().lower()
         try:
             if encoding == "gzip":
-                body = gunzip(body)
+                body = inflate(body, MAX_BODY)  # the API's own bounded inflate
             elif encoding != "identity":
                 self._reject(415, f"content encoding {encoding!r}")
                 return

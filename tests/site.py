@@ -12,14 +12,13 @@ import functools
 import gzip
 import html
 import mimetypes
-import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from tests.httpserver import LoopbackServer, TrackedHandler
+from tests.httpserver import LoopbackServer, TrackedHandler, running
 
 PAGES_DIR = Path(__file__).resolve().parent / "pages"
 HUGE_BYTES = 7 * 1024 * 1024  # > 6 MiB, and above the default 5 MiB fetch cap
@@ -268,10 +267,5 @@ def _accepts_gzip(accept_encoding: str) -> bool:
 @contextlib.contextmanager
 def serve_site() -> Iterator[Site]:
     server = _Server()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="test-site")
-    thread.start()
-    try:
+    with running(server, "test-site"):
         yield Site(server)
-    finally:
-        server.stop()
-        thread.join(timeout=10)

@@ -37,8 +37,9 @@ DATASOURCES = {"prometheus": "prometheus", "tempo": "tempo", "loki": "loki"}  # 
 MIN_SCHEMA_VERSION = 39
 GRID_WIDTH = 24
 
-# DESIGN.md's metric table (names and labels are fixed there), plus the two telemetry-health
-# counters metrics.py adds. Prometheus adds job and instance to every series.
+# DESIGN.md's metric table (names and labels are fixed there), plus what metrics.py adds: two
+# telemetry-health counters and the open event streams gauge. Prometheus adds job and instance to
+# every series.
 PAGELENS_LABELS: dict[str, frozenset[str]] = {
     "pagelens_http_requests_total": frozenset({"method", "route", "status"}),
     "pagelens_http_request_duration_seconds": frozenset({"method", "route"}),
@@ -59,6 +60,7 @@ PAGELENS_LABELS: dict[str, frozenset[str]] = {
     "pagelens_build_info": frozenset({"version"}),
     "pagelens_job_trace_context_total": frozenset({"result"}),
     "pagelens_job_hook_errors_total": frozenset({"hook"}),
+    "pagelens_sse_streams_open": frozenset(),
 }
 # The fixed value sets of labels (DESIGN.md, app/models.py, worker/pipeline.py), per metric.
 LABEL_VALUES: dict[tuple[str, str], frozenset[str]] = {
@@ -449,21 +451,21 @@ def test_dashboard_structure(dashboards: dict[str, dict[str, Any]], name: str) -
             assert x1 <= a0 or a1 <= x0 or y1 <= b0 or b1 <= y0, f"panels {title!r} and {other!r} overlap"
 
 
-def _datasource_refs(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+def datasource_refs(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
     if isinstance(node, dict):
         for key, value in node.items():
             if key == "datasource":
                 yield path, value
             else:
-                yield from _datasource_refs(value, f"{path}.{key}")
+                yield from datasource_refs(value, f"{path}.{key}")
     elif isinstance(node, list):
         for i, item in enumerate(node):
-            yield from _datasource_refs(item, f"{path}[{i}]")
+            yield from datasource_refs(item, f"{path}[{i}]")
 
 
 @pytest.mark.parametrize("name", DASHBOARDS)
 def test_datasources_are_the_provisioned_ones(dashboards: dict[str, dict[str, Any]], name: str) -> None:
-    refs = list(_datasource_refs(dashboards[name]))
+    refs = list(datasource_refs(dashboards[name]))
     assert refs
     for path, ref in refs:
         assert isinstance(ref, dict), f"{path}: datasource must be {{'type', 'uid'}}, not {ref!r}"

@@ -64,6 +64,7 @@ from tests.test_e2e_observability import (
     _wait_worker_ready,
     follow,
 )
+from tests.test_stack import keda_triggers
 
 pytestmark = pytest.mark.slow
 
@@ -515,3 +516,23 @@ async def _loaded_rules(client: httpx.AsyncClient, expected: int) -> list[dict[s
         await asyncio.sleep(POLL)
     assert len(rules) == expected, f"Prometheus loaded {len(rules)} rules, the file has {expected}"
     return rules
+
+
+async def test_keda_trigger_queries_run_on_real_metrics(live: Live, record_property: Any) -> None:
+    """The worker autoscaler's queries (deploy/autoscaling/) answer one number, from real data."""
+    lines = []
+    async with httpx.AsyncClient(base_url=live.prometheus_url, timeout=QUERY_TIMEOUT) as client:
+        for name, expr in keda_triggers().items():
+            ours = expr.replace('queue="pagelens:queue"', f'queue="{live.queue}"')
+            assert ours != expr, f"{name}: the query does not select the queue"
+            error, result = await query(client, ours)
+            assert error is None, (name, error)
+            assert len(result) == 1 and _finite(result), (name, result)
+            # Without the `or vector(0)` fallback, over the whole test: the metric itself has data.
+            inner = ours.removesuffix("or vector(0)").strip().removesuffix("> 0").replace("[2m]", "[10m]")
+            error, raw = await query(client, inner)
+            assert error is None and _finite(raw), (name, inner, error, raw)
+            lines.append(f"  {name}: {result[0]['value'][1]} now; {raw[0]['value'][1]} over the test  ({ours})")
+    report = "KEDA triggers:\n" + "\n".join(lines)
+    print(report)
+    record_property("keda_report", report)

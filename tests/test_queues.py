@@ -93,7 +93,7 @@ class Harness:
 
     async def claimed(self) -> tuple[uuid.UUID, int]:
         scan_id = await self.scan()
-        row = await scans.claim(self.pool, scan_id, lease_seconds=600)
+        row = await scans.claim(self.pool, scan_id, lease_seconds=600, max_tries=3)
         assert row is not None
         return scan_id, row["attempts"]
 

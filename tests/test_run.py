@@ -70,6 +70,7 @@ async def test_pagelens_run_with_embedded_servers(tmp_path: Path, site: Site) ->
         except subprocess.TimeoutExpired:
             process.kill()
             output = process.communicate()[0].decode(errors="replace")
+        print(output[-5000:])  # pytest shows it when the test fails
     assert process.returncode == 0, output[-3000:]
     assert "pagelens is starting (embedded: postgres, redis)" in output
     assert not port_answers("127.0.0.1", port), "the API stopped"

@@ -248,9 +248,9 @@ async def test_configured_services_get_trace_context(
     ],
 )
 def test_exporter_follows_the_otel_variables(changes: dict[str, object], expected: str | None) -> None:
-    from observability.tracing import _exporter
+    from observability.tracing import span_exporter
 
-    exporter = _exporter(Settings().with_(**changes))
+    exporter = span_exporter(Settings().with_(**changes))
     assert (type(exporter).__module__ if exporter is not None else None) == expected
     if exporter is not None:
         exporter.shutdown()

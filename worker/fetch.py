@@ -182,6 +182,7 @@ class _Inflater:
         self._gzip = encoding == "gzip"
         self._raw_deflate = False
         self._started = False
+        self._fed = False
         self._zlib = self._new()
 
     def _new(self) -> Any:
@@ -206,7 +207,13 @@ class _Inflater:
                 continue
             self._started = self._started or bool(out)
             data = self._zlib.unconsumed_tail or self._zlib.unused_data
+        self._fed = True
         return bytes(out)
+
+    @property
+    def truncated(self) -> bool:
+        """The body ended inside a compressed stream (cut off, or never compressed data at all)."""
+        return self._fed and not self._zlib.eof
 
     def _next_member(self, rest: bytes) -> bytes:
         # Concatenated gzip members are one body; anything else after the end is ignored.
@@ -224,6 +231,8 @@ async def _read_body(response: httpx.Response, limit: int, encoding: str | None)
             body += inflater.feed(raw, limit - len(body)) if inflater else raw
             if len(body) > limit:
                 raise _too_large(limit)
+        if inflater is not None and inflater.truncated:
+            raise zlib.error("truncated")
     except zlib.error:
         raise ScanError(ErrorType.HTTP_ERROR, "the page's compressed body is corrupt") from None
     return bytes(body)

@@ -8,14 +8,12 @@ from typing import Any
 from arq.constants import job_key_prefix
 
 from app import queue, scans
-from app.models import ErrorType, ScanError
 from worker.context import Resources
 
 logger = logging.getLogger("pagelens.worker")
 
 SWEEP_LOCK = 0x7377_6565_70  # any constant shared by all workers
 RETENTION_LOCK = 0x7265_7465_6E
-QUEUED_GRACE_SECONDS = 30
 
 
 async def delete_expired_scans(ctx: dict[str, Any]) -> int:
@@ -45,27 +43,18 @@ async def sweep_stranded(ctx: dict[str, Any]) -> int:
                   OR (status IN ('RUNNING', 'TEASER_READY') AND lease_until IS NULL
                       AND updated_at < now() - make_interval(secs => $1))
                ORDER BY created_at LIMIT 500""",
-            QUEUED_GRACE_SECONDS,
+            # A QUEUED scan younger than one sweep may still be on its way into the queue.
+            float(res.settings.sweep_interval),
         )
         for row in rows:
             scan_id = str(row["id"])
             if await res.redis.exists(job_key_prefix + scan_id):
                 continue  # queued, deferred for a retry, or running: arq still owns it
             if row["attempts"] >= res.settings.max_tries:
-                await _give_up(conn, row["id"], row["attempts"])
+                await scans.give_up(conn, row["id"], res.settings.max_tries)
                 continue
             if await queue.requeue_scan(res.redis, res.settings.queue_name, scan_id) is not None:
                 requeued += 1
     if requeued:
         logger.warning("re-enqueued %d stranded scans", requeued)
     return requeued
-
-
-async def _give_up(conn: Any, scan_id: Any, attempts: int) -> None:
-    error = ScanError(ErrorType.RETRIES_EXHAUSTED, f"no attempt finished after {attempts} tries", retryable=True)
-    await conn.execute(
-        """UPDATE scans SET status = 'FAILED', error = $2, lease_until = NULL, finished_at = now(), updated_at = now()
-           WHERE id = $1 AND status IN ('QUEUED', 'RUNNING', 'TEASER_READY')""",
-        scan_id,
-        error.to_json(),
-    )

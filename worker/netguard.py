@@ -257,7 +257,7 @@ def parse_target(url: str, settings: Settings) -> Target:
     port = _parse_port(raw_port, scheme)
     allowed = is_allow_listed(host, port, settings)
     if port not in settings.fetch_allowed_ports and not allowed:
-        raise _blocked(f"port {port} is not allowed")
+        raise _blocked("destination port is not allowed")  # the number is left out, like every detail of a target
     ip = ip_of(host)
     if ip is not None and not allowed and not is_public_address(ip):
         raise _blocked()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -18,7 +19,9 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from app import scans
+from app.backing import UNAVAILABLE
 from app.models import ErrorType, Kind, ScanError, Stage
+from app.settings import Settings
 from app.types import JSONDict, Record
 from observability import metrics
 from worker.context import Resources
@@ -71,13 +74,28 @@ class Run:
             raise Superseded
 
 
+# The scan's own deadline is `job_timeout`: reaching it is a typed `timeout`, retried like any
+# transient error. arq's timeout sits this margin above, as a backstop for the final writes; the
+# lease lasts as long, so it has run out by the time arq hands the job of a killed worker to another
+# (arq waits for its timeout + 10 s first).
+TIMEOUT_MARGIN = 5.0
+MAX_BACKOFF = 60.0
+
+
+def hard_timeout(settings: Settings) -> float:
+    return settings.job_timeout + TIMEOUT_MARGIN
+
+
 def backoff(job_try: int, base: float) -> float:
     # Exponential with full jitter: retries of many scans failing together spread out.
-    return base * 2.0 ** (job_try - 1) * (0.5 + random.random() / 2)
+    return min(MAX_BACKOFF, base * 2.0 ** (job_try - 1)) * (0.5 + random.random() / 2)
 
 
 async def run_scan(ctx: dict[str, Any], scan_id: str, trace_context: dict[str, str] | None = None) -> str:
-    """arq job. Returns a short outcome; raises arq.Retry for transient failures."""
+    """arq job. Returns a short outcome; raises arq.Retry for transient failures.
+
+    PostgreSQL is the authority on tries: `claim` counts them and refuses one beyond the budget, so
+    deliveries arq makes after a crash, a SIGTERM or a lost Redis key never add up to more."""
     res: Resources = ctx["resources"]
     settings = res.settings
     try:
@@ -85,24 +103,56 @@ async def run_scan(ctx: dict[str, Any], scan_id: str, trace_context: dict[str, s
     except (ValueError, TypeError):
         logger.error("job with an invalid scan id")
         return "invalid"
-    row = await scans.claim(res.pool, sid, lease_seconds=settings.job_timeout + 30)
-    if row is None:
-        # Finished, cancelled, deleted, or another attempt holds a live lease: a duplicate delivery.
-        ctx[OUTCOME] = "success"
+    run: Run | None = None
+    try:
+        row = await scans.claim(res.pool, sid, lease_seconds=hard_timeout(settings), max_tries=settings.max_tries)
+        if row is None:
+            return await _not_claimed(ctx, res, sid)
+        run = Run(res, row, row["attempts"])
+        return await _attempt(ctx, run)
+    except UNAVAILABLE as exc:
+        # PostgreSQL or Redis is down or restarting: the scan is not at fault. Hand the lease back if
+        # possible and run the job again later (a lease we cannot release delays that until it ends).
+        if run is not None:
+            with contextlib.suppress(*UNAVAILABLE):
+                await scans.release_for_retry(res.pool, run.scan_id, run.attempt, None)
+        job_try: int = ctx.get("job_try", 1)
+        logger.warning("backing service unavailable (%s); the job will run again", type(exc).__name__)
+        ctx[OUTCOME] = "retry"
+        raise Retry(defer=backoff(job_try, settings.retry_base_delay)) from None
+
+
+async def _not_claimed(ctx: dict[str, Any], res: Resources, sid: uuid.UUID) -> str:
+    reason, lease_left = await scans.unclaimable(res.pool, sid, res.settings.max_tries)
+    if reason is scans.Unclaimable.GONE:
+        ctx[OUTCOME] = "success"  # finished, cancelled or deleted: a duplicate delivery
         return "skipped"
-    run = Run(res, row, row["attempts"])
-    job_try: int = ctx.get("job_try", 1)
+    if reason is scans.Unclaimable.LEASED:
+        # An earlier attempt died without releasing its lease (or another one still runs): come back
+        # when the lease has run out rather than drop the job and wait for the sweeper.
+        ctx[OUTCOME] = "retry"
+        raise Retry(defer=lease_left + 1.0)
+    await scans.give_up(res.pool, sid, res.settings.max_tries)
+    ctx[OUTCOME] = "failure"
+    metrics.scan_errors_total.inc({"error_type": ErrorType.RETRIES_EXHAUSTED.value})
+    logger.info("scan used every try", extra={"error_type": ErrorType.RETRIES_EXHAUSTED.value})
+    return "failed"
+
+
+async def _attempt(ctx: dict[str, Any], run: Run) -> str:
+    res, row, settings = run.res, run.scan, run.res.settings
+    sid = run.scan_id
+    try_no = int(row["attempts"]) - int(row["retry_base"])  # this scan's try, counted since its last replay
     # arq's score is when the job became eligible to run (deferred retries included), in ms.
     eligible_ms: float = ctx.get("score") or time.time() * 1000
     queue_wait = max(0.0, time.time() * 1000 - eligible_ms) / 1000
     run.timings["queueWaitMs"] = queue_wait * 1000
     started = time.perf_counter()
+    deadline = asyncio.timeout(settings.job_timeout)
     metrics.active_scans.inc({})
     try:
-        if row["kind"] == Kind.URL:
-            report = await _scan_url(run)
-        else:
-            report = await _scan_document(run)
+        async with deadline:
+            report = await (_scan_url(run) if row["kind"] == Kind.URL else _scan_document(run))
         run.timings["totalMs"] = (time.perf_counter() - started) * 1000
         if not await scans.finish(res.pool, sid, run.attempt, report, run.timings):
             raise Superseded
@@ -113,30 +163,39 @@ async def run_scan(ctx: dict[str, Any], scan_id: str, trace_context: dict[str, s
         ctx[OUTCOME] = "cancelled"  # nearly always a DELETE; otherwise another attempt took over
         return "superseded"
     except ScanError as exc:
-        return await _failed(ctx, run, exc, job_try)
+        return await _failed(ctx, run, exc, try_no)
+    except TimeoutError:
+        if not deadline.expired():
+            raise  # a backing service's own timeout (a slow query): run_scan retries the job
+        timeout = ScanError(
+            ErrorType.TIMEOUT, f"the scan did not finish within {settings.job_timeout:g}s", retryable=True
+        )
+        return await _failed(ctx, run, timeout, try_no)
     except asyncio.CancelledError:
-        # Aborted (the row is CANCELLED already), timed out, or the worker is shutting down (arq
-        # runs the job again): give the lease back so a rerun can claim the scan at once.
+        # Aborted (the row is CANCELLED already), arq's backstop timeout, or the worker is shutting
+        # down (arq runs the job again): give the lease back so a rerun can claim the scan at once.
         released = await asyncio.shield(scans.release_for_retry(res.pool, sid, run.attempt, None))
         ctx[OUTCOME] = "retry" if released else "cancelled"
         raise
+    except UNAVAILABLE:
+        raise
     except Exception:
         logger.exception("scan failed unexpectedly")
-        return await _failed(ctx, run, ScanError(ErrorType.INTERNAL, "unexpected error while scanning"), job_try)
+        return await _failed(ctx, run, ScanError(ErrorType.INTERNAL, "unexpected error while scanning"), try_no)
     finally:
         metrics.active_scans.dec({})
 
 
-async def _failed(ctx: dict[str, Any], run: Run, exc: ScanError, job_try: int) -> str:
+async def _failed(ctx: dict[str, Any], run: Run, exc: ScanError, try_no: int) -> str:
     settings = run.res.settings
-    if exc.retryable and job_try < settings.max_tries:
+    if exc.retryable and try_no < settings.max_tries:
         await scans.release_for_retry(run.res.pool, run.scan_id, run.attempt, exc)
         logger.info("transient failure, retrying", extra={"error_type": exc.type.value})
-        raise Retry(defer=backoff(job_try, settings.retry_base_delay))
+        raise Retry(defer=backoff(try_no, settings.retry_base_delay))
     if exc.retryable and settings.max_tries > 1:
         exc = ScanError(
             ErrorType.RETRIES_EXHAUSTED,
-            f"gave up after {job_try} attempts; last error ({exc.type.value}): {exc.message}",
+            f"gave up after {try_no} attempts; last error ({exc.type.value}): {exc.message}",
             retryable=True,
         )
     await scans.fail(run.res.pool, run.scan_id, run.attempt, exc)

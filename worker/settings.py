@@ -18,7 +18,7 @@ from worker import quiet, wake
 from worker.context import Resources
 from worker.hooks import make_hooks, observed
 from worker.maintenance import delete_expired_scans, sweep_stranded
-from worker.pipeline import run_scan
+from worker.pipeline import hard_timeout, run_scan
 
 logger = logging.getLogger("pagelens.worker")
 
@@ -66,9 +66,12 @@ def take_jobs(ctx: dict[str, Any]) -> None:
 
 
 def functions(settings: Settings) -> list[Function]:
-    # arq stops retrying after max_tries; our own retry decision (pipeline) uses the same number,
-    # plus one so a final attempt that raises Retry by mistake still lands in the pipeline.
-    return [func(observed(run_scan), name=RUN_SCAN, max_tries=settings.max_tries + 1, timeout=settings.job_timeout)]
+    # The scans table counts tries (pipeline, scans.claim); arq's own count is a backstop set well
+    # above it, because it also counts deliveries that never claimed the scan (a worker killed
+    # before the claim, a wait for a dead attempt's lease, PostgreSQL down).
+    return [
+        func(observed(run_scan), name=RUN_SCAN, max_tries=3 * settings.max_tries + 3, timeout=hard_timeout(settings))
+    ]
 
 
 def queue_options(settings: Settings) -> dict[str, Any]:
@@ -91,14 +94,28 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         **queue_options(settings),
         "functions": functions(settings),
         "cron_jobs": [
-            cron(observed(sweep_stranded), name="sweep_stranded", second={0, 30}, run_at_startup=True, timeout=60),
-            cron(observed(delete_expired_scans), name="delete_expired_scans", minute={17}, second=0, timeout=300),
+            cron(
+                observed(sweep_stranded),
+                name="sweep_stranded",
+                second=set(range(0, 60, settings.sweep_interval)),
+                run_at_startup=True,
+                timeout=hard_timeout(settings),
+            ),
+            # arq holds a job of a killed worker for the longest timeout of all its functions before
+            # running it again, so no cron job may have a longer one than the scan job.
+            cron(
+                observed(delete_expired_scans),
+                name="delete_expired_scans",
+                minute={17},
+                second=0,
+                timeout=hard_timeout(settings),
+            ),
         ],
         "on_startup": on_startup,
         "on_shutdown": on_shutdown,
         "allow_abort_jobs": True,
         "job_completion_wait": settings.shutdown_grace,
-        "job_timeout": settings.job_timeout,
+        "job_timeout": hard_timeout(settings),
         "keep_result": 3600,
         "health_check_interval": 10,
         "ctx": {"settings": settings},

@@ -15,7 +15,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app import queue, scans
+from app import limits, queue, scans
+from app.auth import request_key_id
 from app.models import Kind, Status
 from app.problems import Problem
 from app.schemas import CreateScan, parse_json, validated_idempotency_key, validated_url
@@ -55,8 +56,11 @@ async def submit(request: Request, new: scans.NewScan) -> Response:
     """Commit the scan row, then enqueue. The row is the record of truth: if Redis is down the
     scan stays QUEUED and the worker's sweeper enqueues it later, so the client still gets 202."""
     state = State.of(request)
-    new = scans.NewScan(**{**new.__dict__, "trace_id": _current_trace_id()})
-    row, created = await scans.create(state.pool, new)
+    key_id = request_key_id(request.scope)
+    new = scans.NewScan(**{**new.__dict__, "trace_id": _current_trace_id(), "api_key_id": key_id})
+    async with state.pool.acquire() as conn, conn.transaction():
+        await limits.reserve_open_scan(conn, key_id, state.settings.max_open_scans, new.idempotency_key)
+        row, created = await scans.create(conn, new)
     if not created and row["request_hash"] != new.request_hash:
         raise Problem(
             422, "this Idempotency-Key was already used with a different request", code="idempotency-key-reused"
@@ -88,7 +92,7 @@ async def create_scan(request: Request) -> Response:
     )
 
 
-def _scan_id(request: Request) -> uuid.UUID:
+def scan_id_of(request: Request) -> uuid.UUID:
     try:
         return uuid.UUID(request.path_params["scanId"])
     except ValueError:
@@ -96,7 +100,7 @@ def _scan_id(request: Request) -> uuid.UUID:
 
 
 async def _load(request: Request) -> Record:
-    row = await scans.get(State.of(request).pool, _scan_id(request))
+    row = await scans.get(State.of(request).pool, scan_id_of(request))
     if row is None:
         raise Problem(404, "no scan with this id", code="scan-not-found")
     return row
@@ -135,7 +139,7 @@ async def get_full(request: Request) -> Response:
 
 async def cancel_scan(request: Request) -> Response:
     state = State.of(request)
-    scan_id = _scan_id(request)
+    scan_id = scan_id_of(request)
     row = await scans.cancel(state.pool, scan_id)
     if row is None:
         raise Problem(404, "no scan with this id", code="scan-not-found")
@@ -153,8 +157,11 @@ async def cancel_scan(request: Request) -> Response:
 async def retry_scan(request: Request) -> Response:
     """Replay a FAILED scan (a dead one, typically) under the same id."""
     state = State.of(request)
-    scan_id = _scan_id(request)
-    row = await scans.replay(state.pool, scan_id)
+    scan_id = scan_id_of(request)
+    key_id = request_key_id(request.scope)
+    async with state.pool.acquire() as conn, conn.transaction():
+        await limits.reserve_open_scan(conn, key_id, state.settings.max_open_scans)
+        row = await scans.replay(conn, scan_id, key_id)
     if row is None:
         current = await scans.get(state.pool, scan_id)
         if current is None:

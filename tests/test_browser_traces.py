@@ -1,0 +1,251 @@
+"""POST /v1/traces: browser spans in, validated, forwarded to a real OTLP receiver (tests/otlp.py).
+
+The API runs in the test's loop with PAGELENS_BROWSER_TRACES_ENDPOINT pointing at the receiver, so
+whatever the API forwards is decoded there exactly as a collector would see it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import gzip
+import json
+import secrets
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from opentelemetry.proto.trace.v1 import trace_pb2
+
+from app.browser_spans import BROWSER_SERVICE, MAX_SPANS, RateLimit
+from app.settings import Settings
+from tests.conftest import serve_api
+from tests.otlp import OTLPReceiver, serve_otlp
+
+PATH = "/v1/traces"
+SPAN_TIMEOUT = 15.0
+
+
+def json_export(trace_id: str, span_id: str, parent: str | None = None, **span: Any) -> dict[str, Any]:
+    """An ExportTraceServiceRequest as the OpenTelemetry JS OTLP/HTTP JSON exporter writes one."""
+    body: dict[str, Any] = {
+        "traceId": trace_id,
+        "spanId": span_id,
+        "name": "user.create_scan_request",
+        "kind": 1,
+        "startTimeUnixNano": "1700000000000000000",
+        "endTimeUnixNano": "1700000000250000000",
+        "attributes": [
+            {"key": "pagelens.scan_id", "value": {"stringValue": "6f1c"}},
+            {"key": "http.response.status_code", "value": {"intValue": 202}},
+            {"key": "ok", "value": {"boolValue": True}},
+            {"key": "nested", "value": {"kvlistValue": {"values": []}}},
+        ],
+        "droppedAttributesCount": 0,
+        "events": [{"timeUnixNano": "1700000000100000000", "name": "submitted", "attributes": []}],
+        "links": [],
+        "status": {"code": 0},
+        **span,
+    }
+    if parent:
+        body["parentSpanId"] = parent
+    return {
+        "resourceSpans": [
+            {
+                "resource": {
+                    "attributes": [
+                        # A page may claim anything; it is recorded as the web page all the same.
+                        {"key": "service.name", "value": {"stringValue": "pagelens-api"}},
+                        {"key": "telemetry.sdk.language", "value": {"stringValue": "webjs"}},
+                    ],
+                    "droppedAttributesCount": 0,
+                },
+                "scopeSpans": [{"scope": {"name": "pagelens-web", "version": "1"}, "spans": [body]}],
+            }
+        ]
+    }
+
+
+def ids() -> tuple[str, str]:
+    return secrets.token_hex(16), secrets.token_hex(8)
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Any:
+    with serve_otlp() as r:
+        yield r
+
+
+@pytest.fixture
+def open_api(settings: Settings, receiver: OTLPReceiver) -> Callable[..., Any]:
+    @contextlib.asynccontextmanager
+    async def start(**changes: Any) -> AsyncIterator[httpx.AsyncClient]:
+        endpoint = {"browser_traces_endpoint": f"{receiver.endpoint}{PATH}"}
+        api_settings = settings.with_(**{**endpoint, **changes})
+        async with serve_api(api_settings) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
+            yield client
+
+    return start
+
+
+async def test_json_spans_are_forwarded_as_the_web_page(open_api: Any, receiver: OTLPReceiver) -> None:
+    trace_id, span_id = ids()
+    _, child_id = ids()
+    export = json_export(trace_id, span_id)
+    child = copy.deepcopy(json_export(trace_id, child_id, parent=span_id, name="HTTP POST", kind=3))
+    export["resourceSpans"][0]["scopeSpans"][0]["spans"].append(child["resourceSpans"][0]["scopeSpans"][0]["spans"][0])
+    async with open_api() as client:
+        response = await client.post(PATH, content=json.dumps(export), headers={"content-type": "application/json"})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json" and response.json() == {}
+
+    spans = receiver.wait_for(lambda s: len([x for x in s if x.trace_id == trace_id]) == 2, SPAN_TIMEOUT)
+    by_name = {s.name: s for s in spans if s.trace_id == trace_id}
+    root, fetch = by_name["user.create_scan_request"], by_name["HTTP POST"]
+    assert (root.span_id, root.parent_span_id, root.kind) == (span_id, None, "INTERNAL")
+    assert (fetch.span_id, fetch.parent_span_id, fetch.kind) == (child_id, span_id, "CLIENT")
+    assert root.service_name == BROWSER_SERVICE and fetch.service_name == BROWSER_SERVICE
+    assert root.scope_name == "pagelens-web"
+    # Primitives kept, a nested map dropped quietly.
+    assert root.attributes == {"pagelens.scan_id": "6f1c", "http.response.status_code": 202, "ok": True}
+    assert not receiver.rejected
+
+
+async def test_protobuf_and_gzip_are_accepted(open_api: Any, receiver: OTLPReceiver) -> None:
+    trace_id, span_id = ids()
+    request = trace_service_pb2.ExportTraceServiceRequest()
+    span = request.resource_spans.add().scope_spans.add().spans.add()
+    span.trace_id, span.span_id = bytes.fromhex(trace_id), bytes.fromhex(span_id)
+    span.name, span.kind = "documentLoad", trace_pb2.Span.SPAN_KIND_INTERNAL
+    span.start_time_unix_nano, span.end_time_unix_nano = 1, 2
+    span.status.code = trace_pb2.Status.STATUS_CODE_ERROR
+    span.status.message = "boom"
+    body = request.SerializeToString()
+    async with open_api() as client:
+        plain = await client.post(PATH, content=body, headers={"content-type": "application/x-protobuf"})
+        zipped = await client.post(
+            PATH,
+            content=gzip.compress(body),
+            headers={"content-type": "application/x-protobuf", "content-encoding": "gzip"},
+        )
+    for response in (plain, zipped):
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "application/x-protobuf"
+        trace_service_pb2.ExportTraceServiceResponse().ParseFromString(response.content)
+    spans = receiver.wait_for(lambda s: len([x for x in s if x.trace_id == trace_id]) == 2, SPAN_TIMEOUT)
+    assert {(s.name, s.status_code) for s in spans if s.trace_id == trace_id} == {("documentLoad", "ERROR")}
+
+
+def _with_span(**changes: Any) -> bytes:
+    trace_id, span_id = ids()
+    return json.dumps(json_export(trace_id, span_id, **changes)).encode()
+
+
+BAD_BODIES: dict[str, tuple[bytes, int, str]] = {
+    "malformed JSON": (b"{not json", 400, "invalid-traces"),
+    "not an export request": (b'{"resourceSpans": "x"}', 400, "invalid-traces"),
+    "unknown field": (b'{"resourceSpanz": []}', 400, "invalid-traces"),
+    "all-zero trace id": (
+        json.dumps(json_export("0" * 32, secrets.token_hex(8))).encode(),
+        400,
+        "invalid-traces",
+    ),
+    "short span id": (json.dumps(json_export(secrets.token_hex(16), "abcd")).encode(), 400, "invalid-traces"),
+    "non-hex id": (json.dumps(json_export("z" * 32, secrets.token_hex(8))).encode(), 400, "invalid-traces"),
+    "ends before it starts": (_with_span(endTimeUnixNano="1"), 400, "invalid-traces"),
+    "no name": (_with_span(name=""), 400, "invalid-traces"),
+}
+
+
+async def test_bad_bodies_are_refused_and_never_forwarded(open_api: Any, receiver: OTLPReceiver) -> None:
+    many = json_export(*ids())
+    template = many["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    many["resourceSpans"][0]["scopeSpans"][0]["spans"] = [
+        {**template, "spanId": secrets.token_hex(8)} for _ in range(MAX_SPANS + 1)
+    ]
+    cases = {**BAD_BODIES, "too many spans": (json.dumps(many).encode(), 400, "invalid-traces")}
+    exports_before = receiver.exports
+    async with open_api(browser_traces_max_bytes=1024 * 1024, browser_traces_per_minute=1000) as client:
+        for case, (body, status, code) in cases.items():
+            response = await client.post(PATH, content=body, headers={"content-type": "application/json"})
+            assert response.status_code == status, (case, response.status_code, response.text)
+            assert response.headers["content-type"] == "application/problem+json", case
+            assert response.json()["type"] == f"urn:pagelens:problem:{code}", (case, response.text)
+
+        # Size: declared, streamed, and a gzip bomb that inflates past the limit.
+        big = b"{" + b" " * (1024 * 1024) + b"}"
+        response = await client.post(PATH, content=big, headers={"content-type": "application/json"})
+        assert response.status_code == 413, response.text
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(40):
+                yield b" " * 32 * 1024
+
+        response = await client.post(PATH, content=chunks(), headers={"content-type": "application/json"})
+        assert response.status_code == 413, response.text
+        bomb = gzip.compress(b" " * (8 * 1024 * 1024))
+        response = await client.post(
+            PATH, content=bomb, headers={"content-type": "application/json", "content-encoding": "gzip"}
+        )
+        assert response.status_code == 413, response.text
+        response = await client.post(
+            PATH, content=b"not gzip", headers={"content-type": "application/json", "content-encoding": "gzip"}
+        )
+        assert response.status_code == 400, response.text
+
+        # Media types and encodings.
+        for headers in ({"content-type": "text/plain"}, {"content-type": "application/json", "content-encoding": "br"}):
+            response = await client.post(PATH, content=b"{}", headers=headers)
+            assert response.status_code == 415, (headers, response.text)
+    assert receiver.exports == exports_before, "a refused body reached the collector"
+
+
+async def test_exports_are_rate_limited_per_client(open_api: Any) -> None:
+    body = _with_span()
+    async with open_api(browser_traces_per_minute=3) as client:
+        statuses = [
+            (await client.post(PATH, content=body, headers={"content-type": "application/json"})).status_code
+            for _ in range(3)
+        ]
+        refused = await client.post(PATH, content=body, headers={"content-type": "application/json"})
+    assert statuses == [200, 200, 200]
+    assert refused.status_code == 429 and refused.json()["type"] == "urn:pagelens:problem:rate-limited"
+    assert refused.headers["retry-after"] == "20"  # one token back at 3 a minute
+
+
+async def test_disabled_without_an_endpoint(settings: Settings) -> None:
+    # The session's settings export nowhere over OTLP, and name no browser endpoint.
+    assert not settings.browser_traces_enabled
+    async with serve_api(settings) as base, httpx.AsyncClient(base_url=base) as client:
+        response = await client.post(PATH, content=_with_span(), headers={"content-type": "application/json"})
+    assert response.status_code == 404 and response.json()["type"] == "urn:pagelens:problem:disabled"
+    assert not settings.with_(
+        browser_traces_endpoint="http://127.0.0.1:1/v1/traces", browser_traces=False
+    ).browser_traces_enabled
+    assert settings.with_(otel_endpoint_configured=True).browser_traces_enabled
+    assert not settings.with_(otel_endpoint_configured=True, otel_traces_exporter="console").browser_traces_enabled
+
+
+async def test_api_keys_cover_browser_traces(open_api: Any) -> None:
+    async with open_api(api_keys=("k1",)) as client:
+        headers = {"content-type": "application/json"}
+        refused = await client.post(PATH, content=_with_span(), headers=headers)
+        accepted = await client.post(PATH, content=_with_span(), headers={**headers, "authorization": "Bearer k1"})
+        page = await client.get("/")
+    assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+    assert accepted.status_code == 200, accepted.text
+    assert page.status_code == 200, "the web page itself stays open"
+
+
+def test_rate_limit_refills_and_stays_bounded() -> None:
+    limit = RateLimit(per_minute=2, max_clients=4)
+    assert [limit.wait("a", now=0.0) for _ in range(2)] == [0.0, 0.0]
+    assert limit.wait("a", now=0.0) == pytest.approx(30.0)
+    assert limit.wait("a", now=29.0) == pytest.approx(1.0)
+    assert limit.wait("a", now=30.5) == 0.0  # a token back after 30 s
+    assert limit.wait("b", now=30.5) == 0.0  # another client has its own bucket
+    for client in "cdefgh":
+        limit.wait(client, now=31.0)
+    assert len(limit.buckets) <= 4

@@ -1,0 +1,234 @@
+"""The `pagelens` command as a user runs it: a subprocess against the real API and worker
+(subprocesses too, tests/live.py), checking what it prints and its exit codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app import migrate
+from app.client import STREAM_RECONNECTS
+from app.embedded import free_port
+from app.settings import ROOT, Settings
+from observability import metrics
+from tests.conftest import serve_api
+from tests.live import Live, live_stack
+from tests.site import PAGES_DIR, Site
+
+pytestmark = pytest.mark.slow
+
+PAGELENS = str(Path(sys.executable).parent / "pagelens")
+RUN_TIMEOUT = 180.0  # a --wait covers a whole scan on a busy box
+WORKER_START_POLLS = 450  # x 0.2 s
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+async def pagelens(*args: str, env: dict[str, str] | None = None, stdin: bytes | None = None) -> Run:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PAGELENS_", "OTEL_"))}
+    process = await asyncio.create_subprocess_exec(
+        PAGELENS,
+        *args,
+        env={**base, "COLUMNS": "200", **(env or {})},
+        cwd=ROOT,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(stdin), RUN_TIMEOUT)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    assert process.returncode is not None
+    return Run(process.returncode, out.decode(), err.decode())
+
+
+@pytest.fixture(scope="module")
+async def live(
+    tmp_path_factory: pytest.TempPathFactory, migrated_database: Any, redis_url: str, site: Site
+) -> AsyncIterator[Live]:
+    async with live_stack(tmp_path_factory.mktemp("cli-logs"), migrated_database, redis_url, site) as stack:
+        yield stack
+
+
+async def test_scan_wait_shows_progress_then_the_report(live: Live, site: Site) -> None:
+    run = await pagelens("scan", site.url("/pages/article.html"), "--wait", "--api", live.api_url)
+    assert run.code == 0, run.err
+    # Not a terminal: one line per change on stderr, in order, ending at FULL_READY.
+    lines = [line.split() for line in run.err.splitlines() if line.strip()]
+    statuses = [line[0] for line in lines]
+    assert statuses[-1] == "FULL_READY" and lines[-1][-1] == "100%", run.err
+    progress = [int(line[-1].rstrip("%")) for line in lines]
+    assert progress == sorted(progress) and len(lines) >= 2, run.err
+    # The readable report on stdout.
+    assert "How to Compost at Home" in run.out
+    for heading in ("Page", "Keyphrases", "Performance", "Insights"):
+        assert heading in run.out, run.out
+    assert "█" in run.out and "time to first byte" in run.out
+
+
+async def test_json_output_and_status(live: Live, site: Site) -> None:
+    env = {"PAGELENS_API_URL": live.api_url}  # the variable instead of --api
+    run = await pagelens("scan", site.url("/pages/product.html"), "--json", "--top-n", "5", env=env)
+    assert run.code == 0, run.err
+    accepted = run.json()
+    assert accepted["status"] == "QUEUED" and set(accepted) == {"scanId", "status", "statusUrl"}
+
+    run = await pagelens("status", accepted["scanId"], "--wait", "--json", env=env)
+    assert run.code == 0, run.err
+    report = run.json()
+    assert report["scanId"] == accepted["scanId"] and report["status"] == "FULL_READY"
+    assert len(report["keyphrases"]) == 5 and report["performance"]["htmlBytes"] > 0
+
+    run = await pagelens("status", accepted["scanId"], "--json", env=env)
+    assert run.code == 0 and run.json()["status"] == "FULL_READY", run.err
+    run = await pagelens("status", accepted["scanId"], env=env)
+    assert run.code == 0 and "FULL_READY" in run.out and accepted["scanId"] in run.out
+
+    run = await pagelens("list", "--json", "--limit", "50", env=env)
+    assert run.code == 0, run.err
+    assert accepted["scanId"] in [item["scanId"] for item in run.json()["items"]]
+    run = await pagelens("list", "--status", "FULL_READY", env=env)
+    assert run.code == 0 and accepted["scanId"] in run.out, run.out
+
+
+async def test_a_text_from_standard_input(live: Live) -> None:
+    text = (PAGES_DIR / "article.html").read_bytes()[:5000]
+    run = await pagelens(
+        "scan", "--text", "-", "--title", "Notes", "--wait", "--json", "--api", live.api_url, stdin=text
+    )
+    assert run.code == 0, run.err
+    report = run.json()
+    assert report["teaser"]["title"] == "Notes" and report["performance"] is None
+
+
+async def test_a_failed_scan_exits_1_and_can_be_retried(live: Live, site: Site) -> None:
+    run = await pagelens("scan", site.url("/status/404"), "--wait", "--api", live.api_url)
+    assert run.code == 1, (run.out, run.err)
+    assert "FAILED" in run.out and "http_error" in run.out and "404" in run.out
+    scan_id = next(w for w in run.out.split() if len(w) == 36 and w.count("-") == 4)
+
+    run = await pagelens("retry", scan_id, "--json", "--api", live.api_url)
+    assert run.code == 0, run.err
+    assert run.json()["status"] == "QUEUED"
+    run = await pagelens("status", scan_id, "--wait", "--json", "--api", live.api_url)
+    assert run.code == 1 and run.json()["status"] == "FAILED", run.err
+
+
+async def test_refusals_are_usage_errors(live: Live) -> None:
+    cases = {
+        "invalid URL": ("scan", "ftp://example.com/", "--api", live.api_url),
+        "unknown scan": ("status", "00000000-0000-0000-0000-000000000000", "--api", live.api_url),
+        "retry of a scan that is not FAILED": ("retry", "not-a-scan", "--api", live.api_url),
+        "no URL and no text": ("scan", "--api", live.api_url),
+        "bad arguments": ("scan", "--top-n", "many"),
+        "no such command": ("frobnicate",),
+    }
+    for case, args in cases.items():
+        run = await pagelens(*args)
+        assert run.code == 2, (case, run.code, run.out, run.err)
+        assert run.err.strip(), case
+    run = await pagelens("scan", "ftp://example.com/", "--api", live.api_url)
+    assert "url" in run.err.lower(), run.err
+
+
+async def test_an_unreachable_or_locked_api_exits_3(settings: Settings) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    run = await pagelens("list", "--api", nowhere)
+    assert run.code == 3
+    assert f"cannot reach the API at {nowhere}" in run.err and "PAGELENS_API_URL" in run.err
+    run = await pagelens("status", "x", env={"PAGELENS_API_URL": nowhere})
+    assert run.code == 3 and nowhere in run.err
+
+    # An API that requires a key (served in this test's loop while the command runs).
+    async with serve_api(settings.with_(api_keys=("s3cret",))) as base:
+        refused = await pagelens("list", "--api", base)
+        allowed = await pagelens("list", "--json", "--api", base, env={"PAGELENS_API_KEY": "s3cret"})
+        flag = await pagelens("list", "--json", "--api", base, "--api-key", "s3cret")
+    assert refused.code == 3 and "API key" in refused.err, refused.err
+    assert allowed.code == 0 and "items" in allowed.json(), allowed.err
+    assert flag.code == 0, flag.err
+
+
+async def test_wait_outlives_any_number_of_stream_rotations(settings: Settings) -> None:
+    """The API ends every event stream after sse_max_seconds; a --wait resumes each time, for as
+    long as the scan takes, and only failures in a row count against its reconnect limit."""
+
+    def streams_served() -> float:
+        labels = {"method": "GET", "route": "/api/v1/scan-jobs/{scanId}/events", "status": "2xx"}
+        value = metrics.http_requests_total.get(labels) if labels in metrics.http_requests_total.values else 0
+        assert isinstance(value, int | float)
+        return float(value)
+
+    async with serve_api(settings.with_(sse_max_seconds=0.1)) as base, httpx.AsyncClient(base_url=base) as http:
+        created = await http.post("/api/v1/documents", json={"text": "words " * 50})
+        scan_id = created.json()["scanId"]  # no worker takes this queue: the scan stays QUEUED
+        before = streams_served()
+        waiting = asyncio.create_task(pagelens("status", scan_id, "--wait", "--api", base))
+        for _ in range(600):  # bounded: until the CLI has resumed more often than STREAM_RECONNECTS
+            if streams_served() - before > STREAM_RECONNECTS + 5 or waiting.done():
+                break
+            await asyncio.sleep(0.05)
+        assert (await http.delete(f"/api/v1/scan-jobs/{scan_id}")).status_code == 202
+        run = await waiting
+    streams = streams_served() - before
+    assert streams > STREAM_RECONNECTS + 5, streams
+    assert run.code == 1 and "CANCELLED" in run.err, (run.code, run.err)
+
+
+async def test_migrate_and_worker(live: Live, server_dsn: str, empty_database: Any) -> None:
+    fresh: str = await empty_database(server_dsn)
+    run = await pagelens("migrate", env={"DATABASE_URL": fresh})
+    expected = len(migrate.load(Settings().migrations_dir))
+    assert run.code == 0 and f"applied {expected} migration(s)" in run.out, (run.out, run.err)
+    assert "0004_scan_events.sql" in run.out
+    run = await pagelens("migrate", env={"DATABASE_URL": fresh})
+    assert run.code == 0 and "up to date" in run.out
+
+    # `pagelens worker` is the worker itself (exec): it gets ready, then drains and exits 0 on SIGTERM.
+    env = {**{k: v for k, v in live.env.items() if k.startswith(("DATABASE_", "REDIS_"))}}
+    env.update(PAGELENS_QUEUE=f"{live.queue}:cli", PAGELENS_WORKER_METRICS_PORT=str(free_port()))
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PAGELENS_", "OTEL_"))}
+    process = await asyncio.create_subprocess_exec(
+        PAGELENS, "worker", env={**base, **env}, cwd=ROOT, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stderr is not None
+    try:
+        ready = False
+        for _ in range(WORKER_START_POLLS):
+            line = await asyncio.wait_for(process.stderr.readline(), 60)
+            if not line:
+                break
+            if b'"worker ready"' in line:
+                ready = True
+                break
+        assert ready, "pagelens worker did not get ready"
+        process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(process.wait(), 60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert code == 0
