@@ -34,6 +34,7 @@ from bench.common import (
     Benchmark,
     BenchResult,
     OtlpSink,
+    Service,
     Table,
     child_env,
     environment,
@@ -42,11 +43,9 @@ from bench.common import (
     median,
     percentile,
     postgres_target,
-    stop_process,
     sweep_queue,
     tail,
     verdict,
-    wait_http,
 )
 from bench.loadgen import Load, LoadResult
 
@@ -194,7 +193,7 @@ def run(config: ApiConfig, context: BenchContext) -> ApiResult:
         OtlpSink() as sink,
         tempfile.TemporaryDirectory(prefix="pagelens-bench-api-") as tmp,
     ):
-        servers: dict[str, tuple[subprocess.Popen[bytes], int, Path]] = {}
+        servers: dict[str, tuple[Service, int]] = {}
         try:
             for server in SERVERS:
                 servers[server.name] = _start(server, dsn, context, sink, token, Path(tmp))
@@ -203,11 +202,11 @@ def run(config: ApiConfig, context: BenchContext) -> ApiResult:
                     for shape in ("closed", "open"):
                         asyncio.run(_truncate(dsn))
                         sweep_queue(context.redis.url, _queue(server, token))
-                        process, port, log = servers[server.name]
-                        turns.append(_turn(config, server, rep, shape, process, port, log, Path(tmp)))
+                        service, port = servers[server.name]
+                        turns.append(_turn(config, server, rep, shape, service, port, Path(tmp)))
         finally:
-            for process, _, _ in servers.values():
-                stop_process(process)
+            for service, _ in servers.values():
+                service.stop()
             for server in SERVERS:
                 sweep_queue(context.redis.url, _queue(server, token))
         spans = sink.spans
@@ -221,37 +220,28 @@ def _queue(server: Server, token: str) -> str:
 
 def _start(
     server: Server, dsn: str, context: BenchContext, sink: OtlpSink, token: str, tmp: Path
-) -> tuple[subprocess.Popen[bytes], int, Path]:
+) -> tuple[Service, int]:
     port = free_port()
     queue = _queue(server, token)
     env = child_env(DATABASE_URL=dsn, REDIS_URL=context.redis.url, PAGELENS_QUEUE=queue, **dict(server.env))
     if server.traced:
         # As in production with a collector: the OTLP/HTTP exporter, batched, to the sink.
         env.update(OTEL_TRACES_EXPORTER="otlp", OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=sink.endpoint)
-    log = tmp / f"{server.name}.log"
-    command = [sys.executable, "-m", "uvicorn", server.app, "--host", "127.0.0.1", "--port", str(port)]
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [*command, "--no-access-log"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
-        )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/healthz", process, START_TIMEOUT, server.label)
-    except RuntimeError as exc:
-        stop_process(process)
-        raise RuntimeError(f"{exc}\n{tail(log)}") from None
-    return process, port, log
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        server.app,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-access-log",
+    ]
+    return Service.start(server.name, command, env, tmp, f"http://127.0.0.1:{port}/healthz"), port
 
 
-def _turn(
-    config: ApiConfig,
-    server: Server,
-    rep: int,
-    shape: str,
-    process: subprocess.Popen[bytes],
-    port: int,
-    log: Path,
-    tmp: Path,
-) -> Turn:
+def _turn(config: ApiConfig, server: Server, rep: int, shape: str, service: Service, port: int, tmp: Path) -> Turn:
     shaped: dict[str, Any] = {"concurrency": config.concurrency} if shape == "closed" else {"rate": config.rate}
     load = Load(
         host="127.0.0.1",
@@ -264,7 +254,7 @@ def _turn(
         **shaped,
     )
     out = tmp / f"load-{server.name}-{rep}-{shape}.json"
-    cpu = psutil.Process(process.pid)
+    cpu = psutil.Process(service.pid)
     before = sum(cpu.cpu_times()[:2])
     done = subprocess.run(
         [sys.executable, "-m", "bench.loadgen", load.to_json(), str(out)],
@@ -278,7 +268,7 @@ def _turn(
     used = sum(cpu.cpu_times()[:2]) - before
     if done.returncode != 0 or not out.exists():
         raise RuntimeError(
-            f"load on {server.name} exited with {done.returncode}:\n{done.stderr.decode()[-2000:]}\n{tail(log)}"
+            f"load on {server.name} exited with {done.returncode}:\n{done.stderr.decode()[-2000:]}\n{tail(service.log)}"
         )
     result = LoadResult(**json.loads(out.read_text()))
     return Turn(server.name, rep, shape, result, used)

@@ -31,6 +31,8 @@ from app.embedded import LOCAL_POSTGRES, LOCAL_REDIS, port_answers, start_postgr
 from app.settings import ROOT, Settings
 
 DOCS = ROOT / "docs" / "performance.md"
+# Starting a worker loads the model in its pool: tens of seconds on a busy 2-core machine.
+SERVICE_START_TIMEOUT = 180.0
 
 
 # --- statistics -------------------------------------------------------------------------------
@@ -188,6 +190,38 @@ def stop_process(process: subprocess.Popen[bytes], grace: float = 20.0) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@dataclass
+class Service:
+    """A server process a benchmark started (API, worker, bare endpoint), its output in a log file."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @classmethod
+    def start(cls, name: str, command: Sequence[str], env: dict[str, str], logs: Path, ready: str) -> Service:
+        """Start `command` in this checkout and wait (bounded) until `ready` answers 200."""
+        log = logs / f"{name}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                list(command), cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
+            )
+        service = cls(name, process, log)
+        try:
+            wait_http(ready, process, SERVICE_START_TIMEOUT, name)
+        except RuntimeError as exc:
+            service.stop()
+            raise RuntimeError(f"{exc}\n{tail(log)}") from None
+        return service
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self) -> None:
+        stop_process(self.process)
 
 
 def tail(path: Path, lines: int = 30) -> str:
