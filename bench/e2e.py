@@ -4,9 +4,10 @@ Everything runs as in production, on loopback: the API under uvicorn and `arq wo
 workers as separate processes, tracing exported over OTLP/HTTP (to a sink in this process),
 against a database created for the run and one Redis with a queue of its own. The pages (generated,
 bench/corpus.py) are served by a small HTTP server in this process, allowed through the SSRF guard
-with PAGELENS_FETCH_ALLOW_HOSTS. Every page is new to the workers (each phase has its own seed), so
-the Redis keyphrase cache never answers for them; a few warm-up pages go first, as a worker that has
-been running for a while has its model and caches warm.
+with PAGELENS_FETCH_ALLOW_HOSTS. Every page is new: each phase has its own pages, from seeds drawn for
+the run, so the Redis keyphrase cache (kept a week, by content) never answers for them, whatever ran
+before; the run deletes the cache entries it made. A few warm-up pages go first, as a worker that
+has been running for a while has its model and caches warm.
 
 Per worker count:
 - idle: one page at a time, each submitted once the previous one is done (an idle, warm worker);
@@ -20,17 +21,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import secrets
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import httpx
@@ -54,8 +56,11 @@ from bench.common import (
     verdict,
 )
 from bench.corpus import Page, corpus
+from worker.keyphrases import keyphrase_cache_key
+from worker.parse import parse_html
 
 NAME = "e2e"
+TITLE = "End to end: submit to FULL_READY"
 TERMINAL = ("FULL_READY", "FAILED", "CANCELLED")
 STAGES = ("queueWaitMs", "crawlMs", "parseMs", "analyzeMs", "generateMs")  # keys of a scan's timings
 WAIT_PER_PAGE = 30.0  # seconds: bounds a broken run; a healthy page takes about one
@@ -91,6 +96,8 @@ class E2EResult:
     phases: tuple[Phase, ...]
     seconds: float
     environment: str
+    pages: int  # served, warm-up included
+    cache_entries: int  # keyphrase cache entries the run made (and deleted): one per page
 
     def phase(self, workers: int, shape: str) -> Phase:
         return next(p for p in self.phases if p.workers == workers and p.shape == shape)
@@ -142,14 +149,7 @@ class E2EResult:
             f"timings; scans not FULL_READY: {failed}; {self.config.warmup_pages} warm-up pages per worker "
             f"count; wall time {self.seconds:.0f} s",
         )
-        return BenchResult(
-            name=NAME,
-            title="End to end: submit to FULL_READY",
-            table=Table(headers, rows),
-            notes=notes,
-            environment=self.environment,
-            seconds=self.seconds,
-        )
+        return BenchResult(NAME, TITLE, Table(headers, rows), notes, self.environment, self.seconds)
 
 
 @contextmanager
@@ -267,20 +267,33 @@ async def _phase(stack: Stack, dsn: str, base: str, keys: list[str], workers: in
     )
 
 
+def _forget_keyphrases(redis_url: str, pages: Iterable[Page]) -> int:
+    """Delete the keyphrase cache entries the run's pages made (the key hashes what the worker
+    extracted from: the page's main text, as parsed); returns how many there were."""
+    import redis
+
+    keys = [keyphrase_cache_key(parse_html(page.html(), "http://127.0.0.1/").main_text) for page in pages]
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return cast(int, client.unlink(*[key for key in keys if key is not None]))
+    finally:
+        client.close()
+
+
 def run(config: E2EConfig, context: BenchContext) -> E2EResult:
     began = time.monotonic()
     token = secrets.token_hex(4)
     queue = f"pagelens-bench:{token}:e2e"
-    # A fresh set of pages for every phase (seeds apart), and a warm-up set per worker count.
+    # A fresh set of pages for every phase, and a warm-up set per worker count.
     plan: list[tuple[int, str, list[str]]] = []
     pages: dict[str, Page] = {}
+    seeds = random.Random(token)
     for n in config.workers:
         for shape, count in (("warmup", config.warmup_pages), ("idle", config.idle_pages), ("burst", config.pages)):
             if shape == "idle" and n != 1:
                 continue  # the idle latency is a one-worker figure
             keys = [f"{n}-{shape}-{i}" for i in range(count)]
-            seed = 1000 * n + len(plan)  # distinct per phase, stable across runs
-            pages.update(zip(keys, corpus(count, seed=seed, words=config.words), strict=True))
+            pages.update(zip(keys, corpus(count, seed=seeds.getrandbits(64), words=config.words), strict=True))
             plan.append((n, shape, keys))
     phases: list[Phase] = []
     with (
@@ -314,8 +327,9 @@ def run(config: E2EConfig, context: BenchContext) -> E2EResult:
                     stack.stop()
         finally:
             sweep_queue(context.redis.url, queue)
+            forgotten = _forget_keyphrases(context.redis.url, pages.values())
     env_line = environment(context.redis, extra=f"PostgreSQL ({postgres.source})", packages=("keybert", "torch"))
-    return E2EResult(config, tuple(phases), time.monotonic() - began, env_line)
+    return E2EResult(config, tuple(phases), time.monotonic() - began, env_line, len(pages), forgotten)
 
 
 def bench(context: BenchContext) -> BenchResult:

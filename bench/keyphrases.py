@@ -42,6 +42,7 @@ from bench.corpus import corpus
 from worker.keyphrases import KeyphraseExtractor, Phrases
 
 NAME = "keyphrases"
+TITLE = "Keyphrases: pagelens pool vs plain KeyBERT"
 TIMEOUT = 600.0  # per text: generous, a busy 2-core machine is slow; only a hung child hits it
 
 
@@ -139,14 +140,7 @@ class KeyphraseResult:
             f"{c.pages} pages of ~{c.words} words per repetition (a fresh set each time), {c.reps} repetitions, "
             f"sides alternating; {c.warmup_pages} warm-up pages first; wall time {self.seconds:.0f} s",
         )
-        return BenchResult(
-            name=NAME,
-            title="Keyphrases: pagelens pool vs plain KeyBERT",
-            table=Table(headers, rows),
-            notes=notes,
-            environment=self.environment,
-            seconds=self.seconds,
-        )
+        return BenchResult(NAME, TITLE, Table(headers, rows), notes, self.environment, self.seconds)
 
 
 class LagProbe:

@@ -72,6 +72,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
 
 NAME = "queue_hop"
+TITLE = "Queue hop: bare arq vs pagelens"
 JOB = "hop"
 WAIT_LIMIT = 10.0  # seconds for any one job to start: far above any healthy hop, bounds a broken run
 WOKEN_PAUSE = 0.02  # seconds; see Variant.pause
@@ -273,14 +274,7 @@ class HopResult:
             f"({self.config.slow_latency_samples} for the 0.5 s default), {self.config.warmup} warm-up jobs "
             f"first; log level {self.config.log_level}; queue-hop wall time {self.seconds:.0f} s",
         )
-        return BenchResult(
-            name=NAME,
-            title="Queue hop: bare arq vs pagelens",
-            table=Table(headers, rows),
-            notes=notes,
-            environment=self.environment,
-            seconds=self.seconds,
-        )
+        return BenchResult(NAME, TITLE, Table(headers, rows), notes, self.environment, self.seconds)
 
 
 # --- the parent: runs the children, alternating, and sums up ------------------------------------

@@ -46,6 +46,16 @@ Job = Callable[..., Awaitable[Any]]
 _main_tasks: set[asyncio.Task[None]] = set()  # the workers' main loops, referenced while they run
 
 
+def recorder() -> tuple[list[str], Job]:
+    """A job that records the ids it ran, and the list it records them in."""
+    ran: list[str] = []
+
+    async def job(ctx: dict[str, Any], **_: Any) -> None:
+        ran.append(ctx["job_id"])
+
+    return ran, job
+
+
 async def until(condition: Callable[[], bool], what: str) -> None:
     for _ in range(POLLS):
         if condition():
@@ -127,11 +137,7 @@ async def enqueue(redis: ArqRedis, queue_name: str, count: int) -> list[str]:
 async def test_an_enqueue_starts_its_job_without_waiting_for_the_poll(
     redis: ArqRedis, settings: Settings, queue_name: str, workers: list[Worker]
 ) -> None:
-    ran: list[str] = []
-
-    async def job(ctx: dict[str, Any], **_: Any) -> None:
-        ran.append(ctx["job_id"])
-
+    ran, job = recorder()
     waker = await run(pagelens_worker(settings.with_(queue_name=queue_name), job, poll_delay=NEVER), redis, workers)
     ids = await enqueue(redis, queue_name, 3)
     await until(lambda: len(ran) == 3, "the jobs")
@@ -142,11 +148,7 @@ async def test_an_enqueue_starts_its_job_without_waiting_for_the_poll(
 async def test_a_job_nobody_announced_is_still_found_by_polling(
     redis: ArqRedis, settings: Settings, queue_name: str, workers: list[Worker]
 ) -> None:
-    ran: list[str] = []
-
-    async def job(ctx: dict[str, Any], **_: Any) -> None:
-        ran.append(ctx["job_id"])
-
+    ran, job = recorder()
     waker = await run(pagelens_worker(settings.with_(queue_name=queue_name), job, poll_delay=0.05), redis, workers)
     # Plain arq, as any other producer would enqueue: no wake-up is published.
     assert await redis.enqueue_job("job", _job_id=f"{queue_name}:plain", _queue_name=queue_name) is not None
@@ -209,11 +211,7 @@ async def test_a_full_worker_takes_the_next_job_when_a_slot_frees(
 async def test_a_draining_worker_takes_no_new_job(
     redis: ArqRedis, settings: Settings, queue_name: str, workers: list[Worker]
 ) -> None:
-    ran: list[str] = []
-
-    async def job(ctx: dict[str, Any], **_: Any) -> None:
-        ran.append(ctx["job_id"])
-
+    ran, job = recorder()
     worker = pagelens_worker(settings.with_(queue_name=queue_name), job, poll_delay=NEVER)
     waker = await run(worker, redis, workers)
     worker.allow_pick_jobs = False  # what arq's SIGTERM handler does before waiting for running jobs

@@ -22,7 +22,6 @@ against plain KeyBERT.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import multiprocessing
@@ -44,6 +43,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app.models import ErrorType, ScanError
+from app.tasks import cancel_all
 from worker import cache
 
 logger = logging.getLogger("pagelens.keyphrases")
@@ -185,35 +185,29 @@ def _child_extract(items: list[Item]) -> tuple[list[Phrases], int, int]:
         if not words:
             results.append([])
             continue
-        found = _keybert.extract_keywords(
-            text,
-            keyphrase_ngram_range=NGRAM_RANGE,
-            stop_words="english",
-            top_n=top_n,
-            use_mmr=True,
-            diversity=DIVERSITY,
-            doc_embeddings=document.reshape(1, -1),
-            word_embeddings=np.stack([_phrases[w] for w in words]),
-        )
-        results.append([(str(phrase), round(float(score), 4)) for phrase, score in found])
+        vectors = np.stack([_phrases[w] for w in words])
+        results.append(_keybert_phrases(text, top_n, doc_embeddings=document.reshape(1, -1), word_embeddings=vectors))
     return results, len(distinct), embedded
 
 
 def _child_plain(items: list[Item]) -> list[Phrases]:
     """KeyBERT as documented, one text at a time and nothing reused: the reference the cached path
     is checked against (tests) and compared with (the keyphrase benchmark)."""
-    results: list[Phrases] = []
-    for text, top_n in items:
-        found = _keybert.extract_keywords(
-            text,
-            keyphrase_ngram_range=NGRAM_RANGE,
-            stop_words="english",
-            top_n=top_n,
-            use_mmr=True,
-            diversity=DIVERSITY,
-        )
-        results.append([(str(phrase), round(float(score), 4)) for phrase, score in found])
-    return results
+    return [_keybert_phrases(text, top_n) for text, top_n in items]
+
+
+def _keybert_phrases(text: str, top_n: int, **embeddings: Any) -> Phrases:
+    """KeyBERT's keyphrases for one text, with pagelens's parameters (and, if given, embeddings)."""
+    found = _keybert.extract_keywords(
+        text,
+        keyphrase_ngram_range=NGRAM_RANGE,
+        stop_words="english",
+        top_n=top_n,
+        use_mmr=True,
+        diversity=DIVERSITY,
+        **embeddings,
+    )
+    return [(str(phrase), round(float(score), 4)) for phrase, score in found]
 
 
 # --- parent side ----------------------------------------------------------------------------------
@@ -305,11 +299,7 @@ class KeyphraseExtractor:
         async with self._lock:
             self._closed = True
             executor, self._executor = self._executor, None
-        for task in self._dispatchers:
-            task.cancel()
-        for task in self._dispatchers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(self._dispatchers)
         self._dispatchers = []
         _fail(self._waiting, _closed())
         self._waiting.clear()

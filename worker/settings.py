@@ -8,6 +8,7 @@ from typing import Any
 from arq import cron, func
 from arq.worker import Function
 
+from app.heap import freeze_startup_heap
 from app.queue import RUN_SCAN, deserialize, redis_settings, serialize
 from app.settings import Settings, get_settings
 from observability.logs import setup_logging
@@ -40,6 +41,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     sampler.start()
     ctx["queue_sampler"] = sampler
     ctx["metrics_server"] = await start_metrics_server(settings, before_render=lambda: observe_pool(pool))
+    freeze_startup_heap()  # the model lives in the pool's processes; this is the worker's own heap
     take_jobs(ctx)
     logger.info("worker ready", extra={"queue": settings.queue_name})
 

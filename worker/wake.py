@@ -34,6 +34,7 @@ from arq.worker import Worker
 from redis.exceptions import RedisError
 
 from app.queue import wake_channel
+from app.tasks import cancel_all
 
 logger = logging.getLogger("pagelens.worker")
 
@@ -105,11 +106,7 @@ class Waker:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(self._tasks)
         self._tasks = []
 
     def job_started(self) -> None:
