@@ -4,9 +4,10 @@ arq finds jobs only by polling the queue (a sorted set) every `poll_delay`: 0.5 
 job waits about 250 ms for an idle worker to notice it, and a shorter poll costs every idle worker
 hundreds of Redis round trips a second. Instead `app.queue.enqueue` publishes each job id on the
 queue's wake channel and every worker listens. On a message, or when a slot frees while jobs may be
-waiting, the worker's picker reads the due head of the queue and hands the ids to arq's own
-`Worker.start_jobs`, the very path arq's poll takes: the same in-progress lock, semaphore and
-`max_jobs`. A job is started exactly as arq would start it, only sooner.
+waiting, the worker's picker takes the free slots as arq's `start_jobs` does (its semaphore and
+`job_counter`, so `max_jobs` holds), claims that many due jobs in one atomic Lua call (arq's own
+checks and in-progress mark, where arq spends four round trips per job) and starts each with arq's
+`Worker.run_job`. From there on a job runs exactly as arq would run it, only sooner.
 
 arq's poll is left as it is and stays the safety net: a message lost while the listener
 reconnects, a deferred retry becoming due, a job enqueued by plain arq code, cron jobs: the next
