@@ -25,7 +25,6 @@ import json
 import math
 import os
 import secrets
-import shutil
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ import pytest
 from app import migrate
 from app.embedded import free_port
 from app.settings import Settings
+from tests import binaries
 from tests.fakes import serve_fake_llm, serve_fake_psi
 from tests.site import Site
 from tests.test_dashboards import (
@@ -99,19 +99,6 @@ class Live:
     processes: dict[str, Proc]
     scans: dict[str, str] = field(default_factory=dict)  # what each scan ended as, by scan id
     report: list[str] = field(default_factory=list)
-
-
-def _binary(name: str, *, required: bool) -> str | None:
-    """The binary's path. Missing: fail under CI=true, else skip (required) or None (optional)."""
-    path = shutil.which(name)
-    if path:
-        return path
-    reason = f"{name} is not installed (Debian package {name}; `make test` installs it as root)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason}: CI must run the live Prometheus test")
-    if required:
-        pytest.skip(reason)
-    return None
 
 
 def _libpq_dsn(dsn: str) -> str:
@@ -262,11 +249,11 @@ async def _wait_scraped(client: httpx.AsyncClient, live: Live) -> None:
 async def live(
     tmp_path_factory: pytest.TempPathFactory, server_dsn: str, empty_database: Any, redis_url: str, site: Site
 ) -> AsyncIterator[Live]:
-    prometheus_bin = _binary("prometheus", required=True)
+    prometheus_bin = binaries.require("prometheus")
     assert prometheus_bin is not None
     exporter_bins = {
-        "postgres-exporter": _binary("prometheus-postgres-exporter", required=False),
-        "redis-exporter": _binary("prometheus-redis-exporter", required=False),
+        "postgres-exporter": binaries.optional("prometheus-postgres-exporter"),
+        "redis-exporter": binaries.optional("prometheus-redis-exporter"),
     }
     # A database of its own: the queue sampler counts retry/dead scans over the whole scans table.
     database_url: str = await empty_database(server_dsn)

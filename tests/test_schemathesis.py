@@ -66,6 +66,11 @@ def test_the_schema_tested_is_the_one_served(base_url: str) -> None:
     assert httpx.get(f"{base_url}/openapi.json").json() == openapi.document()
 
 
+# Schemathesis draws from the `random` module inside its strategies, which Hypothesis reports
+# (now and then, depending on what was generated) as a deprecation; that is the library's business.
+@pytest.mark.filterwarnings(
+    "ignore:Do not use the `random` module inside strategies:hypothesis.errors.HypothesisDeprecationWarning"
+)
 @SCHEMA.parametrize()
 @hypothesis.settings(
     max_examples=MAX_EXAMPLES,

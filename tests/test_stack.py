@@ -19,9 +19,7 @@ Missing binaries (promtool, docker-compose): skipped, unless CI=true, where they
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ from pydantic import BaseModel
 
 from app.settings import ROOT
 from observability import metrics
+from tests import binaries
 from tests.test_dashboards import (
     ALERT_RULES,
     DATASOURCES,
@@ -80,16 +79,6 @@ K8S_MODELS: dict[str, type[BaseModel]] = {
 CUSTOM_KINDS = {"PodMonitor", "ScaledObject"}
 
 
-def _binary(name: str, package: str) -> str:
-    path = shutil.which(name)
-    if path:
-        return path
-    reason = f"{name} is not installed (Debian package {package}; `make test` installs it as root)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason}: CI must run this test")
-    pytest.skip(reason)
-
-
 def _run(*command: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
 
@@ -98,7 +87,7 @@ def _run(*command: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_promtool_checks_the_config_and_the_rules() -> None:
-    promtool = _binary("promtool", "prometheus")
+    promtool = binaries.require("promtool", "prometheus")
     config = _run(promtool, "check", "config", str(PROMETHEUS_CONFIG))
     assert config.returncode == 0, config.stdout + config.stderr
     # check config also checks the rule files it loads: the real one, not a copy.
@@ -109,7 +98,7 @@ def test_promtool_checks_the_config_and_the_rules() -> None:
 
 
 def test_promtool_rule_unit_tests_pass() -> None:
-    promtool = _binary("promtool", "prometheus")
+    promtool = binaries.require("promtool", "prometheus")
     result = _run(promtool, "test", "rules", str(RULE_TESTS))
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -163,7 +152,7 @@ def test_every_alert_is_documented_with_a_runbook() -> None:
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
     """compose.yaml as a real compose implementation resolves it (anchors, merges, defaults)."""
-    docker_compose = _binary("docker-compose", "docker-compose")
+    docker_compose = binaries.require("docker-compose")
     result = _run(docker_compose, "--file", str(COMPOSE), "config")
     assert result.returncode == 0, result.stderr
     resolved: dict[str, Any] = yaml.safe_load(result.stdout)
