@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import pytest
 from arq.connections import ArqRedis
-from arq.constants import job_key_prefix, result_key_prefix, retry_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
 from arq.worker import Worker, func
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -220,6 +220,32 @@ async def test_a_draining_worker_takes_no_new_job(
     await asyncio.sleep(0.1)
     assert ran == [] and waker.claimed == 0
     assert await redis.zcard(queue_name) == 1  # still queued for another worker
+
+
+async def test_jobs_claimed_as_the_worker_stops_go_back_to_the_queue(
+    redis: ArqRedis, settings: Settings, queue_name: str, workers: list[Worker]
+) -> None:
+    ran, job = recorder()
+    worker = pagelens_worker(settings.with_(queue_name=queue_name), job, poll_delay=NEVER)
+    waker = await run(worker, redis, workers)
+    claim = waker._claim
+
+    async def claim_then_stop(count: int) -> tuple[list[tuple[str, int]], bool]:
+        found = await claim(count)
+        worker.allow_pick_jobs = False  # a SIGTERM arriving while the claim was on its way
+        return found
+
+    waker._claim = claim_then_stop  # type: ignore[method-assign]
+    [job_id] = await enqueue(redis, queue_name, 1)
+    await until(lambda: not worker.allow_pick_jobs, "the claim")
+    for _ in range(POLLS):
+        if not await redis.exists(in_progress_key_prefix + job_id):
+            break
+        await asyncio.sleep(POLL)
+    assert not await redis.exists(in_progress_key_prefix + job_id)  # handed back at once
+    await until(lambda: worker.job_counter == 0, "the slot to be free again")
+    assert ran == [] and waker.claimed == 0
+    assert await redis.zscore(queue_name, job_id) is not None  # still queued for another worker
 
 
 async def test_the_production_worker_is_woken_and_runs_a_scan(

@@ -140,6 +140,8 @@ class Waker:
                         self._due.set()
             except (RedisError, OSError) as exc:
                 logger.warning("wake listener lost Redis (%s); polling until it is back", type(exc).__name__)
+            except Exception:
+                logger.warning("wake listener failed; polling until it is back", exc_info=True)
             finally:
                 self.listening.clear()
                 with contextlib.suppress(RedisError, OSError):
@@ -158,6 +160,9 @@ class Waker:
             except (RedisError, OSError) as exc:
                 # arq's poll meets the same trouble and reports it; the picker just waits for the next wake.
                 logger.debug("wake picker: %s", type(exc).__name__)
+            except Exception:
+                # Never let the picker die: polling would still run every job, only later.
+                logger.warning("wake picker failed; polling still takes the jobs", exc_info=True)
 
     async def _room(self) -> None:
         """Until the worker has a free slot."""
@@ -175,18 +180,24 @@ class Waker:
         if not reserved:
             return
         self.picks += 1
-        claimed: list[tuple[str, int]] = []
+        started = 0
         try:
             claimed, more = await self._claim(reserved)
+            if claimed and not self._accepting():
+                # arq stopped taking jobs while the claim was on its way: hand them back at once
+                # (not after their in-progress mark expires) for another worker to take.
+                await worker.pool.delete(*(in_progress_key_prefix + job_id for job_id, _ in claimed))
+                return
+            for job_id, score in claimed:
+                # What start_jobs does with a job it claimed: the job's task frees its slot when it ends.
+                task = asyncio.create_task(worker.run_job(job_id, score))
+                task.add_done_callback(lambda _: self._free_slot())
+                worker.tasks[job_id] = task
+                started += 1
         finally:
-            for _ in range(reserved - len(claimed)):
+            for _ in range(reserved - started):
                 self._free_slot()
-        self.claimed += len(claimed)
-        for job_id, score in claimed:
-            # What start_jobs does with a job it claimed: the job's task frees its slot when it ends.
-            task = asyncio.create_task(worker.run_job(job_id, score))
-            task.add_done_callback(lambda _: self._free_slot())
-            worker.tasks[job_id] = task
+            self.claimed += started
         if more:
             self._due.set()  # more are due than there was room for: look again once a slot frees
 
