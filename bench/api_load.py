@@ -45,6 +45,7 @@ from bench.common import (
     postgres_target,
     sweep_queue,
     tail,
+    uvicorn_command,
     verdict,
 )
 from bench.loadgen import Load, LoadResult
@@ -221,17 +222,7 @@ def _start(
     if server.traced:
         # As in production with a collector: the OTLP/HTTP exporter, batched, to the sink.
         env.update(OTEL_TRACES_EXPORTER="otlp", OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=sink.endpoint)
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        server.app,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--no-access-log",
-    ]
+    command = uvicorn_command(server.app, port)
     return Service.start(server.name, command, env, tmp, f"http://127.0.0.1:{port}/healthz"), port
 
 

@@ -53,6 +53,7 @@ from bench.common import (
     percentile,
     postgres_target,
     sweep_queue,
+    uvicorn_command,
     verdict,
 )
 from bench.corpus import Page, corpus
@@ -190,8 +191,8 @@ class Stack:
         self.env, self.logs = env, logs
         port = free_port()
         self.api_url = f"http://127.0.0.1:{port}"
-        command = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)]
-        self.services = [Service.start("api", [*command, "--no-access-log"], env, logs, self.api_url + "/readyz")]
+        api = uvicorn_command("app.main:app", port)
+        self.services = [Service.start("api", api, env, logs, self.api_url + "/readyz")]
         try:
             for index in range(workers):
                 metrics = free_port()

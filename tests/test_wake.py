@@ -127,6 +127,16 @@ async def next_message(pubsub: PubSub, timeout: float) -> bytes | None:
     return None
 
 
+async def woken_worker(
+    redis: ArqRedis, settings: Settings, queue_name: str, workers: list[Worker]
+) -> tuple[list[str], Worker, wake.Waker]:
+    """A running worker whose poll never comes round (only a wake-up starts a job on it), its
+    Waker, and the ids of the jobs it ran."""
+    ran, job = recorder()
+    worker = pagelens_worker(settings.with_(queue_name=queue_name), job, poll_delay=NEVER)
+    return ran, worker, await run(worker, redis, workers)
+
+
 async def enqueue(redis: ArqRedis, queue_name: str, count: int) -> list[str]:
     ids = [f"{queue_name}:job:{i}" for i in range(count)]
     for job_id in ids:
@@ -211,9 +221,7 @@ async def test_a_full_worker_takes_the_next_job_when_a_slot_frees(
 async def test_a_draining_worker_takes_no_new_job(
     redis: ArqRedis, settings: Settings, queue_name: str, workers: list[Worker]
 ) -> None:
-    ran, job = recorder()
-    worker = pagelens_worker(settings.with_(queue_name=queue_name), job, poll_delay=NEVER)
-    waker = await run(worker, redis, workers)
+    ran, worker, waker = await woken_worker(redis, settings, queue_name, workers)
     worker.allow_pick_jobs = False  # what arq's SIGTERM handler does before waiting for running jobs
     await enqueue(redis, queue_name, 1)
     await until(lambda: waker.wakes == 1, "the wake-up")
@@ -225,9 +233,7 @@ async def test_a_draining_worker_takes_no_new_job(
 async def test_jobs_claimed_as_the_worker_stops_go_back_to_the_queue(
     redis: ArqRedis, settings: Settings, queue_name: str, workers: list[Worker]
 ) -> None:
-    ran, job = recorder()
-    worker = pagelens_worker(settings.with_(queue_name=queue_name), job, poll_delay=NEVER)
-    waker = await run(worker, redis, workers)
+    ran, worker, waker = await woken_worker(redis, settings, queue_name, workers)
     claim = waker._claim
 
     async def claim_then_stop(count: int) -> tuple[list[tuple[str, int]], bool]:
