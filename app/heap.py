@@ -15,6 +15,6 @@ import gc
 
 
 def freeze_startup_heap() -> None:
-    """Call once, when start-up is done."""
-    gc.collect()  # what start-up left behind goes now, not into the frozen generation
+    """Call once, when start-up is done. (No collection first: the little garbage start-up leaves
+    behind is frozen with the rest, and a collection here could run other code's finalisers.)"""
     gc.freeze()

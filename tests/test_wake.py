@@ -75,7 +75,14 @@ async def workers(redis: ArqRedis, queue_name: str) -> AsyncIterator[list[Worker
     made: list[Worker] = []
     yield made
     for worker in made:
-        await worker.close()
+        # close() cancels a job still writing its result, and then raises before on_shutdown runs.
+        running = [task for task in worker.tasks.values() if not task.done()]
+        if running:
+            await asyncio.wait(running, timeout=POLL * POLLS)
+        try:
+            await worker.close()
+        finally:
+            await wake.stop(worker.ctx)  # a no-op when on_shutdown stopped it already
     keys = [queue_name, queue_name + ":health-check"]
     async for key in redis.scan_iter(match=f"*{queue_name}*", count=1000):
         keys.append(key)
