@@ -49,8 +49,9 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# `make bench` runs every benchmark; `make bench BENCH="api e2e"` only those named.
 bench: install
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH)
 
 # Rebuild the web page's script and styles (app/static/) from web/; needs Node.js and npm. The
 # built files are committed, so `make run` never needs them.

@@ -45,8 +45,17 @@ async def _init(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(name, encoder=_dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release a connection to the pool as it is. asyncpg's default reset is a round trip per
+    release (advisory unlock, CLOSE ALL, UNLISTEN *, RESET ALL) for session state pagelens never
+    creates on a pooled connection: no SET, no session advisory locks, no LISTEN, no cursors (those
+    use connections of their own). asyncpg still rolls back an open transaction before this."""
+
+
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init, command_timeout=30)
+    pool = await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=_init, reset=_keep_session, command_timeout=30
+    )
     assert pool is not None
     return pool
 

@@ -17,6 +17,7 @@ from starlette.routing import BaseRoute, Route
 from app import db, openapi, queue
 from app.auth import APIKeyAuth, bearer_matches
 from app.browser_spans import BrowserTraces
+from app.heap import freeze_startup_heap
 from app.middleware import HeaderLimits, HTTPMetrics, span_details
 from app.problems import Problem, exception_handlers
 from app.routes import documents, events, health, queues, scans, traces, web
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None, *, configure_logging: bool = Tr
                 settings.api_metrics_host, settings.api_metrics_port, before_render=lambda: observe_pool(pool)
             )
             await metrics_server.start()
+        freeze_startup_heap()
         try:
             yield
         finally:

@@ -8,8 +8,9 @@ from typing import Any
 
 import msgpack
 from arq.connections import ArqRedis, RedisSettings, create_pool
-from arq.constants import result_key_prefix, retry_key_prefix
-from arq.jobs import Job
+from arq.constants import job_key_prefix, result_key_prefix, retry_key_prefix
+from arq.jobs import Job, serialize_job
+from arq.utils import timestamp_ms
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
 from redis.asyncio.retry import Retry
@@ -29,6 +30,23 @@ tracer = trace.get_tracer("pagelens.queue")
 # the job with our deserializer in the same task just before calling the hook, so the hook can
 # read the trace carrier from here without another Redis round trip.
 decoded_job: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("decoded_job", default=None)
+
+
+# What arq's `enqueue_job` does (refuse an id that has a job or a result, store the job, add it to the
+# queue), in one atomic round trip instead of three (WATCH, EXISTS, MULTI/EXEC), plus the PUBLISH
+# that wakes idle workers at once (worker/wake.py) instead of at their next poll.
+_ENQUEUE_LUA = """
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('PSETEX', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+redis.call('PUBLISH', ARGV[5], ARGV[4])
+return 1
+"""
+
+
+def wake_channel(queue: str) -> str:
+    """The pub/sub channel an enqueue publishes the job id on; workers of `queue` listen to it."""
+    return f"{queue}:wake"
 
 
 def _fallback(obj: Any) -> Any:
@@ -108,17 +126,33 @@ def messaging_attributes(queue: str, operation: str, job_id: str) -> dict[str, s
     }
 
 
-async def enqueue_scan(redis: ArqRedis, queue: str, scan_id: str) -> Job | None:
-    """Enqueue the scan's job under the scan id; None when arq already holds a job with that id.
+async def _enqueue(redis: ArqRedis, queue: str, function: str, job_id: str, kwargs: dict[str, Any]) -> Job | None:
+    now = timestamp_ms()
+    payload = serialize_job(function, (), kwargs, None, now, serializer=redis.job_serializer)
+    script = redis.register_script(_ENQUEUE_LUA)  # just a SHA1 of the text; EVALSHA loads it once per server
+    keys = [job_key_prefix + job_id, result_key_prefix + job_id, queue]
+    if not await script(keys=keys, args=[payload, redis.expires_extra_ms, now, job_id, wake_channel(queue)]):
+        return None
+    return Job(job_id, redis=redis, _queue_name=queue, _deserializer=redis.job_deserializer)
 
-    The carrier is injected inside the PRODUCER span, so the worker's CONSUMER span is its child."""
-    attributes = {**messaging_attributes(queue, "send", scan_id), "pagelens.scan_id": scan_id}
+
+async def enqueue(redis: ArqRedis, queue: str, function: str, job_id: str, **kwargs: Any) -> Job | None:
+    """Enqueue `function(**kwargs)` under `job_id` inside a PRODUCER span whose W3C carrier goes in
+    the `trace_context` kwarg, so the worker's CONSUMER span is its child; and wake the queue's
+    idle workers. None when arq already holds a job or a result under that id (as arq's own
+    `enqueue_job`, whose job format this keeps)."""
+    attributes = messaging_attributes(queue, "send", job_id)
+    if function == RUN_SCAN:
+        attributes["pagelens.scan_id"] = job_id  # scan jobs are enqueued under the scan id
     with tracer.start_as_current_span(f"send {queue}", kind=SpanKind.PRODUCER, attributes=attributes) as span:
-        job = await redis.enqueue_job(
-            RUN_SCAN, _job_id=scan_id, _queue_name=queue, scan_id=scan_id, trace_context=trace_carrier()
-        )
+        job = await _enqueue(redis, queue, function, job_id, {**kwargs, TRACE_KWARG: trace_carrier()})
         if job is None:
             span.set_attribute("pagelens.job.duplicate", True)
         else:
-            metrics.jobs_enqueued_total.inc({"queue": queue, "function": RUN_SCAN})
+            metrics.jobs_enqueued_total.inc({"queue": queue, "function": function})
         return job
+
+
+async def enqueue_scan(redis: ArqRedis, queue: str, scan_id: str) -> Job | None:
+    """Enqueue the scan's job under the scan id; None when arq already holds a job with that id."""
+    return await enqueue(redis, queue, RUN_SCAN, scan_id, scan_id=scan_id)

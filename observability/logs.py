@@ -58,6 +58,8 @@ def setup_logging(level: str = "INFO") -> None:
     # uvicorn installs its own handlers; route everything through ours.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "arq"):
         logger = logging.getLogger(name)
+        if name == "uvicorn.access" and not (logger.propagate or logger.handlers):
+            continue  # `uvicorn --no-access-log` (make run, the image) turned access lines off: keep them off
         logger.handlers[:] = []
         logger.propagate = True
     # httpx logs every request URL at INFO: user-supplied URLs belong in scan rows, not logs.

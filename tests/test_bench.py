@@ -1,28 +1,39 @@
-"""`make bench`'s queue-hop benchmark, tiny: its records are complete and consistent. Never how fast."""
+"""`make bench`'s benchmarks, each run tiny: their records are complete and consistent. Never how fast."""
 
 from __future__ import annotations
 
+import pytest
 import redis
 from pytest import approx
 
-from bench.common import Table, markers, percentile, redis_target, replace_section
+from bench.api_load import SERVERS, ApiConfig
+from bench.api_load import run as run_api
+from bench.common import BenchContext, RedisTarget, Table, markers, percentile, redis_target, replace_section
+from bench.e2e import STAGES, E2EConfig
+from bench.e2e import run as run_e2e
+from bench.keyphrases import KeyphraseConfig
+from bench.keyphrases import run as run_keyphrases
 from bench.queue_hop import HopConfig, run
 
 JOBS = 20
 
 
+def keys(url: str, pattern: str) -> list[bytes]:
+    client = redis.Redis.from_url(url)
+    try:
+        return list(client.scan_iter(match=pattern, count=1000))
+    finally:
+        client.close()
+
+
 def test_queue_hop_records_are_complete_and_consistent() -> None:
-    config = HopConfig(jobs=JOBS, latency_samples=JOBS, slow_latency_samples=3, warmup=5, reps=2)
+    config = HopConfig(jobs=JOBS, latency_samples=JOBS, slow_latency_samples=3, warmup=5, reps=2, idle_seconds=0.2)
     with redis_target() as target:
         result = run(config, target)
-        client = redis.Redis.from_url(target.url)
-        try:
-            leftovers = list(client.scan_iter(match=f"*{result.token}*", count=1000))
-        finally:
-            client.close()
+        leftovers = keys(target.url, f"*{result.token}*")
     assert leftovers == []
 
-    assert [s.variant.name for s in result.summaries] == ["bare-default", "bare-tuned", "pagelens"]
+    assert [s.variant.name for s in result.summaries] == ["bare-default", "bare-tuned", "pagelens-before", "pagelens"]
     for summary in result.summaries:
         assert [run.rep for run in summary.runs] == list(range(config.reps))
         for record in summary.runs:
@@ -31,6 +42,7 @@ def test_queue_hop_records_are_complete_and_consistent() -> None:
             assert min(record.latencies_ms) > 0
             assert record.seconds > 0
             assert record.cpu_seconds > 0
+            assert record.idle_cpu_percent >= 0
             assert record.latency(50) <= record.latency(95) <= record.latency(99) <= max(record.latencies_ms)
         assert summary.latency(50) <= summary.latency(95) <= summary.latency(99)
         assert summary.samples == sum(config.samples_for(summary.variant) for _ in summary.runs)
@@ -38,10 +50,13 @@ def test_queue_hop_records_are_complete_and_consistent() -> None:
 
     bare = [record for name in ("bare-default", "bare-tuned") for record in result.summary(name).runs]
     assert all(record.spans_exported == 0 for record in bare)
-    for record in result.summary("pagelens").runs:
+    for record in [*result.summary("pagelens-before").runs, *result.summary("pagelens").runs]:
         # At least a PRODUCER and a CONSUMER span for every job of the run, all received by the sink.
         jobs = config.warmup + record.jobs + len(record.latencies_ms)
         assert record.spans_exported >= 2 * jobs
+    # Only the production variant is woken on enqueue; it samples at the pace of a tuned poll.
+    assert [s.variant.wake for s in result.summaries] == [False, False, False, True]
+    assert result.summary("pagelens").samples == config.reps * config.latency_samples
 
     # The ratios come from this run's own figures.
     pagelens, tuned, default = (result.summary(n) for n in ("pagelens", "bare-tuned", "bare-default"))
@@ -54,9 +69,9 @@ def test_queue_hop_records_are_complete_and_consistent() -> None:
 
     report = result.bench_result()
     assert report.name == "queue_hop"
-    assert len(report.table.rows) == 3
+    assert len(report.table.rows) == 4
     assert all(len(row) == len(report.table.headers) for row in report.table.rows)
-    assert f"{result.throughput_vs_tuned:.2f}x" in report.notes[0]
+    assert f"{result.throughput_vs_tuned:.2f}x" in report.notes[1]
 
 
 def test_percentile_interpolates_between_ranks() -> None:
@@ -90,3 +105,70 @@ def test_table_renders_markdown_and_text() -> None:
         "| pagelens | 900 |",
     ]
     assert table.text().splitlines()[2] == "bare       1,600"
+
+
+def test_api_load_measures_both_servers_under_both_loads() -> None:
+    config = ApiConfig(reps=2, seconds=0.5, warmup=0.2, concurrency=4, rate=40, connections=4)
+    with redis_target() as target:
+        result = run_api(config, BenchContext(target))
+        leftovers = keys(target.url, "pagelens-bench:*:api:*")
+    assert leftovers == []  # queues and their jobs deleted
+
+    names = [s.name for s in SERVERS]
+    assert names == ["bare", "pagelens", "untraced"]
+    assert len(result.turns) == config.reps * len(SERVERS) * 2
+    for turn in result.turns:
+        assert turn.result.latencies_ms, turn
+        assert turn.accepted == len(turn.result.latencies_ms)  # every request got its 202
+        assert turn.server_cpu_seconds > 0
+    for name in names:
+        assert [t.rep for t in result.of(name, "closed")] == [0, 1]
+        assert result.throughput(name) > 0
+        assert result.latency(name, "open", 50) <= result.latency(name, "open", 99)
+    assert result.failed == 0
+    assert result.spans_exported > 0  # only the traced server exports
+    assert result.ratio == approx(result.throughput("pagelens") / result.throughput("bare"))
+
+    report = result.bench_result()
+    assert report.name == "api" and len(report.table.rows) == len(SERVERS)
+    assert f"{result.ratio:.2f}x" in report.notes[0]
+
+
+@pytest.mark.slow
+def test_keyphrases_compares_the_pool_with_plain_keybert_on_the_same_pages() -> None:
+    config = KeyphraseConfig(pages=3, warmup_pages=2, reps=2, concurrency=3, processes=1)
+    result = run_keyphrases(config, BenchContext(RedisTarget("redis://unused", "none")))
+    assert len(result.reps) == config.reps
+    for rep in result.reps:
+        assert rep.plain.pages == rep.pagelens.pages == config.pages
+        assert rep.plain.seconds > 0 and rep.pagelens.seconds > 0
+        assert rep.identical == config.pages  # the same keyphrases and scores on every page
+        assert rep.calls >= 1 and 0 <= rep.embedded <= rep.phrases
+        assert rep.lag_ms  # the probe ran while the pool worked
+    assert all(set(counts.values()) == {1} for counts in result.load_counts.values())  # loaded once each
+    assert result.rss_mb["pagelens"] > result.rss_mb["parent"] > 0  # the model lives in the child
+    assert result.ratio == approx(result.docs_per_second("pagelens") / result.docs_per_second("plain"))
+    report = result.bench_result()
+    assert report.name == "keyphrases" and len(report.table.rows) == 2
+    assert f"{config.pages * config.reps} of {config.pages * config.reps} pages" in report.notes[1]
+
+
+@pytest.mark.slow
+def test_e2e_measures_scans_from_submit_to_full_report() -> None:
+    config = E2EConfig(pages=3, idle_pages=2, warmup_pages=1, workers=(1,))
+    with redis_target() as target:
+        result = run_e2e(config, BenchContext(target))
+        leftovers = keys(target.url, "pagelens-bench:*:e2e*")
+    assert leftovers == []
+    assert [(p.workers, p.shape) for p in result.phases] == [(1, "idle"), (1, "burst")]
+    for phase, count in zip(result.phases, (config.idle_pages, config.pages), strict=True):
+        assert phase.failed == 0 and len(phase.latencies_s) == count
+        assert all(latency > 0 for latency in phase.latencies_s)
+        assert phase.span_s >= max(phase.latencies_s)
+        assert set(STAGES) <= set(phase.stage_ms)  # a URL scan times every stage
+        assert phase.worker_rss_mb > 0
+    # Every page was new (its keyphrases extracted, not read from the cache), and the run's cache
+    # entries are gone again.
+    assert result.cache_entries == result.pages == config.warmup_pages + config.idle_pages + config.pages
+    report = result.bench_result()
+    assert report.name == "e2e" and len(report.table.rows) == 2

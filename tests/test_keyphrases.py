@@ -17,7 +17,9 @@ import pytest
 from redis.asyncio import Redis
 
 from app.models import ErrorType, ScanError
+from bench.corpus import corpus
 from worker.keyphrases import MAX_WORDS, KeyphraseExtractor, cached_keyphrases, keyphrase_cache_key
+from worker.parse import parse_html
 
 pytestmark = pytest.mark.slow
 
@@ -44,6 +46,12 @@ they water less, fight fewer diseases and harvest more vegetables. Even a small 
 worm bin, and many towns now collect food waste for large municipal composting sites that return
 finished compost to local farms, parks and community gardens, closing the loop on organic waste.
 """
+
+
+def site_texts() -> list[str]:
+    """The main text of the test site's real pages."""
+    pages = ROOT / "tests" / "pages"
+    return [parse_html(page.read_text(), "http://127.0.0.1/").main_text for page in sorted(pages.glob("*.html"))]
 
 
 def gone(pid: int) -> bool:
@@ -191,3 +199,55 @@ def test_parent_never_imports_torch() -> None:
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+
+
+async def test_same_keyphrases_as_plain_keybert(extractor: KeyphraseExtractor) -> None:
+    """The pool reuses phrase embeddings, embeds by token count and batches texts; the keyphrases
+    and scores must still be exactly what KeyBERT itself finds, cold and warm."""
+    texts = [COMPOST, *site_texts(), *(page.text for page in corpus(12, seed=7))]
+    reference = await extractor.plain(texts)
+    assert all(reference) and len(reference) == len(texts)
+    for attempt in ("cold", "warm"):
+        found = await asyncio.gather(*(extractor.extract(text) for text in texts))
+        mismatches = [(i, ref, got) for i, (ref, got) in enumerate(zip(reference, found, strict=True)) if ref != got]
+        assert mismatches == [], attempt
+    top3 = await extractor.plain(texts[:4], top_n=3)
+    assert await extractor.extract_many(texts[:4], top_n=3) == top3
+
+
+async def test_waiting_texts_share_a_call_and_phrases_are_embedded_once(extractor: KeyphraseExtractor) -> None:
+    texts = [page.text for page in corpus(extractor.max_batch + 2, seed=8)]
+    calls, embedded, phrases = extractor.calls, extractor.embedded, extractor.phrases
+    first = await asyncio.gather(*(extractor.extract(text) for text in texts))
+    assert extractor.calls - calls == 2  # all were waiting at once: one full call, then the rest
+    assert 0 < extractor.embedded - embedded < extractor.phrases - phrases  # pages share phrases
+
+    calls, embedded = extractor.calls, extractor.embedded
+    assert [await extractor.extract(text) for text in texts] == first
+    assert extractor.calls - calls == len(texts)  # one at a time: a call each
+    assert extractor.embedded == embedded  # every phrase was cached the first time
+
+
+async def test_a_caller_that_gives_up_does_not_disturb_the_others(extractor: KeyphraseExtractor) -> None:
+    texts = [page.text for page in corpus(4, seed=9)]
+    expected = await extractor.plain(texts)
+    tasks = [asyncio.create_task(extractor.extract(text)) for text in texts]
+    await asyncio.sleep(0)  # all four are waiting
+    tasks[1].cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(results[1], asyncio.CancelledError)
+    assert [results[0], results[2], results[3]] == [expected[0], expected[2], expected[3]]
+
+
+async def test_closing_fails_waiting_callers() -> None:
+    ex = KeyphraseExtractor(processes=1, timeout=120)
+    await ex.start()
+    try:
+        busy = asyncio.create_task(ex.extract(big_text()))
+        waiting = asyncio.create_task(ex.extract(COMPOST))
+        await asyncio.sleep(0.5)  # the first is in the child, the second waits for it
+    finally:
+        await ex.close()
+    for task in (busy, waiting):
+        with pytest.raises(ScanError, match="closed"):
+            await task

@@ -2,6 +2,21 @@
 
 The model runs only in spawned child processes: the event loop never executes model code, and the
 parent (API and worker) never imports torch or keybert, so it stays small and fork-free.
+
+Where the time goes: KeyBERT embeds every candidate phrase of a text (all 1- and 2-word phrases
+left after stop words: about 500 for a 600-word page), one short transformer pass each, and that is
+nine tenths of an extraction; the document itself is one pass, and the ranking (MMR) is arithmetic.
+Three things make it cheaper without changing the result:
+- pages share many candidates ("energy bills", "weekend", every common word), so each child keeps
+  the embeddings of the phrases it has seen (an LRU of `PHRASE_CACHE` entries) and embeds only the
+  new ones, once for all the texts of a call;
+- it embeds texts grouped by token count, so no batch is padded (`_embed`);
+- in the parent, jobs that wait for the pool at the same time go to it together in one call (up to
+  `MAX_BATCH` texts).
+KeyBERT then ranks each text itself, with those embeddings passed in as its own `doc_embeddings` and
+`word_embeddings` arguments: the keyphrases are KeyBERT's for that text (an embedding does not
+depend on the text a phrase came from, nor on its neighbours in a batch), which the tests check
+against plain KeyBERT.
 """
 
 from __future__ import annotations
@@ -15,8 +30,11 @@ import os
 import re
 import threading
 import time
+from collections import OrderedDict, deque
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Barrier
 from typing import Any
@@ -25,6 +43,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app.models import ErrorType, ScanError
+from app.tasks import cancel_all
 from worker import cache
 
 logger = logging.getLogger("pagelens.keyphrases")
@@ -38,13 +57,23 @@ MAX_WORDS = 5_000  # candidate embedding cost grows with the text; the head of a
 STARTUP_TIMEOUT = 300.0  # loading the model in N processes on a busy 2-core box can be slow
 CACHE_TIMEOUT = 2.0  # a hung Redis must not stall a scan: fall back to extracting
 STOP_GRACE = 5.0  # close(): how long running tasks may finish before their child is killed
+# Texts per pool call: jobs waiting together share one call (and its new phrases' embeddings), but
+# all of them wait for the whole call, so not too many.
+MAX_BATCH = 8
+# Phrase embeddings each child keeps: 384 float32 each, about 1.7 KB with its key, so ~55 MB.
+PHRASE_CACHE = 32_768
+# Texts per forward pass of the model. Without padding (see _embed), bigger batches cost less per
+# text; beyond ~128 short phrases nothing more is gained.
+EMBED_BATCH = 128
 
 Phrases = list[tuple[str, float]]
+Item = tuple[str, int]  # a prepared text and its top_n
 
 # --- child process side: nothing here may run in the parent ------------------------------------
 
 _keybert: Any = None
 _load_count = 0
+_phrases: OrderedDict[str, Any] = OrderedDict()  # phrase -> embedding (numpy float32), least recent first
 
 
 def _exit_with_parent() -> None:
@@ -96,21 +125,89 @@ def _child_info() -> tuple[int, int]:
     return os.getpid(), _load_count
 
 
-def _child_extract(texts: list[str], top_n: int) -> list[Phrases]:
-    # One document per KeyBERT call: its multi-document mode fits one vocabulary over the whole
-    # batch, and per-text calls keep extract_many() identical to extract().
+def _candidates(text: str) -> list[str]:
+    # KeyBERT's own candidate selection (its CountVectorizer, same parameters), so the embeddings
+    # passed back to it line up with the candidates it finds.
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    try:
+        vectorizer = CountVectorizer(ngram_range=NGRAM_RANGE, stop_words="english").fit([text])
+    except ValueError:  # nothing but stop words
+        return []
+    return [str(word) for word in vectorizer.get_feature_names_out()]
+
+
+def _embed(texts: list[str]) -> Any:
+    """The model's embeddings of `texts` (a float32 array, one row per text), as its `encode` gives
+    them, computed in groups of texts with the same number of tokens. `encode` pads each batch to
+    its longest text; candidate phrases are 3 to 8 tokens, so a quarter of what it computed for them
+    was padding. (Padding never changes a text's embedding, only what it costs.)"""
+    import numpy as np
+
+    model = _keybert.model.embedding_model  # KeyBERT's backend wraps the SentenceTransformer
+    tokens = model.tokenizer(texts, truncation=True, max_length=model.max_seq_length)["input_ids"]
+    groups: dict[int, list[int]] = {}
+    for index, ids in enumerate(tokens):
+        groups.setdefault(len(ids), []).append(index)
+    vectors = np.empty((len(texts), model.get_sentence_embedding_dimension()), dtype=np.float32)
+    for indices in groups.values():
+        vectors[indices] = model.encode([texts[i] for i in indices], batch_size=EMBED_BATCH)
+    return vectors
+
+
+def _embed_new(phrases: set[str]) -> int:
+    """Embed the phrases not cached yet, all in one call, and trim the cache to its bound; returns
+    how many were new."""
+    new = sorted(p for p in phrases if p not in _phrases)
+    if new:
+        for phrase, vector in zip(new, _embed(new), strict=True):
+            _phrases[phrase] = vector
+    for phrase in phrases:
+        _phrases.move_to_end(phrase)
+    while len(_phrases) > max(PHRASE_CACHE, len(phrases)):
+        _phrases.popitem(last=False)
+    return len(new)
+
+
+def _child_extract(items: list[Item]) -> tuple[list[Phrases], int, int]:
+    """The phrases of each text, and how many distinct candidate phrases the call had and embedded.
+
+    One text per KeyBERT call: its multi-document mode fits one vocabulary over all the texts, so
+    per-text calls keep extract_many() identical to extract()."""
+    import numpy as np
+
+    candidates = [_candidates(text) for text, _ in items]
+    distinct = {phrase for words in candidates for phrase in words}
+    embedded = _embed_new(distinct)
+    documents = _embed([text for text, _ in items])
     results: list[Phrases] = []
-    for text in texts:
-        found = _keybert.extract_keywords(
-            text,
-            keyphrase_ngram_range=NGRAM_RANGE,
-            stop_words="english",
-            top_n=top_n,
-            use_mmr=True,
-            diversity=DIVERSITY,
-        )
-        results.append([(str(phrase), round(float(score), 4)) for phrase, score in found])
-    return results
+    for (text, top_n), words, document in zip(items, candidates, documents, strict=True):
+        if not words:
+            results.append([])
+            continue
+        vectors = np.stack([_phrases[w] for w in words])
+        results.append(_keybert_phrases(text, top_n, doc_embeddings=document.reshape(1, -1), word_embeddings=vectors))
+    return results, len(distinct), embedded
+
+
+def _child_plain(items: list[Item]) -> list[Phrases]:
+    """KeyBERT as documented, one text at a time and nothing reused: the reference the cached path
+    is checked against (tests) and compared with (the keyphrase benchmark)."""
+    return [_keybert_phrases(text, top_n) for text, top_n in items]
+
+
+def _keybert_phrases(text: str, top_n: int, **embeddings: Any) -> Phrases:
+    """KeyBERT's keyphrases for one text, with pagelens's parameters (and, if given, embeddings)."""
+    found = _keybert.extract_keywords(
+        text,
+        keyphrase_ngram_range=NGRAM_RANGE,
+        stop_words="english",
+        top_n=top_n,
+        use_mmr=True,
+        diversity=DIVERSITY,
+        **embeddings,
+    )
+    return [(str(phrase), round(float(score), 4)) for phrase, score in found]
 
 
 # --- parent side ----------------------------------------------------------------------------------
@@ -146,6 +243,16 @@ def _stop_pool(executor: ProcessPoolExecutor, grace: float) -> None:
         p.join(5.0)
 
 
+def _fail(requests: Iterable[_Request], exc: ScanError) -> None:
+    for request in requests:
+        if not request.future.done():
+            request.future.set_exception(exc)
+
+
+def _closed() -> ScanError:
+    return ScanError(ErrorType.INTERNAL, "keyphrase extractor is closed", retryable=True)
+
+
 def _short(exc: BaseException) -> str:
     # The child's traceback stays on __cause__ for the logs; the message a client sees stays short.
     detail = " ".join(str(exc).split())
@@ -153,17 +260,33 @@ def _short(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:199] + "…"
 
 
+@dataclass(eq=False)
+class _Request:
+    items: list[Item]
+    future: asyncio.Future[list[Phrases]]
+
+
 class KeyphraseExtractor:
-    def __init__(self, processes: int = 1, timeout: float = 60.0) -> None:
+    def __init__(self, processes: int = 1, timeout: float = 60.0, max_batch: int = MAX_BATCH) -> None:
         self.processes = max(1, processes)
-        self.timeout = timeout  # per text; extract_many() scales it by the batch size
+        self.timeout = timeout  # per text; a call's timeout scales with the number of texts in it
+        self.max_batch = max(1, max_batch)
         self._executor: ProcessPoolExecutor | None = None
         self._generation = 0
         self._closed = False
         self._lock = asyncio.Lock()  # serialises pool creation and replacement
-        # At most one call per child in flight, so a call starts as soon as it is submitted and the
-        # timeout measures extraction, not time spent queued behind other callers.
-        self._slots = asyncio.Semaphore(self.processes)
+        # Requests wait here; one dispatcher per child takes the waiting ones together and keeps
+        # at most one call in flight on its child, so a call starts as soon as it is submitted and
+        # the timeout measures extraction, not time spent queued behind other calls.
+        self._waiting: deque[_Request] = deque()
+        self._work = asyncio.Event()
+        self._dispatchers: list[asyncio.Task[None]] = []
+        # What the pool did (for the benchmark and tests): calls, texts in them, distinct candidate
+        # phrases per call summed, and of those the ones a child had to embed (not cached).
+        self.calls = 0
+        self.texts = 0
+        self.phrases = 0
+        self.embedded = 0
 
     @property
     def pid_list(self) -> list[int]:
@@ -176,6 +299,10 @@ class KeyphraseExtractor:
         async with self._lock:
             self._closed = True
             executor, self._executor = self._executor, None
+        await cancel_all(self._dispatchers)
+        self._dispatchers = []
+        _fail(self._waiting, _closed())
+        self._waiting.clear()
         if executor is not None:
             await asyncio.to_thread(_stop_pool, executor, STOP_GRACE)
 
@@ -187,8 +314,25 @@ class KeyphraseExtractor:
         todo = [p for p in prepared if p is not None]
         if not todo:
             return [[] for _ in texts]
-        found = iter(await self._call(todo, top_n))
+        if self._closed:
+            raise _closed()
+        request = _Request([(text, top_n) for text in todo], asyncio.get_running_loop().create_future())
+        self._waiting.append(request)
+        self._work.set()
+        if not self._dispatchers:
+            self._dispatchers = [asyncio.create_task(self._dispatch()) for _ in range(self.processes)]
+        try:
+            found = iter(await request.future)
+        finally:
+            request.future.cancel()  # when this caller was cancelled first: the dispatcher skips it
         return [[] if p is None else next(found) for p in prepared]
+
+    async def plain(self, texts: list[str], *, top_n: int = 10) -> list[Phrases]:
+        """What plain KeyBERT finds in the prepared texts, computed by a child of this pool without
+        the phrase cache (and outside the batching): for checks and the benchmark, not for scans."""
+        executor, _ = await self._current()
+        items = [(p, top_n) for p in map(prepare, texts) if p is not None]
+        return await asyncio.wrap_future(executor.submit(_child_plain, items))
 
     async def load_counts(self) -> dict[int, int]:
         """{pid: times that child loaded the model}, probed through the pool (for tests and checks).
@@ -199,32 +343,71 @@ class KeyphraseExtractor:
         futures = [asyncio.wrap_future(executor.submit(_child_info)) for _ in range(self.processes)]
         return dict(await asyncio.gather(*futures))
 
-    async def _call(self, texts: list[str], top_n: int) -> list[Phrases]:
-        async with self._slots:
-            for attempt in (1, 2):
-                executor, generation = await self._current()
-                try:
-                    future = asyncio.wrap_future(executor.submit(_child_extract, texts, top_n))
-                    return await asyncio.wait_for(future, self.timeout * len(texts))
-                except TimeoutError:
-                    # The child is still busy on this text and would keep a core for nothing.
-                    logger.warning("keyphrase extraction timed out; replacing the process pool")
-                    await self._replace(generation)
-                    raise ScanError(ErrorType.TIMEOUT, "keyphrase extraction timed out", retryable=True) from None
-                except BrokenProcessPool:
-                    logger.warning("keyphrase process pool broken (attempt %d); recreating it", attempt)
-                    await self._replace(generation)
-                except ScanError:
-                    raise
-                except Exception as exc:
-                    logger.warning("keyphrase extraction failed: %s", _short(exc), exc_info=exc)
-                    raise ScanError(ErrorType.INTERNAL, f"keyphrase extraction failed: {_short(exc)}") from exc
-            raise ScanError(ErrorType.INTERNAL, "keyphrase worker process died twice", retryable=True)
+    async def _dispatch(self) -> None:
+        while True:
+            await self._work.wait()
+            batch = self._take()
+            if not self._waiting:
+                self._work.clear()
+            if batch:
+                await self._serve(batch)
+
+    def _take(self) -> list[_Request]:
+        """The oldest waiting requests, as many as fit into one call (always at least one)."""
+        batch: list[_Request] = []
+        size = 0
+        while self._waiting and (not batch or size + len(self._waiting[0].items) <= self.max_batch):
+            request = self._waiting.popleft()
+            if not request.future.done():  # its caller gave up
+                batch.append(request)
+                size += len(request.items)
+        return batch
+
+    async def _serve(self, batch: list[_Request]) -> None:
+        try:
+            found = await self._call([item for request in batch for item in request.items])
+        except ScanError as exc:
+            _fail(batch, exc)
+            return
+        except asyncio.CancelledError:  # close(): the callers must not wait forever
+            _fail(batch, _closed())
+            raise
+        offset = 0
+        for request in batch:
+            if not request.future.done():
+                request.future.set_result(found[offset : offset + len(request.items)])
+            offset += len(request.items)
+
+    async def _call(self, items: list[Item]) -> list[Phrases]:
+        for attempt in (1, 2):
+            executor, generation = await self._current()
+            try:
+                future = asyncio.wrap_future(executor.submit(_child_extract, items))
+                found, phrases, embedded = await asyncio.wait_for(future, self.timeout * len(items))
+                self.calls += 1
+                self.texts += len(items)
+                self.phrases += phrases
+                self.embedded += embedded
+                return found
+            except TimeoutError:
+                # The child is still busy on this text and would keep a core for nothing.
+                logger.warning("keyphrase extraction timed out; replacing the process pool")
+                await self._replace(generation)
+                raise ScanError(ErrorType.TIMEOUT, "keyphrase extraction timed out", retryable=True) from None
+            except BrokenProcessPool:
+                logger.warning("keyphrase process pool broken (attempt %d); recreating it", attempt)
+                await self._replace(generation)
+            except ScanError:
+                raise
+            except Exception as exc:
+                logger.warning("keyphrase extraction failed: %s", _short(exc), exc_info=exc)
+                raise ScanError(ErrorType.INTERNAL, f"keyphrase extraction failed: {_short(exc)}") from exc
+        raise ScanError(ErrorType.INTERNAL, "keyphrase worker process died twice", retryable=True)
 
     async def _current(self) -> tuple[ProcessPoolExecutor, int]:
         async with self._lock:
             if self._closed:
-                raise ScanError(ErrorType.INTERNAL, "keyphrase extractor is closed", retryable=True)
+                raise _closed()
             if self._executor is None:
                 self._executor = await self._new_pool()
                 self._generation += 1

@@ -48,6 +48,7 @@ class Run:
     scan: Record
     attempt: int
     timings: dict[str, float] = field(default_factory=dict)
+    unwritten: dict[str, float] = field(default_factory=dict)  # go with the next write of the scan
 
     @property
     def scan_id(self) -> uuid.UUID:
@@ -61,17 +62,18 @@ class Run:
 
     @asynccontextmanager
     async def stage(self, stage: Stage) -> AsyncIterator[None]:
-        if not await scans.enter_stage(self.res.pool, self.scan_id, self.attempt, stage):
+        # A stage's timing is written with the start of the next one (or with the final write):
+        # every stage start and status change is still written, with one round trip fewer each.
+        if not await scans.enter_stage(self.res.pool, self.scan_id, self.attempt, stage, self.unwritten):
             raise Superseded
+        self.unwritten = {}
         name = stage.value.lower()
         start = time.perf_counter()
         with tracer.start_as_current_span(f"scan.{name}", attributes={"pagelens.scan_id": str(self.scan_id)}):
             yield
         seconds = time.perf_counter() - start
-        self.timings[f"{name}Ms"] = seconds * 1000
+        self.timings[f"{name}Ms"] = self.unwritten[f"{name}Ms"] = seconds * 1000
         metrics.scan_stage_duration_seconds.observe({"stage": name}, seconds)
-        if not await scans.record_timing(self.res.pool, self.scan_id, self.attempt, f"{name}Ms", seconds * 1000):
-            raise Superseded
 
 
 # The scan's own deadline is `job_timeout`: reaching it is a typed `timeout`, retried like any

@@ -8,12 +8,14 @@ from typing import Any
 from arq import cron, func
 from arq.worker import Function
 
+from app.heap import freeze_startup_heap
 from app.queue import RUN_SCAN, deserialize, redis_settings, serialize
 from app.settings import Settings, get_settings
 from observability.logs import setup_logging
 from observability.metrics_server import MetricsServer, observe_pool, start_metrics_server
 from observability.sampler import QueueSampler
 from observability.tracing import flush, setup_tracing
+from worker import quiet, wake
 from worker.context import Resources
 from worker.hooks import make_hooks, observed
 from worker.maintenance import delete_expired_scans, sweep_stranded
@@ -39,10 +41,13 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     sampler.start()
     ctx["queue_sampler"] = sampler
     ctx["metrics_server"] = await start_metrics_server(settings, before_render=lambda: observe_pool(pool))
+    freeze_startup_heap()  # the model lives in the pool's processes; this is the worker's own heap
+    take_jobs(ctx)
     logger.info("worker ready", extra={"queue": settings.queue_name})
 
 
 async def on_shutdown(ctx: dict[str, Any]) -> None:
+    await wake.stop(ctx)
     sampler: QueueSampler | None = ctx.pop("queue_sampler", None)
     if sampler is not None:
         await sampler.stop()  # before the pool it samples with closes
@@ -55,6 +60,13 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
     flush()
 
 
+def take_jobs(ctx: dict[str, Any]) -> None:
+    """The end of on_startup, once the worker can run jobs: quiet arq's own bookkeeping, then start
+    the wake-up, from which an enqueue starts its job at once. (The queue-hop benchmark runs this.)"""
+    quiet.quiet_arq()
+    wake.start(ctx)
+
+
 def functions(settings: Settings) -> list[Function]:
     # The scans table counts tries (pipeline, scans.claim); arq's own count is a backstop set well
     # above it, because it also counts deliveries that never claimed the scan (a worker killed
@@ -64,10 +76,24 @@ def functions(settings: Settings) -> list[Function]:
     ]
 
 
-def worker_options(settings: Settings) -> dict[str, Any]:
-    """Everything a `Worker` needs besides its Redis pool; tests build workers from the same dict."""
+def queue_options(settings: Settings) -> dict[str, Any]:
+    """How a worker takes jobs off the queue and observes them; the queue-hop benchmark runs its
+    no-op job with exactly these (plus `take_jobs` and `wake.stop` as its start-up and shutdown)."""
     on_job_start, on_job_end = make_hooks(settings.queue_name)
     return {
+        "queue_name": settings.queue_name,
+        "on_job_start": wake.waking(on_job_start),
+        "on_job_end": on_job_end,
+        "job_serializer": serialize,
+        "job_deserializer": deserialize,
+        "max_jobs": settings.max_jobs,
+    }
+
+
+def worker_options(settings: Settings) -> dict[str, Any]:
+    """Everything a `Worker` needs besides its Redis pool; tests build workers from the same dict."""
+    return {
+        **queue_options(settings),
         "functions": functions(settings),
         "cron_jobs": [
             cron(
@@ -87,15 +113,9 @@ def worker_options(settings: Settings) -> dict[str, Any]:
                 timeout=hard_timeout(settings),
             ),
         ],
-        "queue_name": settings.queue_name,
         "on_startup": on_startup,
         "on_shutdown": on_shutdown,
-        "on_job_start": on_job_start,
-        "on_job_end": on_job_end,
-        "job_serializer": serialize,
-        "job_deserializer": deserialize,
         "allow_abort_jobs": True,
-        "max_jobs": settings.max_jobs,
         "job_completion_wait": settings.shutdown_grace,
         "job_timeout": hard_timeout(settings),
         "keep_result": 3600,
@@ -119,6 +139,7 @@ class WorkerSettings:
     job_serializer = serialize
     job_deserializer = deserialize
     allow_abort_jobs = True
+    poll_delay = _settings.poll_delay
     max_jobs = _options["max_jobs"]
     job_completion_wait = _options["job_completion_wait"]
     job_timeout = _options["job_timeout"]

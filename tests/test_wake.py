@@ -1,0 +1,370 @@
+"""Waking workers on enqueue (worker/wake.py), and arq's bookkeeping kept quiet (worker/quiet.py).
+
+Real Redis, real arq workers running their main loop (not burst): the picker claims jobs through
+the same Redis keys arq's own poll uses, so every test here also checks that the two never run a
+job twice or more jobs than `max_jobs`. Each test has its own queue name and deletes its keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import pytest
+from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
+from arq.worker import Worker, func
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from redis.asyncio.client import PubSub
+
+from app import queue, scans
+from app.models import Kind
+from app.queue import redis_settings
+from app.settings import Settings
+from worker import quiet, wake
+from worker.hooks import observed
+from worker.settings import queue_options, take_jobs, worker_options
+
+if TYPE_CHECKING:
+    from worker.keyphrases import KeyphraseExtractor
+
+# Bounds for waiting loops; they only stop a broken test from hanging.
+POLL = 0.02
+POLLS = 1500
+# So long that arq's own poll never comes round during a test: whatever starts a job, it's a wake-up.
+NEVER = 600.0
+
+Job = Callable[..., Awaitable[Any]]
+_main_tasks: set[asyncio.Task[None]] = set()  # the workers' main loops, referenced while they run
+
+
+def recorder() -> tuple[list[str], Job]:
+    """A job that records the ids it ran, and the list it records them in."""
+    ran: list[str] = []
+
+    async def job(ctx: dict[str, Any], **_: Any) -> None:
+        ran.append(ctx["job_id"])
+
+    return ran, job
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    for _ in range(POLLS):
+        if condition():
+            return
+        await asyncio.sleep(POLL)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def queue_name() -> str:
+    return f"pagelens:test:wake:{secrets.token_hex(4)}"
+
+
+@pytest.fixture
+async def workers(redis: ArqRedis, queue_name: str) -> AsyncIterator[list[Worker]]:
+    """Workers to start with `run`; closed afterwards, and the queue's keys deleted."""
+    made: list[Worker] = []
+    yield made
+    for worker in made:
+        # close() cancels a job still writing its result, and then raises before on_shutdown runs.
+        running = [task for task in worker.tasks.values() if not task.done()]
+        if running:
+            await asyncio.wait(running, timeout=POLL * POLLS)
+        try:
+            await worker.close()
+        finally:
+            await wake.stop(worker.ctx)  # a no-op when on_shutdown stopped it already
+    keys = [queue_name, queue_name + ":health-check"]
+    async for key in redis.scan_iter(match=f"*{queue_name}*", count=1000):
+        keys.append(key)
+    await redis.delete(*keys)
+
+
+def pagelens_worker(settings: Settings, function: Job, *, poll_delay: float, **options: Any) -> Worker:
+    """A worker as the production one takes jobs (`queue_options`, `take_jobs`), running `function`."""
+    return Worker(
+        functions=[func(observed(function), name="job")],
+        redis_settings=redis_settings(settings.require_redis_url()),
+        burst=False,
+        poll_delay=poll_delay,
+        handle_signals=False,
+        **{**queue_options(settings), "on_startup": _take_jobs, "on_shutdown": wake.stop, **options},
+    )
+
+
+async def _take_jobs(ctx: dict[str, Any]) -> None:
+    take_jobs(ctx)
+
+
+async def run(worker: Worker, redis: ArqRedis, made: list[Worker]) -> wake.Waker:
+    """Start the worker's main loop; return its Waker once it listens and arq has polled once
+    (from then on, with a long poll delay, only a wake-up starts a job)."""
+    made.append(worker)
+    task = asyncio.create_task(worker.async_run())
+    _main_tasks.add(task)
+    task.add_done_callback(_main_tasks.discard)
+    await until(lambda: wake.WAKER in worker.ctx, "the worker's start-up")
+    waker: wake.Waker = worker.ctx[wake.WAKER]
+    await waker.listening.wait()
+    for _ in range(POLLS):
+        if await redis.exists(worker.health_check_key):  # written at the end of each poll
+            return waker
+        await asyncio.sleep(POLL)
+    raise AssertionError("the worker never polled")
+
+
+async def next_message(pubsub: PubSub, timeout: float) -> bytes | None:
+    """The next published message's data (subscribe confirmations skipped), or None after `timeout`."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
+                if message is not None:
+                    data: bytes = message["data"]
+                    return data
+    return None
+
+
+async def woken_worker(
+    redis: ArqRedis, settings: Settings, queue_name: str, workers: list[Worker]
+) -> tuple[list[str], Worker, wake.Waker]:
+    """A running worker whose poll never comes round (only a wake-up starts a job on it), its
+    Waker, and the ids of the jobs it ran."""
+    ran, job = recorder()
+    worker = pagelens_worker(settings.with_(queue_name=queue_name), job, poll_delay=NEVER)
+    return ran, worker, await run(worker, redis, workers)
+
+
+async def enqueue(redis: ArqRedis, queue_name: str, count: int) -> list[str]:
+    ids = [f"{queue_name}:job:{i}" for i in range(count)]
+    for job_id in ids:
+        assert await queue.enqueue(redis, queue_name, "job", job_id) is not None
+    return ids
+
+
+async def test_an_enqueue_starts_its_job_without_waiting_for_the_poll(
+    redis: ArqRedis, settings: Settings, queue_name: str, workers: list[Worker]
+) -> None:
+    ran, job = recorder()
+    waker = await run(pagelens_worker(settings.with_(queue_name=queue_name), job, poll_delay=NEVER), redis, workers)
+    ids = await enqueue(redis, queue_name, 3)
+    await until(lambda: len(ran) == 3, "the jobs")
+    assert sorted(ran) == sorted(ids)
+    assert waker.wakes >= 1 and waker.claimed == 3
+
+
+async def test_a_job_nobody_announced_is_still_found_by_polling(
+    redis: ArqRedis, settings: Settings, queue_name: str, workers: list[Worker]
+) -> None:
+    ran, job = recorder()
+    waker = await run(pagelens_worker(settings.with_(queue_name=queue_name), job, poll_delay=0.05), redis, workers)
+    # Plain arq, as any other producer would enqueue: no wake-up is published.
+    assert await redis.enqueue_job("job", _job_id=f"{queue_name}:plain", _queue_name=queue_name) is not None
+    await until(lambda: ran == [f"{queue_name}:plain"], "the poll to run the job")
+    assert waker.wakes == 0 and waker.claimed == 0
+
+
+async def test_two_workers_run_every_job_once_and_never_more_than_max_jobs(
+    redis: ArqRedis, settings: Settings, queue_name: str, workers: list[Worker]
+) -> None:
+    # A short poll, so arq's own poll competes with both pickers for the same jobs all along.
+    max_jobs, jobs = 3, 60
+    runs: Counter[str] = Counter()
+    running: Counter[int] = Counter()
+    peak: Counter[int] = Counter()
+
+    def make(index: int) -> Job:
+        async def job(ctx: dict[str, Any], **_: Any) -> None:
+            runs[ctx["job_id"]] += 1
+            running[index] += 1
+            peak[index] = max(peak[index], running[index])
+            await asyncio.sleep(0.01)
+            running[index] -= 1
+
+        return job
+
+    s = settings.with_(queue_name=queue_name, max_jobs=max_jobs)
+    wakers = [await run(pagelens_worker(s, make(i), poll_delay=0.01), redis, workers) for i in range(2)]
+    ids = await enqueue(redis, queue_name, jobs)
+    await until(lambda: sum(runs.values()) >= jobs, "all jobs")
+    await asyncio.sleep(0.2)  # a duplicate start would land by now
+    assert runs == Counter(ids)
+    assert max(peak.values()) <= max_jobs
+    assert sum(w.claimed for w in wakers) > 0
+    assert sum(w.worker.jobs_complete for w in wakers) == jobs
+
+
+async def test_a_full_worker_takes_the_next_job_when_a_slot_frees(
+    redis: ArqRedis, settings: Settings, queue_name: str, workers: list[Worker]
+) -> None:
+    release = asyncio.Event()
+    started: list[str] = []
+
+    async def job(ctx: dict[str, Any], **_: Any) -> None:
+        started.append(ctx["job_id"])
+        if len(started) <= 2:
+            await release.wait()
+
+    s = settings.with_(queue_name=queue_name, max_jobs=2)
+    waker = await run(pagelens_worker(s, job, poll_delay=NEVER), redis, workers)
+    ids = await enqueue(redis, queue_name, 3)
+    await until(lambda: len(started) == 2, "the first two jobs")
+    await asyncio.sleep(0.1)
+    assert len(started) == 2  # the worker is full: the third waits
+    release.set()
+    await until(lambda: len(started) == 3, "the third job once a slot freed")
+    assert started == ids and waker.claimed == 3
+
+
+async def test_a_draining_worker_takes_no_new_job(
+    redis: ArqRedis, settings: Settings, queue_name: str, workers: list[Worker]
+) -> None:
+    ran, worker, waker = await woken_worker(redis, settings, queue_name, workers)
+    worker.allow_pick_jobs = False  # what arq's SIGTERM handler does before waiting for running jobs
+    await enqueue(redis, queue_name, 1)
+    await until(lambda: waker.wakes == 1, "the wake-up")
+    await asyncio.sleep(0.1)
+    assert ran == [] and waker.claimed == 0
+    assert await redis.zcard(queue_name) == 1  # still queued for another worker
+
+
+async def test_jobs_claimed_as_the_worker_stops_go_back_to_the_queue(
+    redis: ArqRedis, settings: Settings, queue_name: str, workers: list[Worker]
+) -> None:
+    ran, worker, waker = await woken_worker(redis, settings, queue_name, workers)
+    claim = waker._claim
+
+    async def claim_then_stop(count: int) -> tuple[list[tuple[str, int]], bool]:
+        found = await claim(count)
+        worker.allow_pick_jobs = False  # a SIGTERM arriving while the claim was on its way
+        return found
+
+    waker._claim = claim_then_stop  # type: ignore[method-assign]
+    [job_id] = await enqueue(redis, queue_name, 1)
+    await until(lambda: not worker.allow_pick_jobs, "the claim")
+    for _ in range(POLLS):
+        if not await redis.exists(in_progress_key_prefix + job_id):
+            break
+        await asyncio.sleep(POLL)
+    assert not await redis.exists(in_progress_key_prefix + job_id)  # handed back at once
+    await until(lambda: worker.job_counter == 0, "the slot to be free again")
+    assert ran == [] and waker.claimed == 0
+    assert await redis.zscore(queue_name, job_id) is not None  # still queued for another worker
+
+
+async def test_the_production_worker_is_woken_and_runs_a_scan(
+    redis: ArqRedis,
+    settings: Settings,
+    queue_name: str,
+    pool: asyncpg.Pool,
+    extractor: KeyphraseExtractor,
+    workers: list[Worker],
+) -> None:
+    s = settings.with_(queue_name=queue_name)
+    options = worker_options(s)
+    options.update(ctx={"settings": s, "pool": pool, "keyphrases": extractor, "configure_logging": False}, cron_jobs=[])
+    worker = Worker(
+        **options,
+        redis_settings=redis_settings(s.require_redis_url()),
+        burst=False,
+        poll_delay=NEVER,
+        handle_signals=False,
+    )
+    waker = await run(worker, redis, workers)
+    row, _ = await scans.create(pool, scans.NewScan(Kind.DOCUMENT, document="Compost heaps need air and water. " * 40))
+    await queue.enqueue_scan(redis, queue_name, str(row["id"]))
+    for _ in range(POLLS):
+        done = await scans.get(pool, row["id"])
+        if done is not None and done["status"] == "FULL_READY":
+            break
+        await asyncio.sleep(POLL)
+    assert done is not None and done["status"] == "FULL_READY", done
+    assert waker.claimed == 1
+
+
+async def test_enqueue_publishes_the_job_and_refuses_a_taken_id(redis: ArqRedis, queue_name: str) -> None:
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(queue.wake_channel(queue_name))
+    job_id = f"{queue_name}:{uuid.uuid4()}"
+    try:
+        job = await queue.enqueue(redis, queue_name, "job", job_id, answer=42)
+        assert job is not None and job.job_id == job_id
+        assert await next_message(pubsub, 10) == job_id.encode()
+
+        info = await job.info()  # the job as arq stores it: arq reads it back unchanged
+        assert info is not None and info.function == "job" and info.kwargs["answer"] == 42
+        assert set(info.kwargs) == {"answer", queue.TRACE_KWARG}
+        assert await redis.zscore(queue_name, job_id) == info.score
+        assert 0 < await redis.pttl(job_key_prefix + job_id) <= redis.expires_extra_ms
+
+        assert await queue.enqueue(redis, queue_name, "job", job_id) is None  # queued already
+        await redis.delete(job_key_prefix + job_id)
+        await redis.set(result_key_prefix + job_id, b"done")
+        assert await queue.enqueue(redis, queue_name, "job", job_id) is None  # finished, result kept
+        assert await next_message(pubsub, 0.2) is None
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await redis.delete(queue_name, job_key_prefix + job_id, result_key_prefix + job_id, retry_key_prefix + job_id)
+
+
+async def test_jobs_are_traced_and_logged_while_arq_bookkeeping_is_not(
+    redis: ArqRedis,
+    settings: Settings,
+    queue_name: str,
+    workers: list[Worker],
+    spans: InMemorySpanExporter,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen: dict[str, bool] = {}
+
+    async def job(ctx: dict[str, Any], **_: Any) -> None:
+        seen["instrumented"] = is_instrumentation_enabled()
+        await ctx["redis"].get(f"{queue_name}:probe")
+
+    worker = pagelens_worker(settings.with_(queue_name=queue_name), job, poll_delay=NEVER)
+    with caplog.at_level(logging.INFO):
+        await run(worker, redis, workers)
+        [job_id] = await enqueue(redis, queue_name, 1)
+        await until(lambda: worker.jobs_complete == 1, "the job")
+        await until(lambda: any(s.name == f"process {queue_name}" for s in spans.get_finished_spans()), "spans")
+
+    assert seen == {"instrumented": True}
+    consumer = next(s for s in spans.get_finished_spans() if s.name == f"process {queue_name}")
+    assert consumer.context is not None
+    children = [s for s in spans.get_finished_spans() if s.parent and s.parent.span_id == consumer.context.span_id]
+    assert [s.name for s in children] == ["GET"]  # the job's own Redis call, nothing of arq's around it
+
+    ours = [r.getMessage() for r in caplog.records if r.name == "pagelens.worker"]
+    assert ours == ["job started", "job finished"]
+    assert not [r for r in caplog.records if job_id in r.getMessage()]  # arq's "→"/"←" lines name the job
+
+
+def test_arq_warnings_and_errors_pass_the_filter() -> None:
+    keep = quiet.ArqJobLines()
+
+    def record(level: int, msg: str) -> logging.LogRecord:
+        return logging.LogRecord(quiet.ARQ_WORKER_LOGGER, level, __file__, 1, msg, (1.0, "x:job"), None)
+
+    assert not keep.filter(record(logging.INFO, "%6.2fs → %s(%s)%s"))
+    assert not keep.filter(record(logging.INFO, "%6.2fs ← %s ● %s"))
+    assert keep.filter(record(logging.WARNING, "%6.2fs ! %s max retries %d exceeded"))
+    assert keep.filter(record(logging.ERROR, "%6.2fs ! %s failed, %s: %s"))
+    assert keep.filter(record(logging.INFO, "Starting worker for %d functions: %s"))
+
+
+async def test_outside_a_worker_nothing_is_started_or_suppressed() -> None:
+    ctx: dict[str, Any] = {}
+    assert wake.running_worker() is None
+    assert wake.start(ctx) is None and ctx == {}
+    assert quiet.quiet_arq() is False
+    assert is_instrumentation_enabled()  # this task's own spans are still recorded
+    await wake.stop(ctx)  # nothing to stop
