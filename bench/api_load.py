@@ -69,6 +69,14 @@ class Server:
 SERVERS = (
     Server("bare", "bare Starlette: insert + arq enqueue_job", "bench.bare_api:app", traced=False),
     Server("pagelens", "pagelens API, as in production (every request traced)", "app.main:app", traced=True),
+    # Head sampling, as a busy deployment might run: what it does (and does not) save.
+    Server(
+        "sampled",
+        "pagelens API, 10% of new traces sampled",
+        "app.main:app",
+        traced=True,
+        env=(("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "0.1")),
+    ),
     # Not a way to run pagelens: it shows what the tracing costs, and what pagelens's own code does.
     Server(
         "untraced", "pagelens API with OTEL_SDK_DISABLED=true", "app.main:app", False, (("OTEL_SDK_DISABLED", "true"),)
@@ -165,9 +173,11 @@ class ApiResult:
         paired = self.paired_ratios
         p99 = self.latency("pagelens", "open", 99)
         untraced = self.throughput("untraced") / self.throughput("bare")
+        sampled = self.throughput("sampled") / self.throughput("bare")
         notes = (
             f"throughput, pagelens / bare: **{self.ratio:.2f}x** (per repetition {min(paired):.2f}x to "
-            f"{max(paired):.2f}x); target >= 0.85x: {verdict(self.ratio >= 0.85)}; with tracing off: {untraced:.2f}x",
+            f"{max(paired):.2f}x); target >= 0.85x: {verdict(self.ratio >= 0.85)}; 10% sampled: {sampled:.2f}x; "
+            f"with tracing off: {untraced:.2f}x",
             f"pagelens p99 at {c.rate:g} req/s: **{fmt_ms(p99)} ms**; target <= 50 ms: {verdict(p99 <= 50)}",
             f"closed loop: {c.concurrency} connections; open loop: {c.rate:g} req/s over {c.connections} "
             f"connections; {c.seconds:g} s measured after {c.warmup:g} s of warm-up, per turn; medians of "
