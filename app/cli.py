@@ -75,7 +75,8 @@ def _wait(client: Client, scan_id: str, args: argparse.Namespace) -> int:
         with ProgressView(Console(stderr=True)).running(scan_id) as view:
             for status in client.follow(scan_id):
                 view.update(status)
-        status = client.status(scan_id)
+        if status["status"] not in TERMINAL:  # the stream ended without showing the end (a 204)
+            status = client.status(scan_id)
     return _finish(client, status, args)
 
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import httpx
 
+from app.models import TERMINAL
 from app.types import JSONDict
 
 SCANS = "/api/v1/scan-jobs"
-TERMINAL = frozenset({"FULL_READY", "FAILED", "CANCELLED"})
 # Statuses the API uses for "your request was wrong"; anything else is the service's problem.
 REFUSALS = frozenset({400, 404, 409, 413, 415, 422})
 STREAM_RECONNECTS = 20

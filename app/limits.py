@@ -13,7 +13,7 @@ import math
 from redis.asyncio import Redis
 
 from app.backing import UNAVAILABLE
-from app.models import TERMINAL, Status
+from app.models import OPEN
 from app.problems import Problem
 from app.types import Executor
 
@@ -22,7 +22,6 @@ logger = logging.getLogger("pagelens.api")
 RATE_KEY_PREFIX = "pagelens:rate:"
 RATE_TIMEOUT = 0.5  # a slow Redis must not stall every request
 OPEN_SCANS_RETRY_AFTER = 10  # seconds: a hint only, scans finish at their own pace
-_OPEN = [s.value for s in Status if s not in TERMINAL]
 
 # GCRA (a leaky bucket kept as one timestamp): KEYS[1] holds the key's "theoretical arrival time"
 # in ms. A request is let through when that time is at most `burst - 1` intervals ahead of now; the
@@ -53,8 +52,9 @@ async def rate_limit_wait(redis: Redis, key_id: str, per_minute: int) -> float |
     interval_ms = 60_000 / per_minute
     try:
         async with asyncio.timeout(RATE_TIMEOUT):
-            script = redis.eval(GCRA_LUA, 1, RATE_KEY_PREFIX + key_id, str(interval_ms), str(per_minute))
-            wait_ms = await script  # type: ignore[misc]
+            # By its SHA1 (EVALSHA), not its text: this runs on every request with a key.
+            script = redis.register_script(GCRA_LUA)
+            wait_ms = await script(keys=[RATE_KEY_PREFIX + key_id], args=[str(interval_ms), str(per_minute)])
     except UNAVAILABLE as exc:
         logger.warning("rate limit not checked, Redis unavailable: %s", type(exc).__name__)
         return None
@@ -70,10 +70,15 @@ def rate_limited(seconds: float, per_minute: int) -> Problem:
     )
 
 
+def open_scans_capped(key_id: str | None, cap: int) -> bool:
+    """Whether a request's open scans are counted: only for a known key, with a cap configured."""
+    return key_id is not None and cap > 0
+
+
 async def reserve_open_scan(db: Executor, key_id: str | None, cap: int, idempotency_key: str | None = None) -> None:
     """Raise 429 when the key already has `cap` open scans. Call inside the transaction that then
     opens the scan: the advisory lock makes concurrent creates of one key count one at a time."""
-    if key_id is None or cap <= 0:
+    if key_id is None or not open_scans_capped(key_id, cap):
         return
     if idempotency_key is not None and await db.fetchval(
         "SELECT 1 FROM scans WHERE idempotency_key = $1", idempotency_key
@@ -81,7 +86,7 @@ async def reserve_open_scan(db: Executor, key_id: str | None, cap: int, idempote
         return  # a replay returns the scan it already opened; it opens nothing
     await db.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", "open-scans:" + key_id)
     open_scans = await db.fetchval(
-        "SELECT count(*) FROM scans WHERE api_key_id = $1 AND status = ANY($2::text[])", key_id, _OPEN
+        "SELECT count(*) FROM scans WHERE api_key_id = $1 AND status = ANY($2::text[])", key_id, OPEN
     )
     if open_scans >= cap:
         raise Problem(

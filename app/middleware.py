@@ -83,10 +83,12 @@ def _is_event_stream(message: Message) -> bool:
 
 
 class HeaderLimits:
-    """431 for requests with too many or too large headers, before anything else reads them.
+    """431 for requests with too many or too large headers, before authentication, routing and the
+    handlers read them.
 
-    uvicorn's default parser accepts megabytes of headers; this keeps them away from routing,
-    tracing and logging, and tells the client what was wrong."""
+    uvicorn's default parser accepts megabytes of headers; this tells the client what was wrong.
+    It sits inside the tracing and HTTP metrics middleware on purpose, so a 431 is still traced and
+    counted (TraceHeaderGuard, outermost, already drops oversized trace headers)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app

@@ -17,6 +17,8 @@ class Status(StrEnum):
 
 
 TERMINAL = frozenset({Status.FULL_READY, Status.FAILED, Status.CANCELLED})
+# The others, as the text values a `status = ANY($n::text[])` query takes.
+OPEN = [s.value for s in Status if s not in TERMINAL]
 # Statuses a worker may (re)claim: TEASER_READY is mid-pipeline, so a redelivered job resumes it.
 CLAIMABLE = frozenset({Status.QUEUED, Status.RUNNING, Status.TEASER_READY})
 

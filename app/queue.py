@@ -136,14 +136,20 @@ async def _enqueue(redis: ArqRedis, queue: str, function: str, job_id: str, kwar
     return Job(job_id, redis=redis, _queue_name=queue, _deserializer=redis.job_deserializer)
 
 
-async def enqueue(redis: ArqRedis, queue: str, function: str, job_id: str, **kwargs: Any) -> Job | None:
+async def enqueue(
+    redis: ArqRedis,
+    queue: str,
+    function: str,
+    job_id: str,
+    *,
+    span_attributes: dict[str, str] | None = None,
+    **kwargs: Any,
+) -> Job | None:
     """Enqueue `function(**kwargs)` under `job_id` inside a PRODUCER span whose W3C carrier goes in
     the `trace_context` kwarg, so the worker's CONSUMER span is its child; and wake the queue's
     idle workers. None when arq already holds a job or a result under that id (as arq's own
     `enqueue_job`, whose job format this keeps)."""
-    attributes = messaging_attributes(queue, "send", job_id)
-    if function == RUN_SCAN:
-        attributes["pagelens.scan_id"] = job_id  # scan jobs are enqueued under the scan id
+    attributes = {**messaging_attributes(queue, "send", job_id), **(span_attributes or {})}
     with tracer.start_as_current_span(f"send {queue}", kind=SpanKind.PRODUCER, attributes=attributes) as span:
         job = await _enqueue(redis, queue, function, job_id, {**kwargs, TRACE_KWARG: trace_carrier()})
         if job is None:
@@ -155,4 +161,6 @@ async def enqueue(redis: ArqRedis, queue: str, function: str, job_id: str, **kwa
 
 async def enqueue_scan(redis: ArqRedis, queue: str, scan_id: str) -> Job | None:
     """Enqueue the scan's job under the scan id; None when arq already holds a job with that id."""
-    return await enqueue(redis, queue, RUN_SCAN, scan_id, scan_id=scan_id)
+    return await enqueue(
+        redis, queue, RUN_SCAN, scan_id, span_attributes={"pagelens.scan_id": scan_id}, scan_id=scan_id
+    )

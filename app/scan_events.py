@@ -24,6 +24,7 @@ from typing import Any
 import asyncpg
 
 from app import scans
+from app.tasks import cancel_all
 from app.types import Pool, Record
 
 logger = logging.getLogger("pagelens.events")
@@ -102,11 +103,7 @@ class ScanEvents:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(self._tasks)
         self._tasks = []
 
     def subscribe(self, scan_id: uuid.UUID) -> Watcher:
@@ -208,8 +205,3 @@ class ScanEvents:
             for row in rows:
                 for watcher in list(self.watchers.get(row["id"], ())):
                     watcher.offer(row)
-
-    def request(self, scan_id: uuid.UUID) -> None:
-        """Ask for a fresh read of `scan_id` (a new stream's first state comes through the hub too)."""
-        self._dirty.add(scan_id)
-        self._wake.set()

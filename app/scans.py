@@ -13,10 +13,9 @@ from enum import StrEnum
 from typing import Any
 
 from app.db import timed
-from app.models import CLAIMABLE, STAGE_PROGRESS, TERMINAL, Kind, ScanError, Stage, Status
+from app.models import CLAIMABLE, OPEN, STAGE_PROGRESS, TERMINAL, Kind, ScanError, Stage, Status
 from app.types import Executor, JSONDict, Record
 
-_NOT_TERMINAL = [s.value for s in Status if s not in TERMINAL]
 _CLAIMABLE = [s.value for s in CLAIMABLE]
 
 
@@ -66,15 +65,24 @@ async def get(db: Executor, scan_id: uuid.UUID) -> Record | None:
     return row
 
 
+# What a status answer and a status event show (and `version`): no documents, teasers or reports.
+# A constant, so the f-strings below build no SQL from input.
+_STATUS_COLUMNS = (
+    "id, url, status, stage, progress, error, trace_id, attempts, created_at, updated_at, timings, version"
+)
+
+
+@timed("scans.status")
+async def status(db: Executor, scan_id: uuid.UUID) -> Record | None:
+    """The status columns of one scan, for the endpoint clients poll."""
+    row: Record | None = await db.fetchrow(f"SELECT {_STATUS_COLUMNS} FROM scans WHERE id = $1", scan_id)  # noqa: S608
+    return row
+
+
 @timed("scans.statuses")
 async def statuses(db: Executor, scan_ids: list[uuid.UUID]) -> list[Record]:
-    """The status columns (and `version`) of these scans, without documents, teasers or reports."""
-    return await db.fetch(
-        """SELECT id, url, status, stage, progress, error, trace_id, attempts, created_at, updated_at, timings,
-                  version
-           FROM scans WHERE id = ANY($1::uuid[])""",
-        scan_ids,
-    )
+    """The status columns of these scans."""
+    return await db.fetch(f"SELECT {_STATUS_COLUMNS} FROM scans WHERE id = ANY($1::uuid[])", scan_ids)  # noqa: S608
 
 
 @timed("scans.page")
@@ -103,7 +111,7 @@ async def cancel(db: Executor, scan_id: uuid.UUID) -> Record | None:
         """UPDATE scans SET status = 'CANCELLED', lease_until = NULL, updated_at = now(), finished_at = now()
            WHERE id = $1 AND status = ANY($2::text[]) RETURNING *""",
         scan_id,
-        _NOT_TERMINAL,
+        OPEN,
     )
     return row if row is not None else await get(db, scan_id)
 

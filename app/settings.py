@@ -241,13 +241,17 @@ class Settings:
         return replace(self, **changes)
 
     @property
+    def traces_exporter(self) -> str:
+        """The span exporter in use: the first of OTEL_TRACES_EXPORTER, else "otlp" when an endpoint
+        is set, else "none". (OTel's own default is "otlp"; pagelens exports only when asked to, so a
+        developer without a collector gets no connection errors every few seconds.)"""
+        name = self.otel_traces_exporter or ("otlp" if self.otel_endpoint_configured else "none")
+        return name.lower().split(",")[0].strip()
+
+    @property
     def browser_traces_enabled(self) -> bool:
         """Whether POST /v1/traces accepts spans: only when they can go somewhere."""
-        exporting = (
-            self.otel_endpoint_configured
-            and not self.otel_sdk_disabled
-            and (self.otel_traces_exporter or "otlp").lower().split(",")[0].strip() == "otlp"
-        )
+        exporting = self.otel_endpoint_configured and not self.otel_sdk_disabled and self.traces_exporter == "otlp"
         return self.browser_traces and (bool(self.browser_traces_endpoint) or exporting)
 
     def require_database_url(self) -> str:

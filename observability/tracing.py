@@ -83,10 +83,7 @@ def _configured_sampler() -> Sampler:
 
 
 def span_exporter(settings: Settings) -> SpanExporter | None:
-    # OTel's own default is "otlp"; we only export when asked to, or when an endpoint is set, so a
-    # developer without a collector gets no connection errors every few seconds.
-    name = (settings.otel_traces_exporter or ("otlp" if settings.otel_endpoint_configured else "none")).lower()
-    name = name.split(",")[0].strip()
+    name = settings.traces_exporter
     if name == "none":
         return None
     if name == "console":

@@ -540,7 +540,7 @@ def assert_api_metrics(before: Scrape, after: Scrape, queue: str, polls: int) ->
     assert delta("pagelens_http_request_duration_seconds_count", method="POST", route=SCANS) == 1
     assert delta("pagelens_jobs_enqueued_total", queue=queue, function="run_scan") == 1
     assert delta("pagelens_db_query_duration_seconds_count", query="scans.create") == 1
-    assert delta("pagelens_db_query_duration_seconds_count", query="scans.get") == polls
+    assert delta("pagelens_db_query_duration_seconds_count", query="scans.status") == polls
     assert after.value("pagelens_http_requests_in_progress", method="POST", route=SCANS) == 0
     assert after.total("pagelens_build_info") == 1, "pagelens_build_info missing from the API"
 

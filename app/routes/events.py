@@ -28,7 +28,7 @@ from starlette.types import Receive, Scope, Send
 from app import scans
 from app.models import TERMINAL
 from app.problems import Problem
-from app.routes.scans import PREFIX, scan_id_of, status_json
+from app.routes.scans import PREFIX, scan_id_of, scan_not_found, status_json
 from app.scan_events import ScanEvents, TooManyStreams, Watcher
 from app.settings import Settings
 from app.state import State
@@ -129,7 +129,7 @@ async def scan_events(request: Request) -> Response:
     try:
         rows = await scans.statuses(state.pool, [scan_id])
         if not rows:
-            raise Problem(404, "no scan with this id", code="scan-not-found")
+            raise scan_not_found()
         row = rows[0]
         if seen > row["version"]:
             seen = 0  # an id from some other history (a restored database): start afresh

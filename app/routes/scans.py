@@ -58,7 +58,7 @@ async def submit(request: Request, new: scans.NewScan) -> Response:
     state = State.of(request)
     key_id = request_key_id(request.scope)
     new = scans.NewScan(**{**new.__dict__, "trace_id": _current_trace_id(), "api_key_id": key_id})
-    if key_id is None or state.settings.max_open_scans <= 0:
+    if not limits.open_scans_capped(key_id, state.settings.max_open_scans):
         # No cap to count against: the INSERT alone, without BEGIN and COMMIT round trips around it.
         row, created = await scans.create(state.pool, new)
     else:
@@ -96,22 +96,30 @@ async def create_scan(request: Request) -> Response:
     )
 
 
+def scan_not_found() -> Problem:
+    return Problem(404, "no scan with this id", code="scan-not-found")
+
+
 def scan_id_of(request: Request) -> uuid.UUID:
     try:
         return uuid.UUID(request.path_params["scanId"])
     except ValueError:
-        raise Problem(404, "no scan with this id", code="scan-not-found") from None
+        raise scan_not_found() from None
 
 
-async def _load(request: Request) -> Record:
-    row = await scans.get(State.of(request).pool, scan_id_of(request))
+def _found(row: Record | None) -> Record:
     if row is None:
-        raise Problem(404, "no scan with this id", code="scan-not-found")
+        raise scan_not_found()
     return row
 
 
+async def _load(request: Request) -> Record:
+    return _found(await scans.get(State.of(request).pool, scan_id_of(request)))
+
+
 async def get_status(request: Request) -> Response:
-    return JSONResponse(status_json(await _load(request)))
+    # Polled by every waiting client: only the status columns, never the report.
+    return JSONResponse(status_json(_found(await scans.status(State.of(request).pool, scan_id_of(request)))))
 
 
 def _not_ready(row: Record, wanted: str) -> Problem:
@@ -146,7 +154,7 @@ async def cancel_scan(request: Request) -> Response:
     scan_id = scan_id_of(request)
     row = await scans.cancel(state.pool, scan_id)
     if row is None:
-        raise Problem(404, "no scan with this id", code="scan-not-found")
+        raise scan_not_found()
     if row["status"] != Status.CANCELLED:
         raise Problem(409, f"scan already finished: {row['status']}", code="already-finished", scanStatus=row["status"])
     try:
@@ -163,13 +171,16 @@ async def retry_scan(request: Request) -> Response:
     state = State.of(request)
     scan_id = scan_id_of(request)
     key_id = request_key_id(request.scope)
-    async with state.pool.acquire() as conn, conn.transaction():
-        await limits.reserve_open_scan(conn, key_id, state.settings.max_open_scans)
-        row = await scans.replay(conn, scan_id, key_id)
+    if not limits.open_scans_capped(key_id, state.settings.max_open_scans):
+        row = await scans.replay(state.pool, scan_id, key_id)  # one statement: no transaction needed
+    else:
+        async with state.pool.acquire() as conn, conn.transaction():
+            await limits.reserve_open_scan(conn, key_id, state.settings.max_open_scans)
+            row = await scans.replay(conn, scan_id, key_id)
     if row is None:
-        current = await scans.get(state.pool, scan_id)
+        current = await scans.status(state.pool, scan_id)
         if current is None:
-            raise Problem(404, "no scan with this id", code="scan-not-found")
+            raise scan_not_found()
         raise Problem(
             409,
             f"only FAILED scans can be retried; this one is {current['status']}",
