@@ -193,6 +193,8 @@ Ctrl-C stops everything.
             flush=True,
         )
         signal.signal(signal.SIGTERM, _interrupt)
+        # A shell starts background jobs with SIGINT ignored; `kill -INT` should stop them too.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             while all(p.poll() is None for p in processes):
                 time.sleep(0.5)
