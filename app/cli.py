@@ -23,8 +23,9 @@ from rich.console import Console
 
 from app import migrate
 from app.cli_report import ProgressView, render_list, render_report, render_status
-from app.client import TERMINAL, Client, Refused, Unavailable, Unreachable
+from app.client import Client, Refused, Unavailable, Unreachable
 from app.embedded import backing_servers
+from app.models import TERMINAL
 from app.settings import ConfigError, Settings, child_env
 from app.types import JSONDict
 
