@@ -61,8 +61,8 @@ def setup_logging(level: str = "INFO") -> None:
     # uvicorn installs its own handlers; route everything through ours.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "arq"):
         logger = logging.getLogger(name)
-        if name == "uvicorn.access" and not (logger.propagate or logger.handlers):
-            continue  # `uvicorn --no-access-log` (make run, the image) turned access lines off: keep them off
+        if not (logger.propagate or logger.handlers):
+            continue  # switched off on purpose (`uvicorn --no-access-log`, as make run and the image start it)
         logger.handlers[:] = []
         logger.propagate = True
     # httpx logs every request URL at INFO: user-supplied URLs belong in scan rows, not logs.

@@ -22,6 +22,7 @@ against plain KeyBERT.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import multiprocessing
@@ -281,10 +282,9 @@ class KeyphraseExtractor:
         self._waiting: deque[_Request] = deque()
         self._work = asyncio.Event()
         self._dispatchers: list[asyncio.Task[None]] = []
-        # What the pool did (for the benchmark and tests): calls, texts in them, distinct candidate
-        # phrases per call summed, and of those the ones a child had to embed (not cached).
+        # What the pool did (for the benchmark and tests): calls, distinct candidate phrases per
+        # call summed, and of those the ones a child had to embed (not cached).
         self.calls = 0
-        self.texts = 0
         self.phrases = 0
         self.embedded = 0
 
@@ -320,7 +320,11 @@ class KeyphraseExtractor:
         self._waiting.append(request)
         self._work.set()
         if not self._dispatchers:
-            self._dispatchers = [asyncio.create_task(self._dispatch()) for _ in range(self.processes)]
+            # In an empty context: they outlive this caller and serve every later scan, so they
+            # must not log (or keep alive) the first caller's span and scan fields.
+            self._dispatchers = [
+                asyncio.create_task(self._dispatch(), context=contextvars.Context()) for _ in range(self.processes)
+            ]
         try:
             found = iter(await request.future)
         finally:
@@ -385,7 +389,6 @@ class KeyphraseExtractor:
                 future = asyncio.wrap_future(executor.submit(_child_extract, items))
                 found, phrases, embedded = await asyncio.wait_for(future, self.timeout * len(items))
                 self.calls += 1
-                self.texts += len(items)
                 self.phrases += phrases
                 self.embedded += embedded
                 return found

@@ -120,7 +120,6 @@ async def run_scan(ctx: dict[str, Any], scan_id: str, trace_context: dict[str, s
                 await scans.release_for_retry(res.pool, run.scan_id, run.attempt, None)
         job_try: int = ctx.get("job_try", 1)
         logger.warning("backing service unavailable (%s); the job will run again", type(exc).__name__)
-        ctx[OUTCOME] = "retry"
         raise Retry(defer=backoff(job_try, settings.retry_base_delay)) from None
 
 
@@ -132,13 +131,9 @@ async def _not_claimed(ctx: dict[str, Any], res: Resources, sid: uuid.UUID) -> s
     if reason is scans.Unclaimable.LEASED:
         # An earlier attempt died without releasing its lease (or another one still runs): come back
         # when the lease has run out rather than drop the job and wait for the sweeper.
-        ctx[OUTCOME] = "retry"
         raise Retry(defer=lease_left + 1.0)
     await scans.give_up(res.pool, sid, res.settings.max_tries)
-    ctx[OUTCOME] = "failure"
-    metrics.scan_errors_total.inc({"error_type": ErrorType.RETRIES_EXHAUSTED.value})
-    logger.info("scan used every try", extra={"error_type": ErrorType.RETRIES_EXHAUSTED.value})
-    return "failed"
+    return _failure(ctx, ErrorType.RETRIES_EXHAUSTED, "scan used every try")
 
 
 async def _attempt(ctx: dict[str, Any], run: Run) -> str:
@@ -201,9 +196,14 @@ async def _failed(ctx: dict[str, Any], run: Run, exc: ScanError, try_no: int) ->
             retryable=True,
         )
     await scans.fail(run.res.pool, run.scan_id, run.attempt, exc)
+    return _failure(ctx, exc.type, "scan failed")
+
+
+def _failure(ctx: dict[str, Any], error_type: ErrorType, message: str) -> str:
+    """Count and log a scan that ended FAILED (its row already written)."""
     ctx[OUTCOME] = "failure"
-    metrics.scan_errors_total.inc({"error_type": exc.type.value})
-    logger.info("scan failed", extra={"error_type": exc.type.value})
+    metrics.scan_errors_total.inc({"error_type": error_type.value})
+    logger.info(message, extra={"error_type": error_type.value})
     return "failed"
 
 

@@ -78,13 +78,12 @@ def running_worker() -> Worker | None:
 class Waker:
     """The wake listener and the picker of one worker. `start()` in its main task, `stop()` at shutdown."""
 
-    def __init__(self, worker: Worker, *, reconnect_delay: float = RECONNECT_DELAY) -> None:
+    def __init__(self, worker: Worker) -> None:
         self.worker = worker
         self.channel = wake_channel(worker.queue_name)
-        self.reconnect_delay = reconnect_delay
+        self._claim_script = worker.pool.register_script(_CLAIM_LUA)
         self.listening = asyncio.Event()  # subscribed: from now on an enqueue wakes this worker
         self.wakes = 0  # wake messages received
-        self.picks = 0  # times the picker read the queue
         self.claimed = 0  # jobs the picker started (arq's poll starts the others)
         self._due = asyncio.Event()  # jobs may be waiting: the picker should look
         self._halted = False  # arq stopped the worker (handle_sig): take no more jobs
@@ -146,7 +145,7 @@ class Waker:
                 self.listening.clear()
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
-            await asyncio.sleep(self.reconnect_delay)
+            await asyncio.sleep(RECONNECT_DELAY)
 
     async def _pick_loop(self) -> None:
         while True:
@@ -179,7 +178,6 @@ class Waker:
         reserved = await self._reserve()
         if not reserved:
             return
-        self.picks += 1
         started = 0
         try:
             claimed, more = await self._claim(reserved)
@@ -223,7 +221,6 @@ class Waker:
         what start_jobs does for each job with four (WATCH, EXISTS, ZSCORE, MULTI/EXEC), and
         as atomically. True as well when more were due."""
         worker = self.worker
-        script = worker.pool.register_script(_CLAIM_LUA)
         args: list[int | str] = [
             timestamp_ms(),
             count,
@@ -231,7 +228,7 @@ class Waker:
             in_progress_key_prefix,
             int(worker.in_progress_timeout_s * 1000),
         ]
-        ids, scores, more = await script(keys=[worker.queue_name], args=args)
+        ids, scores, more = await self._claim_script(keys=[worker.queue_name], args=args)
         return [(i.decode(), int(float(s))) for i, s in zip(ids, scores, strict=True)], bool(more)
 
 
