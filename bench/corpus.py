@@ -180,10 +180,6 @@ class Page:
     def text(self) -> str:
         return "\n\n".join((self.title, *self.paragraphs))
 
-    @property
-    def words(self) -> int:
-        return len(self.text.split())
-
     def html(self) -> str:
         """The page as a small HTML document, as the end-to-end benchmark serves it."""
         body = "".join(f"<p>{html.escape(p)}</p>" for p in self.paragraphs)

@@ -25,7 +25,6 @@ import random
 import secrets
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -52,6 +51,7 @@ from bench.common import (
     median,
     percentile,
     postgres_target,
+    serving,
     sweep_queue,
     uvicorn_command,
     verdict,
@@ -126,10 +126,7 @@ class E2EResult:
                 f"{percentile(p.latencies_s, 95):.2f}",
                 f"{max(p.latencies_s):.2f}",
                 f"{p.per_minute_per_worker:.0f}",
-                *(
-                    f"{p.stage_ms.get(k, 0):.0f}"
-                    for k in ("queueWaitMs", "crawlMs", "parseMs", "analyzeMs", "generateMs")
-                ),
+                *(f"{p.stage_ms.get(k, 0):.0f}" for k in STAGES),
                 f"{p.worker_rss_mb:,.0f}",
             )
             for p in self.phases
@@ -172,16 +169,8 @@ def serve_pages(pages: dict[str, Page]) -> Iterator[int]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, name="e2e-pages", daemon=True)
-    thread.start()
-    try:
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), Handler), "e2e-pages") as server:
         yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 class Stack:

@@ -29,7 +29,6 @@ import logging
 import logging.config
 import random
 import secrets
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,19 +38,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
-from arq.constants import (
-    expires_extra_ms,
-    health_check_key_suffix,
-    in_progress_key_prefix,
-    job_key_prefix,
-    result_key_prefix,
-    retry_key_prefix,
-)
+from arq.constants import expires_extra_ms, job_key_prefix
 from arq.jobs import Deserializer, Serializer, serialize_job
 from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 
-from app.settings import ROOT
 from bench.common import (
     BenchContext,
     Benchmark,
@@ -59,12 +50,14 @@ from bench.common import (
     OtlpSink,
     RedisTarget,
     Table,
-    child_env,
+    arq_keys,
+    chunks,
     environment,
     fmt_ms,
     median,
     percentile,
-    tail,
+    rotated,
+    run_module,
     verdict,
 )
 
@@ -289,7 +282,7 @@ def run(config: HopConfig, redis: RedisTarget) -> HopResult:
         try:
             for rep in range(config.reps):
                 # Rotate the order so no variant always runs first (or right after the slow one).
-                for variant in chosen[rep % len(chosen) :] + chosen[: rep % len(chosen)]:
+                for variant in rotated(chosen, rep):
                     runs[variant.name].append(_run_child(config, redis, sink, variant, rep, token, Path(tmp)))
         finally:
             _sweep(redis.url, token)
@@ -318,19 +311,9 @@ def _run_child(
     )
     spans_before = sink.spans
     # The child's logs go to a file: a real write per line, as in production, and readable on failure.
-    with log.open("wb") as stderr:
-        done = subprocess.run(
-            [sys.executable, "-m", "bench.queue_hop", "child", child.to_json()],
-            cwd=ROOT,
-            env=child_env(),  # without the shell's OTEL_*: the figures are for the SDK defaults
-            stdin=subprocess.DEVNULL,
-            stdout=stderr,
-            stderr=stderr,
-            timeout=config.child_timeout,
-            check=False,
-        )
-    if done.returncode != 0 or not out.exists():
-        raise RuntimeError(f"queue-hop run {variant.name} #{rep} exited with {done.returncode}:\n{tail(log)}")
+    # Its environment has none of the shell's OTEL_*: the figures are for the SDK defaults.
+    what = f"queue-hop run {variant.name} #{rep}"
+    run_module("bench.queue_hop", ["child", child.to_json()], out, log, config.child_timeout, what)
     record = RunRecord.from_json(out.read_text())
     return dataclasses.replace(record, spans_exported=sink.spans - spans_before)
 
@@ -342,15 +325,10 @@ def _sweep(url: str, token: str) -> None:
     client = redis.Redis.from_url(url)
     try:
         keys = list(client.scan_iter(match=f"*pagelens-bench*{token}*", count=1000))
-        for chunk in _chunks(keys, 1000):
+        for chunk in chunks(keys, 1000):
             client.unlink(*chunk)
     finally:
         client.close()
-
-
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def bench(context: BenchContext) -> BenchResult:
@@ -455,7 +433,7 @@ class Enqueuer:
     async def batch(self, job_ids: Sequence[str]) -> None:
         """What `enqueue_job` writes (the job with arq's default expiry, its queue entry), pipelined:
         the throughput phase measures the worker, not the producer's round trips."""
-        for chunk in _chunks(job_ids, 500):
+        for chunk in chunks(job_ids, 500):
             async with self.pool.pipeline(transaction=False) as pipe:
                 for job_id in chunk:
                     with self.send(job_id) as kwargs:  # a real trace context in the job; times nothing
@@ -677,11 +655,7 @@ class Child:
         return provider
 
     async def _delete_keys(self, pool: ArqRedis) -> None:
-        keys = [self.config.queue, self.config.queue + health_check_key_suffix]
-        for job_id in self.issued:
-            keys += [prefix + job_id for prefix in (job_key_prefix, result_key_prefix, retry_key_prefix)]
-            keys.append(in_progress_key_prefix + job_id)
-        for chunk in _chunks(keys, 1000):
+        for chunk in chunks(arq_keys(self.config.queue, self.issued), 1000):
             await pool.unlink(*chunk)
 
 
