@@ -203,13 +203,6 @@ async def enter_stage(
     )
 
 
-@timed("scans.record_timing")
-async def record_timing(db: Executor, scan_id: uuid.UUID, attempt: int, name: str, millis: float) -> bool:
-    return await _fenced(
-        db, scan_id, attempt, "timings = timings || jsonb_build_object($3::text, $4::float8)", name, round(millis, 1)
-    )
-
-
 @timed("scans.save_teaser")
 async def save_teaser(db: Executor, scan_id: uuid.UUID, attempt: int, teaser: JSONDict) -> bool:
     return await _fenced(
