@@ -28,6 +28,7 @@ from app import db, migrate
 from app.embedded import backing_servers, free_port
 from app.queue import connect, redis_settings
 from app.settings import Settings
+from tests.hostile import Hostile, serve_hostile
 from tests.site import Site, serve_site
 
 if TYPE_CHECKING:
@@ -105,10 +106,8 @@ def migrated_database(server_dsn: str, empty_database: Any) -> Callable[[], Awai
 
 
 @pytest.fixture(scope="session")
-async def database_url(server_dsn: str, empty_database: object) -> str:
-    dsn: str = await empty_database(server_dsn)  # type: ignore[operator]
-    await migrate.apply(dsn, Settings().migrations_dir)
-    return dsn
+async def database_url(migrated_database: Callable[[], Awaitable[str]]) -> str:
+    return await migrated_database()
 
 
 @pytest.fixture(scope="session")
@@ -242,6 +241,13 @@ def site() -> Iterator[Site]:
     """The local test web site (tests/site.py), one per session."""
     with serve_site() as s:
         yield s
+
+
+@pytest.fixture(scope="module")
+def hostile() -> Iterator[Hostile]:
+    """The misbehaving web server (tests/hostile.py), one per module that uses it."""
+    with serve_hostile() as server:
+        yield server
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -80,7 +80,8 @@ class TrackedHandler(BaseHTTPRequestHandler):
 
 @contextlib.contextmanager
 def running(server: LoopbackServer, name: str) -> Iterator[None]:
-    """Serve in a background thread for the duration of the block, then stop and join it."""
+    """Serve in a background thread for the duration of the block, then stop and join it (bounded,
+    and checked: a server thread still running afterwards fails the test)."""
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=name)
     thread.start()
     try:
@@ -88,3 +89,4 @@ def running(server: LoopbackServer, name: str) -> Iterator[None]:
     finally:
         server.stop()
         thread.join(timeout=10)
+        assert not thread.is_alive(), f"the {name} server thread did not stop"

@@ -2,34 +2,41 @@
 
 The API (uvicorn) and one worker (`arq worker.WorkerSettings`) run exactly as deployed, configured
 only through the environment, on a database and a queue of their own, exporting spans over
-OTLP/HTTP to a real receiver (tests/otlp.py). Built on the process helpers of the end-to-end
-observability test.
+OTLP/HTTP to a real receiver (tests/otlp.py). Built on the process helpers of tests/processes.py;
+`follow` polls a scan's status as such a test's client does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import psutil  # type: ignore[import-untyped]
 
 from app.embedded import free_port
 from tests.otlp import OTLPReceiver, serve_otlp
-from tests.site import Site
-from tests.test_e2e_observability import (
+from tests.processes import (
+    POLL,
     Proc,
-    _children,
-    _env,
-    _start,
-    _stop,
-    _wait_api_ready,
-    _wait_children_gone,
-    _wait_worker_ready,
+    child_processes,
+    process_env,
+    start_process,
+    stop_process,
+    wait_api_ready,
+    wait_children_gone,
+    wait_worker_ready,
 )
+from tests.site import Site
+
+TERMINAL = {"FULL_READY", "FAILED", "CANCELLED"}
+SCAN_POLLS = 450  # x POLL: a scan (first one pays for the first KeyBERT call) within ~90 s
 
 
 @dataclass
@@ -51,7 +58,7 @@ async def live_stack(
     queue = f"pagelens:live:{secrets.token_hex(4)}"
     api_port, metrics_port = free_port(), free_port()
     with serve_otlp() as receiver:
-        env = _env(
+        env = process_env(
             DATABASE_URL=database_url,
             REDIS_URL=redis_url,
             PAGELENS_QUEUE=queue,
@@ -64,18 +71,33 @@ async def live_stack(
         )
         api_url = f"http://127.0.0.1:{api_port}"
         api_command = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(api_port)]
-        api = _start("api", api_command, env, logs)
-        worker = _start("worker", [sys.executable, "-m", "arq", "worker.WorkerSettings"], env, logs)
+        api = start_process("api", api_command, env, logs)
+        worker = start_process("worker", [sys.executable, "-m", "arq", "worker.WorkerSettings"], env, logs)
         children: list[psutil.Process] = []
         try:
-            await _wait_api_ready(api, api_url)
-            await _wait_worker_ready(worker, f"http://127.0.0.1:{metrics_port}/metrics", metrics_port)
-            children = _children(worker)
+            await wait_api_ready(api, api_url)
+            await wait_worker_ready(worker, f"http://127.0.0.1:{metrics_port}/metrics", metrics_port)
+            children = child_processes(worker)
             yield Live(receiver, api, worker, api_url, queue, env)
         finally:
-            children = children or _children(worker)
-            _stop(worker)
-            _stop(api)
-            for p in await _wait_children_gone(children):  # ours: started by the worker we started
+            children = children or child_processes(worker)
+            stop_process(worker)
+            stop_process(api)
+            for p in await wait_children_gone(children):  # ours: started by the worker we started
                 with contextlib.suppress(psutil.Error):
                     p.kill()
+
+
+async def follow(client: httpx.AsyncClient, status_url: str) -> tuple[dict[str, Any], int]:
+    """Poll the status until the scan is done (bounded): (last status, how many polls were sent)."""
+    status: dict[str, Any] = {}
+    polls = 0
+    for _ in range(SCAN_POLLS):
+        response = await client.get(status_url)
+        polls += 1
+        assert response.status_code == 200, response.text
+        status = response.json()
+        if status["status"] in TERMINAL:
+            break
+        await asyncio.sleep(POLL)
+    return status, polls

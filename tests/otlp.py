@@ -4,8 +4,9 @@
 with the OTLP protobuf definitions and answered 200 with an empty `ExportTraceServiceResponse`,
 exactly as an OpenTelemetry Collector answers. Every span is stored as a plain `Span`.
 
-The server runs on 127.0.0.1 in a background thread. Each response closes its connection, and
-`stop()` shuts down any connection still open, so no handler thread outlives the receiver.
+The server runs on 127.0.0.1 in a background thread (tests/httpserver.py). Each response closes its
+connection, and stopping the server shuts down any connection still open, so no handler thread
+outlives the receiver.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any, cast
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from app.browser_spans import inflate
-from tests.httpserver import LoopbackServer, TrackedHandler
+from tests.httpserver import LoopbackServer, TrackedHandler, running
 
 TRACES_PATH = "/v1/traces"
 PROTOBUF = "application/x-protobuf"
@@ -224,19 +225,9 @@ class OTLPReceiver:
             return spans
         raise TimeoutError(f"spans not as expected after {timeout} s ({len(spans)} received)")
 
-    def stop(self) -> None:
-        self._server.stop()
-
 
 @contextlib.contextmanager
 def serve_otlp() -> Iterator[OTLPReceiver]:
     server = _Server(_Store())
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="otlp-receiver")
-    thread.start()
-    receiver = OTLPReceiver(server)
-    try:
-        yield receiver
-    finally:
-        receiver.stop()
-        thread.join(timeout=10)
-        assert not thread.is_alive(), "the OTLP receiver thread did not stop"
+    with running(server, "otlp-receiver"):
+        yield OTLPReceiver(server)

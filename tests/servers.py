@@ -35,10 +35,6 @@ class PrivateRedis:
         self.url = self._server.url
         self.port = int(self.url.rsplit(":", 1)[1].split("/")[0])
 
-    @property
-    def running(self) -> bool:
-        return self._server.process.poll() is None
-
     def stop(self) -> None:
         """SIGTERM: Redis writes its AOF and exits, closing every client connection."""
         self._server.stop()
@@ -50,10 +46,6 @@ class PrivateRedis:
                 raise RuntimeError(f"port {self.port} still busy")
             time.sleep(0.05)
         self._server = start_redis(self.data_dir, self.port)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
 
 
 class PrivatePostgres:
@@ -74,10 +66,6 @@ class PrivatePostgres:
 
     def start(self) -> None:
         self._pg_ctl(["-w", *self._options, "start"], pgdata=self._pgdata, user=self._user, timeout=60)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,19 +30,19 @@ import pytest
 from app import migrate
 from app.embedded import free_port
 from app.settings import Settings
-from tests.hostile import Hostile, serve_hostile
+from tests.hostile import Hostile
+from tests.processes import (
+    Proc,
+    child_processes,
+    describe_process,
+    process_env,
+    start_process,
+    stop_process,
+    wait_api_ready,
+    wait_children_gone,
+)
 from tests.servers import PrivatePostgres, PrivateRedis, private_postgres, private_redis
 from tests.site import Site
-from tests.test_e2e_observability import (
-    Proc,
-    _children,
-    _describe_process,
-    _env,
-    _start,
-    _still_running,
-    _stop,
-    _wait_api_ready,
-)
 
 pytestmark = pytest.mark.slow
 
@@ -50,12 +50,9 @@ MAX_TRIES = 4
 JOB_TIMEOUT = 8  # a killed worker's jobs come back after it + 15 s (arq's in-progress key)
 WAVES = 6
 WAVE_SIZE = 30  # (WAVES + 2 restarts) * WAVE_SIZE >= 200 scans
-SETTLE_SECONDS = 3.0
-DOWNTIME = (
-    3.0  # how long Redis and PostgreSQL stay down  # between a wave and the next disruption: let work get in flight
-)
+SETTLE_SECONDS = 3.0  # between a wave and the next disruption: let work get in flight
+DOWNTIME = 3.0  # how long Redis and PostgreSQL stay down
 DRAIN_POLLS = 240  # x 1 s: every scan terminal after the last disruption
-CHILD_EXIT_POLLS = 100  # x 0.2 s: a killed worker's KeyBERT process is gone within ~20 s
 SUBMIT_TRIES = 60  # x 0.5 s: a submission meeting PostgreSQL's downtime tries again (same key)
 TERMINAL = ("FULL_READY", "FAILED", "CANCELLED")
 
@@ -95,7 +92,7 @@ class Worker:
 
     def note_children(self) -> None:
         """Remember its KeyBERT pool (and the pool's resource tracker) while it is alive to ask."""
-        self.children.update(_children(self.proc))
+        self.children.update(child_processes(self.proc))
 
 
 @dataclass
@@ -119,7 +116,7 @@ class Chaos:
         n = len(self.workers) + len(self.retired)
         env = {**self.env, "PAGELENS_WORKER_METRICS_PORT": str(free_port())}
         command = [sys.executable, "-m", "arq", "worker.WorkerSettings"]
-        worker = Worker(_start(f"worker{n}", command, env, self.logs))
+        worker = Worker(start_process(f"worker{n}", command, env, self.logs))
         self.workers.append(worker)
         return worker
 
@@ -133,18 +130,14 @@ class Chaos:
             worker.proc.process.kill()
             worker.proc.process.wait(30)
         else:
-            _stop(worker.proc)  # SIGTERM, then a bounded wait
+            stop_process(worker.proc)  # SIGTERM, then a bounded wait
         self.retired.append(worker)
         await self.children_gone(worker)
 
     async def children_gone(self, worker: Worker) -> None:
-        alive = _still_running(list(worker.children))
-        for _ in range(CHILD_EXIT_POLLS):
-            if not alive:
-                return
-            await asyncio.sleep(0.2)
-            alive = _still_running(alive)
-        self.orphans += [f"{worker.proc.name}: {_describe_process(p)}" for p in alive]
+        # Bounded (processes.CHILD_EXIT_POLLS): a killed worker's KeyBERT process is gone within ~20 s.
+        alive = await wait_children_gone(list(worker.children))
+        self.orphans += [f"{worker.proc.name}: {describe_process(p)}" for p in alive]
         for p in alive:  # ours, started by a worker we started: do not leave them behind
             with contextlib.suppress(psutil.Error):
                 p.kill()
@@ -189,12 +182,6 @@ class Chaos:
 
 
 @pytest.fixture
-def hostile() -> Iterator[Hostile]:
-    with serve_hostile() as server:
-        yield server
-
-
-@pytest.fixture
 async def chaos(tmp_path: Path, site: Site, hostile: Hostile) -> AsyncIterator[Chaos]:
     with private_postgres() as postgres, private_redis(tmp_path / "redis") as redis:
         await migrate.apply(postgres.dsn, Settings().migrations_dir)
@@ -204,7 +191,7 @@ async def chaos(tmp_path: Path, site: Site, hostile: Hostile) -> AsyncIterator[C
         finally:
             await conn.close()
         api_port = free_port()
-        env = _env(
+        env = process_env(
             DATABASE_URL=postgres.dsn,
             REDIS_URL=redis.url,
             PAGELENS_FETCH_ALLOW_HOSTS=f"127.0.0.1:{site.port},127.0.0.1:{hostile.port}",
@@ -223,20 +210,20 @@ async def chaos(tmp_path: Path, site: Site, hostile: Hostile) -> AsyncIterator[C
         logs = tmp_path / "logs"
         logs.mkdir()
         api_command = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(api_port)]
-        api = _start("api", api_command, env, logs)
+        api = start_process("api", api_command, env, logs)
         state = Chaos(env, logs, f"http://127.0.0.1:{api_port}", site, hostile, redis, postgres)
         try:
             state.start_worker()
             state.start_worker()
-            await _wait_api_ready(api, state.api_url)
+            await wait_api_ready(api, state.api_url)
             yield state
             assert api.process.poll() is None, f"the API exited during the chaos\n{api.tail()}"
         finally:
             for worker in state.workers:
                 worker.note_children()
-                _stop(worker.proc)
+                stop_process(worker.proc)
                 await state.children_gone(worker)
-            _stop(api)
+            stop_process(api)
 
 
 async def scan_rows(dsn: str) -> tuple[list[Any], list[Any]]:

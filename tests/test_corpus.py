@@ -10,7 +10,7 @@ back, not hang.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
@@ -21,17 +21,14 @@ from arq.worker import Worker
 from app import db
 from app.settings import Settings
 from tests.conftest import serve_api
-from tests.hostile import Hostile, serve_hostile
+from tests.hostile import Hostile
 from tests.site import Site
 from tests.test_netguard import BLOCKED_HOSTS
 from worker.netguard import BLOCKED_MESSAGE
 
 SCANS = "/api/v1/scan-jobs"
-CASE_TIMEOUT = 120.0
-SSRF_MESSAGES = (
-    BLOCKED_MESSAGE,
-    "destination port is not allowed",
-)  # all a refusal ever says  # one burst worker run over every hostile page; a hang fails instead of blocking
+CASE_TIMEOUT = 120.0  # one burst worker run over every hostile page; a hang fails instead of blocking
+SSRF_MESSAGES = (BLOCKED_MESSAGE, "destination port is not allowed")  # all a refusal ever says
 
 # URLs refused at the door, with the error type the 422 names.
 SSRF_URLS = [f"http://{host}/latest/meta-data/" for host in BLOCKED_HOSTS] + [
@@ -106,12 +103,6 @@ MALFORMED_BODIES: list[tuple[bytes, dict[str, str], int]] = [
     (b'{"url": "https://example.com/"}', {"idempotency-key": "with space"}, 422),
     (b'{"url": "https://example.com/"}', {"idempotency-key": "k" * 300}, 422),
 ]
-
-
-@pytest.fixture(scope="module")
-def hostile() -> Iterator[Hostile]:
-    with serve_hostile() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +207,7 @@ def hostile_cases(site: Site, hostile: Hostile) -> dict[str, tuple[str, str]]:
         redirect + "http://127.0.0.1:6379/": ("FAILED", "ssrf_blocked"),
         redirect + "file:///etc/passwd": ("FAILED", "invalid_url"),
         redirect + "gopher://127.0.0.1:6379/_INFO": ("FAILED", "invalid_url"),
-        redirect + "http://user:pw@example.com/": ("FAILED", "invalid_url"),
+        redirect + "http://user:pw@pagelens.invalid/": ("FAILED", "invalid_url"),
     }
     return cases
 

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
-import pytest
 from arq import func
 from arq.connections import ArqRedis
 from arq.worker import Worker
@@ -21,19 +20,13 @@ from app import queue, scans
 from app.models import Kind
 from app.queue import RUN_SCAN
 from app.settings import Settings
-from tests.hostile import Hostile, serve_hostile
+from tests.hostile import Hostile
 from worker.hooks import observed
 from worker.maintenance import sweep_stranded
 from worker.pipeline import run_scan
 
 MakeWorker = Callable[..., Worker]
 DOCUMENT = "Worm bins turn kitchen scraps into castings; keep the bedding moist and the bin in the shade. " * 5
-
-
-@pytest.fixture(scope="module")
-def hostile() -> Iterator[Hostile]:
-    with serve_hostile() as server:
-        yield server
 
 
 async def enqueued(pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, new: scans.NewScan) -> uuid.UUID:

@@ -13,15 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
 import secrets
 import signal
-import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import httpx
@@ -30,10 +27,22 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-from app import migrate
 from app.embedded import free_port
-from app.settings import ROOT, Settings
+from tests.live import follow
 from tests.otlp import OTLPReceiver, Span, serve_otlp
+from tests.processes import (
+    POLL,
+    STOP_TIMEOUT,
+    Proc,
+    child_processes,
+    describe_process,
+    process_env,
+    start_process,
+    stop_process,
+    wait_api_ready,
+    wait_children_gone,
+    wait_worker_ready,
+)
 from tests.site import PAGES_DIR, Site
 
 pytestmark = pytest.mark.slow
@@ -43,45 +52,13 @@ STATUS_ROUTE = "/api/v1/scan-jobs/{scanId}/status"
 ARTICLE = "/pages/article.html"
 STAGES = ("crawl", "parse", "analyze", "generate")
 TOP_N = 7  # not the default, so other tests sharing this Redis rarely touch the same cache entry
-TERMINAL = {"FULL_READY", "FAILED", "CANCELLED"}
 
-POLL = 0.2
-API_START_POLLS = 300  # x POLL: up to ~60 s for imports on a busy box
-WORKER_START_POLLS = 450  # x POLL: up to ~90 s, the worker loads the KeyBERT model before it is ready
-METRICS_PORT_POLLS = 50  # x POLL: the worker's /metrics must answer within ~10 s of "worker ready"
-SCAN_POLLS = 450  # x POLL: a scan (first one pays for the first KeyBERT call) within ~90 s
 SETTLE_POLLS = 100  # x POLL: metrics / log lines that land just after the status says FULL_READY
 SPAN_TIMEOUT = 30.0
-STOP_TIMEOUT = 30.0
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 
 
 # --- the processes ------------------------------------------------------------------------------
-
-
-@dataclass
-class Proc:
-    name: str
-    process: subprocess.Popen[bytes]
-    stderr_path: Path
-
-    def log(self) -> list[dict[str, Any]]:
-        """The JSON lines of its stderr (arq prints a few plain lines before our logging is set up)."""
-        entries = []
-        for line in self.stderr_path.read_text(errors="replace").splitlines():
-            if not line.startswith("{"):
-                continue
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(entry, dict):
-                entries.append(entry)
-        return entries
-
-    def tail(self, lines: int = 40) -> str:
-        text = self.stderr_path.read_text(errors="replace").splitlines()
-        return f"--- {self.name} stderr (last {lines} lines) ---\n" + "\n".join(text[-lines:])
 
 
 @dataclass
@@ -98,122 +75,18 @@ class Stack:
     trace_ids: list[str] = field(default_factory=list)  # every trace id the tests sent
 
 
-def _env(**overrides: str) -> dict[str, str]:
-    # Nothing OTEL_* or PAGELENS_* from the caller's shell: the processes see exactly this setup.
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PAGELENS_"))}
-    return {**inherited, **overrides}
-
-
-def _start(name: str, command: list[str], env: dict[str, str], logs: Path) -> Proc:
-    stderr_path = logs / f"{name}.stderr"
-    with stderr_path.open("wb") as stderr, (logs / f"{name}.stdout").open("wb") as stdout:
-        process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=stdout, stderr=stderr)
-    return Proc(name, process, stderr_path)
-
-
-def _stop(proc: Proc) -> tuple[int | None, bool]:
-    """SIGTERM, a bounded wait, then SIGKILL: (return code, whether it had to be killed)."""
-    if proc.process.poll() is not None:
-        return proc.process.returncode, False
-    proc.process.send_signal(signal.SIGTERM)
-    try:
-        return proc.process.wait(STOP_TIMEOUT), False
-    except subprocess.TimeoutExpired:
-        proc.process.kill()
-        return proc.process.wait(10), True
-
-
-def _still_running(processes: list[psutil.Process]) -> list[psutil.Process]:
-    alive = []
-    for p in processes:
-        try:
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                alive.append(p)
-        except psutil.NoSuchProcess:
-            pass
-    return alive
-
-
-def _children(proc: Proc) -> list[psutil.Process]:
-    if proc.process.poll() is not None:
-        return []
-    try:
-        children: list[psutil.Process] = psutil.Process(proc.process.pid).children(recursive=True)
-    except psutil.Error:
-        return []
-    return children
-
-
-def _describe_process(p: psutil.Process) -> str:
-    try:
-        return f"{p.pid} {' '.join(p.cmdline())[:200]}"
-    except psutil.Error:
-        return str(p.pid)
-
-
-async def _wait_children_gone(children: list[psutil.Process]) -> list[psutil.Process]:
-    alive = _still_running(children)
-    for _ in range(100):  # ~20 s: the pool's children notice their parent is gone
-        if not alive:
-            break
-        await asyncio.sleep(POLL)
-        alive = _still_running(alive)
-    return alive
-
-
-async def _wait_api_ready(api: Proc, base: str) -> None:
-    last = "no answer"
-    async with httpx.AsyncClient(base_url=base, timeout=5) as client:
-        for _ in range(API_START_POLLS):
-            if api.process.poll() is not None:
-                pytest.fail(f"the API exited early ({api.process.returncode})\n{api.tail()}")
-            try:
-                response = await client.get("/readyz")
-                if response.status_code == 200:
-                    return
-                last = f"{response.status_code} {response.text[:200]}"
-            except httpx.TransportError as exc:
-                last = type(exc).__name__
-            await asyncio.sleep(POLL)
-    pytest.fail(f"the API's /readyz did not answer 200 within the bound (last: {last})\n{api.tail()}")
-
-
-async def _wait_worker_ready(worker: Proc, metrics_url: str, metrics_port: int) -> None:
-    for _ in range(WORKER_START_POLLS):
-        if worker.process.poll() is not None:
-            pytest.fail(f"the worker exited early ({worker.process.returncode})\n{worker.tail()}")
-        if any(e.get("message") == "worker ready" for e in worker.log()):
-            break
-        await asyncio.sleep(POLL)
-    else:
-        pytest.fail(f"the worker did not log 'worker ready' within the bound\n{worker.tail()}")
-    last = "no answer"
-    async with httpx.AsyncClient(timeout=5) as client:
-        for _ in range(METRICS_PORT_POLLS):
-            try:
-                response = await client.get(metrics_url)
-                if response.status_code == 200:
-                    return
-                last = f"{response.status_code}"
-            except httpx.TransportError as exc:
-                last = type(exc).__name__
-            await asyncio.sleep(POLL)
-    pytest.fail(
-        f"the worker is ready but its /metrics (PAGELENS_WORKER_METRICS_PORT={metrics_port}) did not answer "
-        f"200 within the bound (last: {last})\n{worker.tail()}"
-    )
-
-
 @pytest.fixture(scope="module")
 async def stack(
-    tmp_path_factory: pytest.TempPathFactory, server_dsn: str, empty_database: Any, redis_url: str, site: Site
+    tmp_path_factory: pytest.TempPathFactory,
+    migrated_database: Callable[[], Awaitable[str]],
+    redis_url: str,
+    site: Site,
 ) -> AsyncIterator[Stack]:
     """Receiver, API and worker for this module; stopped with SIGTERM at the end, and checked."""
     # A database of its own rather than the session's `database_url`: the worker's sweeper (a cron
     # job, run at start) re-enqueues stranded scans it finds, and other tests leave some behind in
     # the shared one. Their jobs on our queue would make every count below inexact.
-    database_url: str = await empty_database(server_dsn)
-    await migrate.apply(database_url, Settings().migrations_dir)
+    database_url = await migrated_database()
     logs = tmp_path_factory.mktemp("e2e-logs")
     queue = f"pagelens:e2e:{secrets.token_hex(4)}"
     api_port, metrics_port = free_port(), free_port()
@@ -230,22 +103,24 @@ async def stack(
             "PAGELENS_LOG_LEVEL": "INFO",
         }
         api_command = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(api_port)]
-        api = _start("api", api_command, _env(**common), logs)
-        worker = _start("worker", [sys.executable, "-m", "arq", "worker.WorkerSettings"], _env(**common), logs)
+        api = start_process("api", api_command, process_env(**common), logs)
+        worker = start_process(
+            "worker", [sys.executable, "-m", "arq", "worker.WorkerSettings"], process_env(**common), logs
+        )
         children: list[psutil.Process] = []
         try:
             api_url, metrics_url = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{metrics_port}/metrics"
-            await _wait_api_ready(api, api_url)
-            await _wait_worker_ready(worker, metrics_url, metrics_port)
+            await wait_api_ready(api, api_url)
+            await wait_worker_ready(worker, metrics_url, metrics_port)
             yield Stack(receiver, api, worker, api_url, metrics_url, queue, site, redis_url)
             # Listed while the worker still runs: afterwards they would be orphans nobody can name.
-            children = _children(worker)
+            children = child_processes(worker)
         finally:
-            children = children or _children(worker)
-            worker_code, worker_killed = _stop(worker)
-            api_code, api_killed = _stop(api)
-            left = await _wait_children_gone(children)
-            left_described = [_describe_process(p) for p in left]
+            children = children or child_processes(worker)
+            worker_code, worker_killed = stop_process(worker)
+            api_code, api_killed = stop_process(api)
+            left = await wait_children_gone(children)
+            left_described = [describe_process(p) for p in left]
             for p in left:  # ours: started by the worker we started
                 with contextlib.suppress(psutil.Error):
                     p.kill()
@@ -352,21 +227,6 @@ def scan_trace_complete(trace_id: str, queue: str) -> Callable[[list[Span]], boo
 
 
 # --- the client ---------------------------------------------------------------------------------
-
-
-async def follow(client: httpx.AsyncClient, status_url: str) -> tuple[dict[str, Any], int]:
-    """Poll the status until the scan is done (bounded): (last status, how many polls were sent)."""
-    status: dict[str, Any] = {}
-    polls = 0
-    for _ in range(SCAN_POLLS):
-        response = await client.get(status_url)
-        polls += 1
-        assert response.status_code == 200, response.text
-        status = response.json()
-        if status["status"] in TERMINAL:
-            break
-        await asyncio.sleep(POLL)
-    return status, polls
 
 
 async def submit(

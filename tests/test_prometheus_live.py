@@ -21,12 +21,13 @@ Prometheus missing: skipped, unless CI=true, where missing binaries fail the tes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
 import secrets
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -35,36 +36,35 @@ import httpx
 import psutil  # type: ignore[import-untyped]
 import pytest
 
-from app import migrate
 from app.embedded import free_port
-from app.settings import Settings
 from tests import binaries
 from tests.fakes import serve_fake_llm, serve_fake_psi
-from tests.site import Site
-from tests.test_dashboards import (
+from tests.live import follow
+from tests.processes import (
+    Proc,
+    child_processes,
+    process_env,
+    start_process,
+    stop_process,
+    wait_api_ready,
+    wait_children_gone,
+    wait_for_200,
+    wait_worker_ready,
+)
+from tests.promql import (
     ALERT_RULES,
     EXPORTER_LABELS,
     PG_QUERIES,
     PromTarget,
     alert_rules,
+    keda_triggers,
     pg_query_metrics,
     prometheus_targets,
     regex_escape,
     substitute,
     variable_queries,
 )
-from tests.test_e2e_observability import (
-    Proc,
-    _children,
-    _env,
-    _start,
-    _stop,
-    _wait_api_ready,
-    _wait_children_gone,
-    _wait_worker_ready,
-    follow,
-)
-from tests.test_stack import keda_triggers
+from tests.site import Site
 
 pytestmark = pytest.mark.slow
 
@@ -142,17 +142,14 @@ def _finite(result: list[dict[str, Any]]) -> bool:
 
 
 async def _wait_prometheus(prometheus: Proc, url: str) -> None:
-    async with httpx.AsyncClient(base_url=url, timeout=5) as client:
-        for _ in range(PROMETHEUS_START_POLLS):
-            if prometheus.process.poll() is not None:
-                pytest.fail(f"prometheus exited ({prometheus.process.returncode})\n{prometheus.tail()}")
-            try:
-                if (await client.get("/-/ready")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(POLL)
-    pytest.fail(f"prometheus was not ready within the bound\n{prometheus.tail()}")
+    await wait_for_200(
+        prometheus,
+        f"{url}/-/ready",
+        PROMETHEUS_START_POLLS,
+        poll=POLL,
+        exited="prometheus exited",
+        timed_out="prometheus was not ready within the bound",
+    )
 
 
 # --- the activity the dashboards describe -----------------------------------------------------------
@@ -247,7 +244,10 @@ async def _wait_scraped(client: httpx.AsyncClient, live: Live) -> None:
 
 @pytest.fixture(scope="module")
 async def live(
-    tmp_path_factory: pytest.TempPathFactory, server_dsn: str, empty_database: Any, redis_url: str, site: Site
+    tmp_path_factory: pytest.TempPathFactory,
+    migrated_database: Callable[[], Awaitable[str]],
+    redis_url: str,
+    site: Site,
 ) -> AsyncIterator[Live]:
     prometheus_bin = binaries.require("prometheus")
     assert prometheus_bin is not None
@@ -256,8 +256,7 @@ async def live(
         "redis-exporter": binaries.optional("prometheus-redis-exporter"),
     }
     # A database of its own: the queue sampler counts retry/dead scans over the whole scans table.
-    database_url: str = await empty_database(server_dsn)
-    await migrate.apply(database_url, Settings().migrations_dir)
+    database_url = await migrated_database()
     logs = tmp_path_factory.mktemp("prometheus-live")
     queue = f"pagelens:prom:{secrets.token_hex(4)}"
     ports = {name: free_port() for name in ("api", "worker", "prometheus", *EXPORTER_JOBS)}
@@ -290,20 +289,20 @@ async def live(
                 sys.executable,
                 *("-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(ports["api"])),
             ]
-            processes["api"] = _start("api", api_command, _env(**common), logs)
+            processes["api"] = start_process("api", api_command, process_env(**common), logs)
             worker_command = [sys.executable, "-m", "arq", "worker.WorkerSettings"]
-            processes["worker"] = _start("worker", worker_command, _env(**common), logs)
+            processes["worker"] = start_process("worker", worker_command, process_env(**common), logs)
             pg_bin, redis_bin = exporter_bins["postgres-exporter"], exporter_bins["redis-exporter"]
             if pg_bin:
                 address = f"127.0.0.1:{ports['postgres-exporter']}"
                 command = [pg_bin, f"--web.listen-address={address}", f"--extend.query-path={PG_QUERIES}"]
-                env = _env(DATA_SOURCE_NAME=_libpq_dsn(database_url))
-                processes["postgres-exporter"] = _start("postgres-exporter", command, env, logs)
+                env = process_env(DATA_SOURCE_NAME=_libpq_dsn(database_url))
+                processes["postgres-exporter"] = start_process("postgres-exporter", command, env, logs)
                 targets["postgres-exporter"] = address
             if redis_bin:
                 address = f"127.0.0.1:{ports['redis-exporter']}"
                 command = [redis_bin, f"-web.listen-address={address}", f"-redis.addr={redis_url}"]
-                processes["redis-exporter"] = _start("redis-exporter", command, _env(), logs)
+                processes["redis-exporter"] = start_process("redis-exporter", command, process_env(), logs)
                 targets["redis-exporter"] = address
             config = logs / "prometheus.yml"
             rule_files = [str(ALERT_RULES)] if ALERT_RULES.exists() else []
@@ -316,26 +315,27 @@ async def live(
                 f"--web.listen-address=127.0.0.1:{ports['prometheus']}",
                 "--log.level=warn",
             ]
-            processes["prometheus"] = _start("prometheus", prometheus_command, _env(), logs)
+            processes["prometheus"] = start_process("prometheus", prometheus_command, process_env(), logs)
             await _wait_prometheus(processes["prometheus"], prometheus_url)
-            await _wait_api_ready(processes["api"], api_url)
+            await wait_api_ready(processes["api"], api_url)
             worker_metrics = f"http://{targets['pagelens-worker']}/metrics"
-            await _wait_worker_ready(processes["worker"], worker_metrics, ports["worker"])
+            await wait_worker_ready(processes["worker"], worker_metrics, ports["worker"])
             exporters = tuple(job for job in EXPORTER_JOBS if job in targets)
             state = Live(prometheus_url, queue, exporters, processes)
             await _cause_activity(api_url, site, state)
             async with httpx.AsyncClient(base_url=prometheus_url, timeout=QUERY_TIMEOUT) as client:
                 await _wait_scraped(client, state)
             yield state
-            children = _children(processes["worker"])
+            children = child_processes(processes["worker"])
         finally:
             if "worker" in processes:
-                children = children or _children(processes["worker"])
+                children = children or child_processes(processes["worker"])
             for name in ("prometheus", "worker", "api", *EXPORTER_JOBS):
                 if name in processes:
-                    _stop(processes[name])
-            for p in await _wait_children_gone(children):
-                p.kill()  # ours: started by the worker we started
+                    stop_process(processes[name])
+            for p in await wait_children_gone(children):  # ours: started by the worker we started
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
 
 
 # --- the tests ------------------------------------------------------------------------------------------
@@ -368,13 +368,14 @@ async def test_exporter_metrics_the_dashboards_read_exist(live: Live) -> None:
                 missing.append(name)
             # Labels the dashboards group by must be real labels of the series.
             error, series = await query(client, f'{name}{{job="{job}"}}')
+            assert error is None, (name, error)
             for sample in series:
                 extra = (
                     set(sample["metric"])
                     - {"__name__", "job", "instance"}
                     - (EXPORTER_LABELS.get(name) or pg_query_metrics().get(name) or frozenset())
                 )
-                assert not extra, f"{name} has labels tests/test_dashboards.py does not know: {extra}"
+                assert not extra, f"{name} has labels tests/promql.py does not know: {extra}"
     assert not missing, f"exporter metrics the dashboards read but the exporters do not export: {missing}"
 
 

@@ -32,7 +32,7 @@ from pydantic import BaseModel
 from app.settings import ROOT
 from observability import metrics
 from tests import binaries
-from tests.test_dashboards import (
+from tests.promql import (
     ALERT_RULES,
     DATASOURCES,
     PROMETHEUS_CONFIG,
@@ -40,6 +40,7 @@ from tests.test_dashboards import (
     check_expr,
     datasource_refs,
     histogram_names,
+    keda_triggers,
     known_labels,
     load_dashboards,
     scrape_jobs,
@@ -50,7 +51,6 @@ RULE_TESTS = ROOT / "observability" / "alerts" / "pagelens.rules.test.yml"
 OPERATIONS = ROOT / "docs" / "operations.md"
 PROVISIONING = ROOT / "observability" / "grafana" / "provisioning"
 DEPLOY = ROOT / "deploy"
-SCALED_OBJECT = DEPLOY / "autoscaling" / "scaledobject.yaml"
 
 # DESIGN.md's compose services, plus Alloy, which ships the containers' JSON logs to Loki.
 SERVICES = {
@@ -378,12 +378,6 @@ def test_podmonitors_produce_the_scrape_jobs_the_alerts_use() -> None:
         jobs.add(pod["metadata"]["labels"][spec["jobLabel"]])
     assert jobs == {"pagelens-api", "pagelens-worker"}
     assert jobs <= scrape_jobs()
-
-
-def keda_triggers() -> dict[str, str]:
-    """The Prometheus queries the KEDA ScaledObject scales the workers on, by trigger name."""
-    scaled = yaml.safe_load(SCALED_OBJECT.read_text())
-    return {t["name"]: " ".join(t["metadata"]["query"].split()) for t in scaled["spec"]["triggers"]}
 
 
 def test_keda_scales_the_worker_on_backlog_and_wait() -> None:
