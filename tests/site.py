@@ -26,6 +26,7 @@ BOMB_BYTES = 64 * 1024 * 1024  # what /gzip-bomb inflates to
 DRIP_INTERVAL = 0.5
 DRIP_BYTES = 120  # one byte every 0.5 s for 60 s
 MAX_REDIRECT_CHAIN = 100
+MAX_DELAY_MS = 10_000
 
 LATIN1_PAGE = (
     '<!doctype html><html><head><meta charset="iso-8859-1"><title>café</title></head>'
@@ -161,7 +162,11 @@ class _Handler(TrackedHandler):
         if path in fixed:
             fixed[path]()
         elif path.startswith("/pages/"):
-            self._file(path.removeprefix("/pages/"), headers)
+            # ?delay_ms=N holds the response back (at most MAX_DELAY_MS): a scan that is seen running.
+            delay_ms = query.get("delay_ms", ["0"])[0]
+            delay = min(int(delay_ms), MAX_DELAY_MS) / 1000 if delay_ms.isdigit() else 0.0
+            if not (delay and self.server.stopping.wait(delay)):
+                self._file(path.removeprefix("/pages/"), headers)
         elif path.startswith("/redirect/"):
             self._chain(path.removeprefix("/redirect/"))
         elif path.startswith("/status/"):

@@ -45,6 +45,7 @@ CHROMIUM_ARGS = [
 TRACE_TEMPLATE = "http://grafana.test/explore?trace={trace_id}"
 SCAN_TIMEOUT_MS = 120_000  # the first scan pays for the first KeyBERT call on a busy box
 SPAN_TIMEOUT = 30.0
+PAGE_DELAY_MS = 3000
 SCREENSHOT = ROOT / "docs" / "screenshot.png"
 
 # Recorded in the page from its first script on: every status the scan view shows, in order.
@@ -128,7 +129,9 @@ async def test_a_scan_from_the_page_is_live_complete_and_one_trace(
     live: Live, tab: Tab, site: Site, tmp_path: Path
 ) -> None:
     page = tab.page
-    await page.fill("#url", site.url("/pages/article.html"))
+    # The page is served after a delay: a warm worker could otherwise finish the scan before the
+    # page first asks for its status, and there would be no live progress to see.
+    await page.fill("#url", site.url(f"/pages/article.html?delay_ms={PAGE_DELAY_MS}"))
     await page.click(".mode-url button[type=submit]")
 
     # Live progress, then the teaser and the full report.
