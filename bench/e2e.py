@@ -38,6 +38,7 @@ import httpx
 import psutil  # type: ignore[import-untyped]  # no types-psutil in the dev deps
 
 from app.embedded import free_port
+from app.models import OPEN
 from bench.common import (
     BenchContext,
     Benchmark,
@@ -62,7 +63,6 @@ from worker.parse import parse_html
 
 NAME = "e2e"
 TITLE = "End to end: submit to FULL_READY"
-TERMINAL = ("FULL_READY", "FAILED", "CANCELLED")
 STAGES = ("queueWaitMs", "crawlMs", "parseMs", "analyzeMs", "generateMs")  # keys of a scan's timings
 WAIT_PER_PAGE = 30.0  # seconds: bounds a broken run; a healthy page takes about one
 
@@ -218,7 +218,7 @@ async def _until_done(conn: asyncpg.Connection, ids: list[str], timeout: float) 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         done = await conn.fetchval(
-            "SELECT count(*) FROM scans WHERE id = ANY($1::uuid[]) AND status = ANY($2)", ids, TERMINAL
+            "SELECT count(*) FROM scans WHERE id = ANY($1::uuid[]) AND status <> ALL($2::text[])", ids, OPEN
         )
         if done == len(ids):
             return

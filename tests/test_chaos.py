@@ -29,6 +29,7 @@ import pytest
 
 from app import migrate
 from app.embedded import free_port
+from app.models import OPEN, TERMINAL
 from app.settings import Settings
 from tests.hostile import Hostile
 from tests.processes import (
@@ -54,7 +55,6 @@ SETTLE_SECONDS = 3.0  # between a wave and the next disruption: let work get in 
 DOWNTIME = 3.0  # how long Redis and PostgreSQL stay down
 DRAIN_POLLS = 240  # x 1 s: every scan terminal after the last disruption
 SUBMIT_TRIES = 60  # x 0.5 s: a submission meeting PostgreSQL's downtime tries again (same key)
-TERMINAL = ("FULL_READY", "FAILED", "CANCELLED")
 
 DOCUMENTS = [
     "Compost needs nitrogen-rich greens, carbon-rich browns, air and water to break down. " * 8,
@@ -245,7 +245,7 @@ async def wait_all_terminal(dsn: str) -> int:
         with contextlib.suppress(OSError, asyncpg.PostgresError):
             conn = await asyncpg.connect(dsn)
             try:
-                open_scans = await conn.fetchval("SELECT count(*) FROM scans WHERE status <> ALL($1::text[])", TERMINAL)
+                open_scans = await conn.fetchval("SELECT count(*) FROM scans WHERE status = ANY($1::text[])", OPEN)
             finally:
                 await conn.close()
             if open_scans == 0:

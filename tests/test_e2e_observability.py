@@ -11,38 +11,22 @@ happened. A second test sends malformed and oversized trace headers to the same 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
 import secrets
 import signal
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import httpx
-import psutil  # type: ignore[import-untyped]
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-from app.embedded import free_port
-from tests.live import follow
-from tests.otlp import OTLPReceiver, Span, serve_otlp
-from tests.processes import (
-    POLL,
-    STOP_TIMEOUT,
-    Proc,
-    child_processes,
-    describe_process,
-    process_env,
-    start_process,
-    stop_process,
-    wait_api_ready,
-    wait_children_gone,
-    wait_worker_ready,
-)
+from tests.live import follow, live_stack
+from tests.otlp import OTLPReceiver, Span
+from tests.processes import POLL, STOP_TIMEOUT, Proc
 from tests.site import PAGES_DIR, Site
 
 pytestmark = pytest.mark.slow
@@ -83,58 +67,27 @@ async def stack(
     site: Site,
 ) -> AsyncIterator[Stack]:
     """Receiver, API and worker for this module; stopped with SIGTERM at the end, and checked."""
-    # A database of its own rather than the session's `database_url`: the worker's sweeper (a cron
-    # job, run at start) re-enqueues stranded scans it finds, and other tests leave some behind in
-    # the shared one. Their jobs on our queue would make every count below inexact.
-    database_url = await migrated_database()
+    # live_stack gives the processes a database of their own rather than the session's
+    # `database_url`: the worker's sweeper (a cron job, run at start) re-enqueues stranded scans it
+    # finds, and other tests leave some behind in the shared one. Their jobs on our queue would make
+    # every count below inexact.
     logs = tmp_path_factory.mktemp("e2e-logs")
-    queue = f"pagelens:e2e:{secrets.token_hex(4)}"
-    api_port, metrics_port = free_port(), free_port()
-    with serve_otlp() as receiver:
-        common = {
-            "DATABASE_URL": database_url,
-            "REDIS_URL": redis_url,
-            "PAGELENS_QUEUE": queue,
-            "PAGELENS_FETCH_ALLOW_HOSTS": f"127.0.0.1:{site.port}",
-            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-            "OTEL_BSP_SCHEDULE_DELAY": "100",
-            "PAGELENS_WORKER_METRICS_PORT": str(metrics_port),
-            "PAGELENS_LOG_LEVEL": "INFO",
-        }
-        api_command = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(api_port)]
-        api = start_process("api", api_command, process_env(**common), logs)
-        worker = start_process(
-            "worker", [sys.executable, "-m", "arq", "worker.WorkerSettings"], process_env(**common), logs
+    async with live_stack(logs, migrated_database, redis_url, site, PAGELENS_LOG_LEVEL="INFO") as live:
+        yield Stack(
+            live.receiver, live.api, live.worker, live.api_url, live.worker_metrics_url, live.queue, site, redis_url
         )
-        children: list[psutil.Process] = []
-        try:
-            api_url, metrics_url = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{metrics_port}/metrics"
-            await wait_api_ready(api, api_url)
-            await wait_worker_ready(worker, metrics_url, metrics_port)
-            yield Stack(receiver, api, worker, api_url, metrics_url, queue, site, redis_url)
-            # Listed while the worker still runs: afterwards they would be orphans nobody can name.
-            children = child_processes(worker)
-        finally:
-            children = children or child_processes(worker)
-            worker_code, worker_killed = stop_process(worker)
-            api_code, api_killed = stop_process(api)
-            left = await wait_children_gone(children)
-            left_described = [describe_process(p) for p in left]
-            for p in left:  # ours: started by the worker we started
-                with contextlib.suppress(psutil.Error):
-                    p.kill()
     # Only reached when the tests ran: how both processes stopped is part of what is checked.
-    assert not worker_killed, f"the worker ignored SIGTERM for {STOP_TIMEOUT} s\n{worker.tail()}"
-    assert worker_code == 0, f"the worker exited with {worker_code}\n{worker.tail()}"
-    assert children, "the worker had no child processes: where is the KeyBERT pool?"
-    assert not left, f"the worker left child processes running: {left_described}"
+    api, worker, stopped = live.api, live.worker, live.stopped
+    assert not stopped.worker_killed, f"the worker ignored SIGTERM for {STOP_TIMEOUT} s\n{worker.tail()}"
+    assert stopped.worker_code == 0, f"the worker exited with {stopped.worker_code}\n{worker.tail()}"
+    assert stopped.children, "the worker had no child processes: where is the KeyBERT pool?"
+    assert not stopped.left, f"the worker left child processes running: {stopped.left}"
     errors = [e for e in worker.log() if e.get("level") in ("error", "critical")]
     assert not errors, f"the worker logged errors: {errors[:5]}"
     assert any(e.get("message") == "worker ready" for e in worker.log())
-    assert not api_killed, f"the API ignored SIGTERM for {STOP_TIMEOUT} s\n{api.tail()}"
+    assert not stopped.api_killed, f"the API ignored SIGTERM for {STOP_TIMEOUT} s\n{api.tail()}"
     # uvicorn shuts down gracefully, then re-raises the SIGTERM it caught: -15 is its clean exit.
-    assert api_code in (0, -signal.SIGTERM), f"the API exited with {api_code}\n{api.tail()}"
+    assert stopped.api_code in (0, -signal.SIGTERM), f"the API exited with {stopped.api_code}\n{api.tail()}"
     api_messages = [e.get("message") for e in api.log()]
     assert "Application shutdown complete." in api_messages, f"the API did not shut down cleanly\n{api.tail()}"
     api_errors = [e for e in api.log() if e.get("level") in ("error", "critical")]
