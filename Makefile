@@ -48,6 +48,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # `make bench` runs every benchmark; `make bench BENCH="api e2e"` only those named.
 bench: install

@@ -1,3 +1,5 @@
-"""pagelens API: scans web pages and documents in the background."""
+"""pagelens: scans web pages and documents in the background (core, API and CLI)."""
 
-__version__ = "0.1.0"
+from observability import service_version
+
+__version__ = service_version()

@@ -23,7 +23,7 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped]  # no types-psutil in the dev deps
 
-from app.embedded import free_port
+from app.cli.embedded import free_port
 from bench.common import (
     BenchContext,
     Benchmark,

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app.settings import Settings
+from app.core.settings import Settings
 
 PREFIX = "/api/v1/scan-jobs"
 INSERT = """INSERT INTO scans (id, kind, url, document, title, options, idempotency_key, request_hash, trace_id)

@@ -35,9 +35,9 @@ from arq.constants import (
     retry_key_prefix,
 )
 
-from app.embedded import postgres_server, redis_server, stop_process
-from app.settings import ROOT, Settings
-from app.settings import child_env as settings_child_env
+from app.cli.embedded import postgres_server, redis_server, stop_process
+from app.core.settings import ROOT, Settings
+from app.core.settings import child_env as settings_child_env
 
 DOCS = ROOT / "docs" / "performance.md"
 # Starting a worker loads the model in its pool: tens of seconds on a busy 2-core machine.
@@ -122,7 +122,7 @@ def run_sql(dsn: str, sql: str) -> None:
 def isolated_database(server_dsn: str, name: str) -> Iterator[str]:
     """A fresh database `name` on the server with pagelens's migrations applied; dropped on exit
     (WITH FORCE: a killed server process must not keep it alive)."""
-    from app import db, migrate
+    from app.core import db, migrate
 
     run_sql(server_dsn, f'CREATE DATABASE "{name}"')
     try:

@@ -37,8 +37,8 @@ import asyncpg
 import httpx
 import psutil  # type: ignore[import-untyped]  # no types-psutil in the dev deps
 
-from app.embedded import free_port
-from app.models import OPEN
+from app.cli.embedded import free_port
+from app.core.models import OPEN
 from bench.common import (
     BenchContext,
     Benchmark,

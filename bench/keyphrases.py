@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import psutil  # type: ignore[import-untyped]  # no types-psutil in the dev deps
 
-from app.settings import Settings
+from app.core.settings import Settings
 from bench.common import (
     BenchContext,
     Benchmark,

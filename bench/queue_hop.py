@@ -9,7 +9,7 @@ Per variant and repetition it measures
 
 The pagelens variant is the production path: the worker takes `worker.settings.queue_options` (hooks,
 msgpack, poll delay, max_jobs) and starts `worker.wake` as `on_startup` does, and each job is
-enqueued with `app.queue.enqueue`, as the API does. "pagelens before" is the same worker as it was
+enqueued with `app.core.queue.enqueue`, as the API does. "pagelens before" is the same worker as it was
 before enqueues woke it: arq's `enqueue_job` and polling only.
 
 Every (variant, repetition) runs in a fresh interpreter (`python -m bench.queue_hop child CONFIG`),
@@ -77,7 +77,7 @@ class Variant:
     label: str
     poll_delay: float
     instrumented: bool
-    wake: bool = False  # woken by app.queue.enqueue's publish (worker/wake.py)
+    wake: bool = False  # woken by app.core.queue.enqueue's publish (worker/wake.py)
 
     @property
     def pause(self) -> float:
@@ -88,7 +88,7 @@ class Variant:
 
 
 def variants(tuned_poll_delay: float) -> tuple[Variant, ...]:
-    from app.settings import Settings  # only settings: nothing of pagelens's telemetry in this process
+    from app.core.settings import Settings  # only settings: nothing of pagelens's telemetry in this process
 
     tuned = f"{tuned_poll_delay * 1000:g} ms"
     poll = Settings().poll_delay
@@ -458,7 +458,7 @@ class TracedEnqueuer(Enqueuer):
         # Imported here, not at the top: a bare run must not load any of pagelens's telemetry.
         from opentelemetry import trace
 
-        from app import queue as app_queue
+        from app.core import queue as app_queue
         from observability import metrics
 
         self.tracer = trace.get_tracer("pagelens.bench")
@@ -476,7 +476,7 @@ class TracedEnqueuer(Enqueuer):
 
 
 class ProductionEnqueuer(TracedEnqueuer):
-    """Enqueues one job exactly as the API does: `app.queue.enqueue` (PRODUCER span, carrier, one
+    """Enqueues one job exactly as the API does: `app.core.queue.enqueue` (PRODUCER span, carrier, one
     atomic script that also publishes the wake-up). The throughput batch is written as before."""
 
     async def one(self, job_id: str) -> None:
@@ -513,7 +513,7 @@ class Child:
         self.serializer: Serializer | None = None
         self.deserializer: Deserializer | None = None
         if self.variant.instrumented:
-            from app.queue import deserialize, serialize
+            from app.core.queue import deserialize, serialize
 
             self.serializer, self.deserializer = serialize, deserialize
 
@@ -526,7 +526,7 @@ class Child:
         options: dict[str, Any] = {"queue_name": self.config.queue}
         function: Any = hop_job
         if self.variant.instrumented:
-            from app.settings import Settings
+            from app.core.settings import Settings
             from worker import wake
             from worker.hooks import observed
             from worker.settings import queue_options, take_jobs
@@ -641,7 +641,7 @@ class Child:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-        from app.settings import Settings
+        from app.core.settings import Settings
         from observability.logs import setup_logging
         from observability.tracing import setup_tracing
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from aioprometheus.collectors import Counter, Gauge, Histogram, Registry
 from aioprometheus.renderer import render
 
-from app import __version__
+from observability import service_version
 
 REGISTRY = Registry()
 
@@ -69,7 +69,7 @@ job_hook_errors_total = Counter("pagelens_job_hook_errors_total", "Errors inside
 sse_streams_open = Gauge("pagelens_sse_streams_open", "Server-sent event streams open.", registry=REGISTRY)
 sse_streams_open.set({}, 0)
 build_info = Gauge("pagelens_build_info", "Build information.", registry=REGISTRY)
-build_info.set({"version": __version__}, 1)
+build_info.set({"version": service_version()}, 1)
 
 
 def exposition(accept: list[str]) -> tuple[bytes, dict[str, str]]:

@@ -14,7 +14,6 @@ from collections.abc import Callable
 
 import asyncpg
 
-from app.settings import Settings
 from observability import metrics
 
 logger = logging.getLogger("pagelens.metrics")
@@ -196,10 +195,8 @@ async def _close(writer: asyncio.StreamWriter, *, graceful: bool) -> None:
 
 
 async def start_metrics_server(
-    settings: Settings, *, before_render: Callable[[], object] | None = None
+    host: str, port: int, *, before_render: Callable[[], object] | None = None
 ) -> MetricsServer | None:
-    """The worker's /metrics per settings; None when metrics are off or the port is unavailable."""
-    if not settings.enable_metrics:
-        return None
-    server = MetricsServer(settings.worker_metrics_host, settings.worker_metrics_port, before_render=before_render)
+    """The worker's /metrics on host:port; None when the port is unavailable."""
+    server = MetricsServer(host, port, before_render=before_render)
     return server if await server.start() else None

@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 from collections.abc import Sequence
+from typing import Protocol
 
 from opentelemetry import propagate, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
@@ -30,12 +31,24 @@ from opentelemetry.trace import Link, SpanKind, TraceState, get_current_span
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import Attributes
 
-from app import __version__
-from app.settings import Settings
+from observability import service_version
 
 logger = logging.getLogger("pagelens.tracing")
 
 _provider: TracerProvider | None = None
+
+
+class TracingSettings(Protocol):
+    """What tracing reads from the process's settings (passed in: observability imports no app code)."""
+
+    @property
+    def otel_sdk_disabled(self) -> bool: ...
+    @property
+    def otel_service_name(self) -> str | None: ...
+    @property
+    def traces_exporter(self) -> str: ...
+    @property
+    def otel_exporter_otlp_protocol(self) -> str: ...
 
 
 def instance_id() -> str:
@@ -82,7 +95,7 @@ def _configured_sampler() -> Sampler:
         return ALWAYS_ON
 
 
-def span_exporter(settings: Settings) -> SpanExporter | None:
+def span_exporter(settings: TracingSettings) -> SpanExporter | None:
     name = settings.traces_exporter
     if name == "none":
         return None
@@ -101,7 +114,7 @@ def span_exporter(settings: Settings) -> SpanExporter | None:
 
 
 def setup_tracing(
-    settings: Settings, default_service: str, *, exporter: SpanExporter | None = None
+    settings: TracingSettings, default_service: str, *, exporter: SpanExporter | None = None
 ) -> TracerProvider | None:
     """Install the process's TracerProvider once; later calls return the same provider.
 
@@ -115,7 +128,7 @@ def setup_tracing(
     resource = Resource.create(
         {
             "service.name": settings.otel_service_name or default_service,
-            "service.version": __version__,
+            "service.version": service_version(),
             "service.instance.id": instance_id(),
         }
     )

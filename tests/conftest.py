@@ -24,10 +24,10 @@ from arq.worker import Worker
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from starlette.applications import Starlette
 
-from app import db, migrate
-from app.embedded import backing_servers, free_port
-from app.queue import connect, redis_settings
-from app.settings import Settings
+from app.cli.embedded import backing_servers, free_port
+from app.core import db, migrate
+from app.core.queue import connect, redis_settings
+from app.core.settings import Settings
 from tests.hostile import Hostile, serve_hostile
 from tests.site import Site, serve_site
 
@@ -205,7 +205,7 @@ async def worker_ctx(
 async def serve_api(settings: Settings, app: Starlette | None = None) -> AsyncIterator[str]:
     """The real API (or `app`, built by the caller to look inside it) served by uvicorn on a
     loopback port, in the test event loop."""
-    from app.main import create_app
+    from app.api.main import create_app
 
     port = free_port()
     app = app or create_app(settings, configure_logging=False)

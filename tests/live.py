@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import psutil  # type: ignore[import-untyped]
 
-from app.embedded import free_port
-from app.models import TERMINAL
+from app.cli.embedded import free_port
+from app.core.models import TERMINAL
 from tests.otlp import OTLPReceiver, serve_otlp
 from tests.processes import (
     POLL,

@@ -20,7 +20,7 @@ from typing import Any, cast
 
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
-from app.browser_spans import inflate
+from app.api.browser_spans import inflate
 from tests.httpserver import LoopbackServer, TrackedHandler, running
 
 TRACES_PATH = "/v1/traces"

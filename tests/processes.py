@@ -20,7 +20,7 @@ import httpx
 import psutil  # type: ignore[import-untyped]
 import pytest
 
-from app.settings import ROOT
+from app.core.settings import ROOT
 
 POLL = 0.2
 API_START_POLLS = 300  # x POLL: up to ~60 s for imports on a busy box

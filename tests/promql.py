@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped]
 
-from app.models import ErrorType
-from app.settings import ROOT
+from app.core.models import ErrorType
+from app.core.settings import ROOT
 from observability import metrics
 
 DASHBOARD_DIR = ROOT / "observability" / "grafana" / "dashboards"

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from app.embedded import EmbeddedRedis, port_answers, start_postgres, start_redis
+from app.cli.embedded import EmbeddedRedis, port_answers, start_postgres, start_redis
 
 with warnings.catch_warnings():
     # pgserver asks platformdirs for a runtime directory at import; without XDG_RUNTIME_DIR (CI,

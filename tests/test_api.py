@@ -9,9 +9,9 @@ import pytest
 from arq.connections import ArqRedis
 from arq.constants import job_key_prefix
 
-from app import migrate
-from app.queue import deserialize
-from app.settings import Settings
+from app.core import migrate
+from app.core.queue import deserialize
+from app.core.settings import Settings
 from tests.conftest import serve_api
 
 SCANS = "/api/v1/scan-jobs"

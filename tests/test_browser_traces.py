@@ -19,8 +19,8 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from app.browser_spans import BROWSER_SERVICE, MAX_SPANS, RateLimit
-from app.settings import Settings
+from app.api.browser_spans import BROWSER_SERVICE, MAX_SPANS, RateLimit
+from app.core.settings import Settings
 from tests.conftest import serve_api
 from tests.otlp import OTLPReceiver, serve_otlp
 

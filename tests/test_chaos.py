@@ -27,10 +27,10 @@ import httpx
 import psutil  # type: ignore[import-untyped]
 import pytest
 
-from app import migrate
-from app.embedded import free_port
-from app.models import OPEN, TERMINAL
-from app.settings import Settings
+from app.cli.embedded import free_port
+from app.core import migrate
+from app.core.models import OPEN, TERMINAL
+from app.core.settings import Settings
 from tests.hostile import Hostile
 from tests.processes import (
     Proc,

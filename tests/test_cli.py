@@ -17,10 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
-from app import migrate
-from app.client import STREAM_RECONNECTS
-from app.embedded import free_port
-from app.settings import ROOT, Settings
+from app.cli.client import STREAM_RECONNECTS
+from app.cli.embedded import free_port
+from app.core import migrate
+from app.core.settings import ROOT, Settings
 from observability import metrics
 from tests.conftest import serve_api
 from tests.live import Live, live_stack

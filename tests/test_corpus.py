@@ -18,13 +18,13 @@ import httpx
 import pytest
 from arq.worker import Worker
 
-from app import db
-from app.settings import Settings
+from app.core import db
+from app.core.settings import Settings
+from app.core.urlpolicy import BLOCKED_MESSAGE
 from tests.conftest import serve_api
 from tests.hostile import Hostile
 from tests.site import Site
 from tests.test_netguard import BLOCKED_HOSTS
-from worker.netguard import BLOCKED_MESSAGE
 
 SCANS = "/api/v1/scan-jobs"
 CASE_TIMEOUT = 120.0  # one burst worker run over every hostile page; a hang fails instead of blocking

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from app.settings import ROOT
+from app.core.settings import ROOT
 from observability import metrics
 from tests.promql import (
     ALERT_RULES,

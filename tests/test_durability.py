@@ -16,10 +16,10 @@ from arq import func
 from arq.connections import ArqRedis
 from arq.worker import Worker
 
-from app import queue, scans
-from app.models import Kind
-from app.queue import RUN_SCAN
-from app.settings import Settings
+from app.core import queue, scans
+from app.core.models import Kind
+from app.core.queue import RUN_SCAN
+from app.core.settings import Settings
 from tests.hostile import Hostile
 from worker.hooks import observed
 from worker.maintenance import sweep_stranded

@@ -24,11 +24,11 @@ from arq.worker import Worker
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 
-from app import db, scans
-from app.main import create_app
-from app.models import ErrorType, ScanError, Stage
-from app.scan_events import LISTENER_NAME, ScanEvents
-from app.settings import Settings
+from app.api.main import create_app
+from app.api.scan_events import LISTENER_NAME, ScanEvents
+from app.core import db, scans
+from app.core.models import ErrorType, ScanError, Stage
+from app.core.settings import Settings
 from tests import waiting
 from tests.conftest import serve_api
 from tests.site import Site

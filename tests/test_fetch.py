@@ -16,8 +16,8 @@ from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import TracerProvider
 
-from app.models import ErrorType, ScanError
-from app.settings import Settings
+from app.core.models import ErrorType, ScanError
+from app.core.settings import Settings
 from tests.site import PAGES_DIR, Site, gzip_bomb
 from worker.fetch import _decode, _Inflater, fetch_page
 

@@ -16,7 +16,7 @@ import psutil  # type: ignore[import-untyped]  # no types-psutil in the dev deps
 import pytest
 from redis.asyncio import Redis
 
-from app.models import ErrorType, ScanError
+from app.core.models import ErrorType, ScanError
 from bench.corpus import corpus
 from worker.keyphrases import MAX_WORDS, KeyphraseExtractor, cached_keyphrases, keyphrase_cache_key
 from worker.parse import parse_html

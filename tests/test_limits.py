@@ -13,8 +13,8 @@ import asyncpg
 import httpx
 import pytest
 
-from app.embedded import free_port
-from app.settings import Settings
+from app.cli.embedded import free_port
+from app.core.settings import Settings
 from tests.conftest import serve_api
 
 SCANS = "/api/v1/scan-jobs"

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.settings import Settings
+from app.core.settings import Settings
 from tests.fakes import LLM_PATH, FakeLlm, serve_fake_llm
 from worker.llm import BEGIN_DATA, END_DATA, MAX_INSIGHTS, llm_insights, run_llm
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from app import migrate
-from app.settings import Settings
+from app.core import migrate
+from app.core.settings import Settings
 
 MIGRATIONS = Settings().migrations_dir
 
@@ -68,7 +68,7 @@ async def test_cli_migrate(server_dsn: str, empty_database: object) -> None:
 
     dsn = await empty_database(server_dsn)  # type: ignore[operator]
     env = {**os.environ, "DATABASE_URL": dsn}
-    cmd = [sys.executable, "-m", "app.cli", "migrate"]
+    cmd = [sys.executable, "-m", "app.cli.main", "migrate"]
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     assert first.returncode == 0, first.stderr
     assert "0001_scans.sql" in first.stdout

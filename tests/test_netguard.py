@@ -11,9 +11,9 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from app.models import ErrorType, ScanError
-from app.settings import Settings
-from worker.netguard import BLOCKED_MESSAGE, check_url, is_public_address, parse_target, resolve_target
+from app.core.models import ErrorType, ScanError
+from app.core.settings import Settings
+from app.core.urlpolicy import BLOCKED_MESSAGE, check_url, is_public_address, parse_target, resolve_target
 
 OPEN = Settings()
 

@@ -13,9 +13,9 @@ import httpx
 import pytest
 from arq.worker import Worker
 
-from app import db, migrate, scans
-from app.queue import connect
-from app.settings import Settings
+from app.core import db, migrate, scans
+from app.core.queue import connect
+from app.core.settings import Settings
 from tests.conftest import serve_api
 from tests.servers import PrivatePostgres, PrivateRedis, private_postgres, private_redis
 from worker.context import Resources

@@ -12,10 +12,10 @@ import pytest
 from arq.connections import ArqRedis
 from arq.worker import Worker
 
-from app import queue, scans
-from app.embedded import free_port
-from app.models import Kind
-from app.settings import Settings
+from app.cli.embedded import free_port
+from app.core import queue, scans
+from app.core.models import Kind
+from app.core.settings import Settings
 from tests.fakes import serve_fake_llm, serve_fake_psi
 from tests.site import Site
 from worker.maintenance import delete_expired_scans, sweep_stranded

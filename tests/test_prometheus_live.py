@@ -36,7 +36,7 @@ import httpx
 import psutil  # type: ignore[import-untyped]
 import pytest
 
-from app.embedded import free_port
+from app.cli.embedded import free_port
 from tests import binaries
 from tests.fakes import serve_fake_llm, serve_fake_psi
 from tests.live import follow

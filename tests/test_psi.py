@@ -12,7 +12,7 @@ import pytest
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
-from app.settings import Settings
+from app.core.settings import Settings
 from tests.fakes import PSI_PATH, FakePsi, lighthouse_document, serve_fake_psi
 from worker.cache import cache_key
 from worker.psi import STRATEGIES, fetch_psi, psi_scores

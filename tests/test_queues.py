@@ -29,11 +29,11 @@ from arq.worker import Worker
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-from app import db, migrate, scans
-from app.embedded import free_port
-from app.models import ErrorType, Kind, ScanError
-from app.queue import RUN_SCAN, enqueue_scan, redis_settings
-from app.settings import Settings
+from app.cli.embedded import free_port
+from app.core import db, migrate, scans
+from app.core.models import ErrorType, Kind, ScanError
+from app.core.queue import RUN_SCAN, enqueue_scan, redis_settings
+from app.core.settings import Settings
 from observability.sampler import (
     STATES,
     QueueGauges,

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.embedded import free_port, port_answers
+from app.cli.embedded import free_port, port_answers
 from tests.site import Site
 
 pytestmark = pytest.mark.slow
@@ -32,7 +32,7 @@ async def test_pagelens_run_with_embedded_servers(tmp_path: Path, site: Site) ->
             break
         parent.chmod(parent.stat().st_mode | 0o005)
     process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "run", "--port", str(port)],
+        [sys.executable, "-m", "app.cli.main", "run", "--port", str(port)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

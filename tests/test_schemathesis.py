@@ -19,9 +19,9 @@ import schemathesis
 import uvicorn
 from schemathesis.checks import not_a_server_error
 
-from app import openapi
-from app.embedded import free_port
-from app.settings import Settings
+from app.api import openapi
+from app.cli.embedded import free_port
+from app.core.settings import Settings
 
 MAX_EXAMPLES = 60
 START_POLLS = 400  # x 0.025 s
@@ -34,7 +34,7 @@ SCHEMA = schemathesis.openapi.from_dict(openapi.document())
 
 @pytest.fixture(scope="module")
 def base_url(settings: Settings, schemathesis_database: str) -> Iterator[str]:
-    from app.main import create_app
+    from app.api.main import create_app
 
     own = settings.with_(database_url=schemathesis_database, queue_name=f"{settings.queue_name}:schemathesis")
     port = free_port()

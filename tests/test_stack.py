@@ -29,7 +29,7 @@ import yaml  # type: ignore[import-untyped]
 from kubernetes import client as k8s
 from pydantic import BaseModel
 
-from app.settings import ROOT
+from app.core.settings import ROOT
 from observability import metrics
 from tests import binaries
 from tests.promql import (

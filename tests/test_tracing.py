@@ -16,8 +16,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from app.queue import RUN_SCAN
-from app.settings import Settings
+from app.core.queue import RUN_SCAN
+from app.core.settings import Settings
 from observability import metrics
 from tests.site import Site
 from worker import hooks

@@ -26,10 +26,10 @@ from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from redis.asyncio.client import PubSub
 
-from app import queue, scans
-from app.models import Kind
-from app.queue import redis_settings
-from app.settings import Settings
+from app.core import queue, scans
+from app.core.models import Kind
+from app.core.queue import redis_settings
+from app.core.settings import Settings
 from tests import waiting
 from worker import quiet, wake
 from worker.hooks import observed

@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.routes.web import ASSETS, STATIC_DIR, manifest
-from app.settings import ROOT, Settings
+from app.api.routes.web import ASSETS, STATIC_DIR, manifest
+from app.core.settings import ROOT, Settings
 from tests import binaries
 from tests.conftest import serve_api
 

@@ -24,7 +24,7 @@ import pytest
 from playwright.async_api import ConsoleMessage, Page, async_playwright
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
-from app.settings import ROOT
+from app.core.settings import ROOT
 from tests import binaries
 from tests.live import Live, live_stack
 from tests.otlp import Span

@@ -10,8 +10,8 @@ import httpx
 from arq.connections import ArqRedis
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
-from app import db
-from app.settings import Settings
+from app.core import db
+from app.core.settings import Settings
 from worker.keyphrases import KeyphraseExtractor
 
 

@@ -17,9 +17,9 @@ import certifi
 import httpx
 from opentelemetry import context as otel_context
 
-from app.models import ErrorType, ScanError
-from app.settings import Settings
-from worker.netguard import IPAddress, Target, parse_target, resolve_target
+from app.core.models import ErrorType, ScanError
+from app.core.settings import Settings
+from app.core.urlpolicy import IPAddress, Target, parse_target, resolve_target
 
 
 @dataclass(frozen=True)

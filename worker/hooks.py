@@ -20,7 +20,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from app.queue import TRACE_KWARG, decoded_job, messaging_attributes
+from app.core.queue import TRACE_KWARG, decoded_job, messaging_attributes
 from observability import metrics
 from observability.logs import job_fields
 from observability.propagation import clean_carrier

@@ -43,8 +43,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from app.models import ErrorType, ScanError
-from app.tasks import cancel_all
+from app.core.models import ErrorType, ScanError
+from app.core.tasks import cancel_all
 from worker import cache
 
 logger = logging.getLogger("pagelens.keyphrases")

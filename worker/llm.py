@@ -27,7 +27,7 @@ from typing import Any, Final, Literal
 
 import httpx
 
-from app.settings import Settings
+from app.core.settings import Settings
 from worker.insights import CATEGORIES, SEVERITIES, Insight, insight, sort_insights
 
 logger = logging.getLogger("pagelens.llm")

@@ -7,7 +7,7 @@ from typing import Any
 
 from arq.constants import job_key_prefix
 
-from app import queue, scans
+from app.core import queue, scans
 from worker.context import Resources
 
 logger = logging.getLogger("pagelens.worker")

@@ -18,11 +18,11 @@ from arq import Retry
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from app import scans
-from app.backing import UNAVAILABLE
-from app.models import ErrorType, Kind, ScanError, Stage
-from app.settings import Settings
-from app.types import JSONDict, Record
+from app.core import scans
+from app.core.backing import UNAVAILABLE
+from app.core.models import ErrorType, Kind, ScanError, Stage
+from app.core.settings import Settings
+from app.core.types import JSONDict, Record
 from observability import metrics
 from worker.context import Resources
 from worker.fetch import FetchedPage, fetch_page

@@ -27,7 +27,7 @@ import httpx
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from app.settings import Settings
+from app.core.settings import Settings
 from worker.cache import get_json, set_json
 
 logger = logging.getLogger("pagelens.psi")

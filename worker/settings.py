@@ -8,9 +8,9 @@ from typing import Any
 from arq import cron, func
 from arq.worker import Function
 
-from app.heap import freeze_startup_heap
-from app.queue import RUN_SCAN, deserialize, redis_settings, serialize
-from app.settings import Settings, get_settings
+from app.core.heap import freeze_startup_heap
+from app.core.queue import RUN_SCAN, deserialize, redis_settings, serialize
+from app.core.settings import Settings, get_settings
 from observability.logs import setup_logging
 from observability.metrics_server import MetricsServer, observe_pool, start_metrics_server
 from observability.sampler import QueueSampler
@@ -40,7 +40,13 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     )
     sampler.start()
     ctx["queue_sampler"] = sampler
-    ctx["metrics_server"] = await start_metrics_server(settings, before_render=lambda: observe_pool(pool))
+    ctx["metrics_server"] = (
+        await start_metrics_server(
+            settings.worker_metrics_host, settings.worker_metrics_port, before_render=lambda: observe_pool(pool)
+        )
+        if settings.enable_metrics
+        else None
+    )
     freeze_startup_heap()  # the model lives in the pool's processes; this is the worker's own heap
     take_jobs(ctx)
     logger.info("worker ready", extra={"queue": settings.queue_name})

@@ -2,7 +2,7 @@
 
 arq finds jobs only by polling the queue (a sorted set) every `poll_delay`: 0.5 s by default, so a
 job waits about 250 ms for an idle worker to notice it, and a shorter poll costs every idle worker
-hundreds of Redis round trips a second. Instead `app.queue.enqueue` publishes each job id on the
+hundreds of Redis round trips a second. Instead `app.core.queue.enqueue` publishes each job id on the
 queue's wake channel and every worker listens. On a message, or when a slot frees while jobs may be
 waiting, the worker's picker takes the free slots as arq's `start_jobs` does (its semaphore and
 `job_counter`, so `max_jobs` holds), claims that many due jobs in one atomic Lua call (arq's own
@@ -34,8 +34,8 @@ from arq.utils import timestamp_ms
 from arq.worker import Worker
 from redis.exceptions import RedisError
 
-from app.queue import wake_channel
-from app.tasks import cancel_all
+from app.core.queue import wake_channel
+from app.core.tasks import cancel_all
 
 logger = logging.getLogger("pagelens.worker")
 

@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from app.settings import Settings
+from app.core.settings import Settings
 from observability.tracing import span_exporter
 
 BROWSER_SERVICE = "pagelens-web"

@@ -21,10 +21,10 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from app import __version__
-from app.settings import Settings
-from app.state import State
+from app.api.state import State
+from app.core.settings import Settings
 
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
 ASSETS = ("app.js", "app.css")
 SECURITY_HEADERS = {
     # Scripts and styles from this origin only; the config is JSON in a non-executed script tag.

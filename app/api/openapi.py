@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from app import __version__
-from app.models import ErrorType, Stage, Status
-from app.schemas import CreateDocument, CreateScan
+from app.api.schemas import CreateDocument, CreateScan
+from app.core.models import ErrorType, Stage, Status
 from observability.sampler import STATES as QUEUE_STATES
 
 JSON = "application/json"

@@ -12,9 +12,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from app.db import timed
-from app.models import CLAIMABLE, OPEN, STAGE_PROGRESS, TERMINAL, Kind, ScanError, Stage, Status
-from app.types import Executor, JSONDict, Record
+from app.core.db import timed
+from app.core.models import CLAIMABLE, OPEN, STAGE_PROGRESS, TERMINAL, Kind, ScanError, Stage, Status
+from app.core.types import Executor, JSONDict, Record
 
 _CLAIMABLE = [s.value for s in CLAIMABLE]
 

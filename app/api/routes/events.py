@@ -25,14 +25,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from app import scans
-from app.models import TERMINAL
-from app.problems import Problem
-from app.routes.scans import PREFIX, scan_id_of, scan_not_found, status_json
-from app.scan_events import ScanEvents, TooManyStreams, Watcher
-from app.settings import Settings
-from app.state import State
-from app.types import Record
+from app.api.problems import Problem
+from app.api.routes.scans import PREFIX, scan_id_of, scan_not_found, status_json
+from app.api.scan_events import ScanEvents, TooManyStreams, Watcher
+from app.api.state import State
+from app.core import scans
+from app.core.models import TERMINAL
+from app.core.settings import Settings
+from app.core.types import Record
 from observability import metrics
 
 MEDIA_TYPE = "text/event-stream"

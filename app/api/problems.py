@@ -9,7 +9,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from app.backing import UNAVAILABLE
+from app.core.backing import UNAVAILABLE
 
 logger = logging.getLogger("pagelens.api")
 

@@ -21,13 +21,13 @@ from pathlib import Path
 
 from rich.console import Console
 
-from app import migrate
-from app.cli_report import ProgressView, render_list, render_report, render_status
-from app.client import Client, Refused, Unavailable, Unreachable
-from app.embedded import backing_servers
-from app.models import TERMINAL
-from app.settings import ConfigError, Settings, child_env
-from app.types import JSONDict
+from app.cli.client import Client, Refused, Unavailable, Unreachable
+from app.cli.embedded import backing_servers
+from app.cli.report import ProgressView, render_list, render_report, render_status
+from app.core import migrate
+from app.core.models import TERMINAL
+from app.core.settings import ConfigError, Settings, child_env
+from app.core.types import JSONDict
 
 API_HOST, API_PORT = "127.0.0.1", 8000
 DONE, SCAN_FAILED, USAGE, UNAVAILABLE = 0, 1, 2, 3

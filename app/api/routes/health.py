@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app.state import State
+from app.api.state import State
 
 CHECK_TIMEOUT = 2.0
 

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from rich.table import Table
 from rich.text import Text
 
-from app.types import JSONDict
+from app.core.types import JSONDict
 
 STATUS_STYLES = {
     "QUEUED": "dim",

@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app.state import State
+from app.api.state import State
 from observability.sampler import live_workers, read_snapshot, sample_queue
 
 

@@ -23,9 +23,9 @@ from typing import Any
 
 import asyncpg
 
-from app import scans
-from app.tasks import cancel_all
-from app.types import Pool, Record
+from app.core import scans
+from app.core.tasks import cancel_all
+from app.core.types import Pool, Record
 
 logger = logging.getLogger("pagelens.events")
 

@@ -15,13 +15,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app import limits, queue, scans
-from app.auth import request_key_id
-from app.models import Kind, Status
-from app.problems import Problem
-from app.schemas import CreateScan, parse_json, validated_idempotency_key, validated_url
-from app.state import State
-from app.types import JSONDict, Record
+from app.api import limits
+from app.api.auth import request_key_id
+from app.api.problems import Problem
+from app.api.schemas import CreateScan, parse_json, validated_idempotency_key, validated_url
+from app.api.state import State
+from app.core import queue, scans
+from app.core.models import Kind, Status
+from app.core.types import JSONDict, Record
 
 logger = logging.getLogger("pagelens.api")
 PREFIX = "/api/v1/scan-jobs"

@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 
-from app.models import TERMINAL
-from app.types import JSONDict
+from app.core.models import TERMINAL
+from app.core.types import JSONDict
 
 SCANS = "/api/v1/scan-jobs"
 # Statuses the API uses for "your request was wrong"; anything else is the service's problem.

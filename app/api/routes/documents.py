@@ -6,12 +6,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app import scans
-from app.models import Kind
-from app.problems import Problem
-from app.routes.scans import submit
-from app.schemas import CreateDocument, parse_json, validated_idempotency_key
-from app.state import State
+from app.api.problems import Problem
+from app.api.routes.scans import submit
+from app.api.schemas import CreateDocument, parse_json, validated_idempotency_key
+from app.api.state import State
+from app.core import scans
+from app.core.models import Kind
 
 
 async def create_document(request: Request) -> Response:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from app.types import JSONDict
+from app.core.types import JSONDict
 
 
 class Status(StrEnum):

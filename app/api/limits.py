@@ -12,10 +12,10 @@ import math
 
 from redis.asyncio import Redis
 
-from app.backing import UNAVAILABLE
-from app.models import OPEN
-from app.problems import Problem
-from app.types import Executor
+from app.api.problems import Problem
+from app.core.backing import UNAVAILABLE
+from app.core.models import OPEN
+from app.core.types import Executor
 
 logger = logging.getLogger("pagelens.api")
 

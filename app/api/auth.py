@@ -14,9 +14,9 @@ import hmac
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app import limits
-from app.problems import Problem, problem_response
-from app.state import State
+from app.api import limits
+from app.api.problems import Problem, problem_response
+from app.api.state import State
 
 KEY_ID_STATE = "api_key_id"
 

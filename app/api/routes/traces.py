@@ -17,10 +17,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.browser_spans import JSON, PROTOBUF, BodyTooLarge, InvalidSpans, decode, inflate, spans_of
-from app.problems import Problem
-from app.schemas import read_body
-from app.state import State
+from app.api.browser_spans import JSON, PROTOBUF, BodyTooLarge, InvalidSpans, decode, inflate, spans_of
+from app.api.problems import Problem
+from app.api.schemas import read_body
+from app.api.state import State
 
 PATH = "/v1/traces"
 

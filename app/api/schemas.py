@@ -10,10 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from pydantic.alias_generators import to_camel
 from starlette.requests import Request
 
-from app.models import ScanError
-from app.problems import Problem
-from app.settings import Settings
-from worker.netguard import check_url
+from app.api.problems import Problem
+from app.core.models import ScanError
+from app.core.settings import Settings
+from app.core.urlpolicy import check_url
 
 Model = TypeVar("Model", bound=BaseModel)
 

@@ -17,8 +17,8 @@ from urllib.parse import quote, urlsplit
 
 import idna
 
-from app.models import ErrorType, ScanError
-from app.settings import Settings
+from app.core.models import ErrorType, ScanError
+from app.core.settings import Settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

@@ -7,7 +7,7 @@ import time
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.problems import Problem, problem_response
+from app.api.problems import Problem, problem_response
 from observability import metrics
 
 MAX_HEADER_COUNT = 100

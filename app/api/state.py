@@ -9,9 +9,9 @@ from arq.connections import ArqRedis
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection
 
-from app.browser_spans import BrowserTraces
-from app.scan_events import ScanEvents
-from app.settings import Settings
+from app.api.browser_spans import BrowserTraces
+from app.api.scan_events import ScanEvents
+from app.core.settings import Settings
 
 
 @dataclass
