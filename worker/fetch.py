@@ -9,8 +9,9 @@ import re
 import ssl
 import time
 import zlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urljoin
 
 import certifi
@@ -20,6 +21,8 @@ from opentelemetry import context as otel_context
 from app.core.models import ErrorType, ScanError
 from app.core.settings import Settings
 from app.core.urlpolicy import IPAddress, Target, parse_target, resolve_target
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -331,7 +334,11 @@ def _next_hop(current: Target, response: httpx.Response, redirects: list[str], s
     return parse_target(joined, settings)
 
 
-async def _fetch(url: str, settings: Settings, transport: httpx.AsyncHTTPTransport, started: float) -> FetchedPage:
+Finish = Callable[[Target, httpx.Response, list[str]], Awaitable[T]]
+
+
+async def _fetch(url: str, settings: Settings, transport: httpx.AsyncHTTPTransport, finish: Finish[T]) -> T:
+    """Follow redirects (each hop checked again) and hand the final response to `finish`."""
     target = parse_target(url, settings)
     redirects: list[str] = []
     while True:  # bounded: _next_hop raises after fetch_max_redirects hops
@@ -339,26 +346,23 @@ async def _fetch(url: str, settings: Settings, transport: httpx.AsyncHTTPTranspo
         try:
             hop = _next_hop(target, response, redirects, settings)
             if hop is None:
-                return await _page(url, target, response, redirects, settings, started)
+                return await finish(target, response, redirects)
         finally:
             await response.aclose()
         redirects.append(hop.url)
         target = hop
 
 
-async def fetch_page(url: str, settings: Settings) -> FetchedPage:
-    """GET one user-supplied page within the SSRF, size and time limits; raises ScanError only."""
-    started = time.perf_counter()
+async def _guarded(url: str, settings: Settings, total_timeout: float, finish: Finish[T]) -> T:
+    """Run a fetch within the SSRF, size and time limits; raises ScanError only."""
     # Run under an empty OpenTelemetry context: whatever instruments httpx then has no trace or
     # baggage to inject, so nothing about our internals reaches a third-party server.
     token = otel_context.attach(otel_context.Context())
     try:
-        async with asyncio.timeout(settings.fetch_total_timeout), _transport(settings) as transport:
-            return await _fetch(url, settings, transport, started)
+        async with asyncio.timeout(total_timeout), _transport(settings) as transport:
+            return await _fetch(url, settings, transport, finish)
     except TimeoutError:
-        raise ScanError(
-            ErrorType.TIMEOUT, f"the page did not load within {settings.fetch_total_timeout:g}s", retryable=True
-        ) from None
+        raise ScanError(ErrorType.TIMEOUT, f"the page did not load within {total_timeout:g}s", retryable=True) from None
     except httpx.HTTPError as exc:
         raise _transport_error(exc) from exc
     except httpx.InvalidURL as exc:  # parse_target accepted it, so httpx and we disagree on a URL
@@ -367,3 +371,54 @@ async def fetch_page(url: str, settings: Settings) -> FetchedPage:
         raise ScanError(ErrorType.INTERNAL, "fetching the page failed unexpectedly") from exc
     finally:
         otel_context.detach(token)
+
+
+async def fetch_page(url: str, settings: Settings) -> FetchedPage:
+    """GET one user-supplied page within the SSRF, size and time limits; raises ScanError only."""
+    started = time.perf_counter()
+
+    async def finish(target: Target, response: httpx.Response, redirects: list[str]) -> FetchedPage:
+        return await _page(url, target, response, redirects, settings, started)
+
+    return await _guarded(url, settings, settings.fetch_total_timeout, finish)
+
+
+# --- small files beside a page (robots.txt, llms.txt) ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FetchedFile:
+    status_code: int
+    media_type: str  # lower case, "" when not given
+    text: str  # the first `max_bytes` of the body, decoded; "" unless the status is 2xx
+    truncated: bool
+
+
+async def fetch_file(url: str, settings: Settings, *, max_bytes: int, seconds: float) -> FetchedFile:
+    """GET a small text file through the same checks as pages, answering whatever the status.
+
+    Only the first `max_bytes` of the body are read (the rest is ignored, as crawlers do with a long
+    robots.txt); raises ScanError when there is no HTTP answer at all.
+    """
+
+    async def finish(target: Target, response: httpx.Response, redirects: list[str]) -> FetchedFile:
+        media, charset = _media_type(response.headers.get("content-type", ""))
+        if not 200 <= response.status_code <= 299:
+            return FetchedFile(response.status_code, media, "", False)
+        body, truncated = await _read_prefix(response, max_bytes, _content_encoding(response.headers))
+        return FetchedFile(response.status_code, media, _decode(body, charset)[0], truncated)
+
+    return await _guarded(url, settings, min(seconds, settings.fetch_total_timeout), finish)
+
+
+async def _read_prefix(response: httpx.Response, limit: int, encoding: str | None) -> tuple[bytes, bool]:
+    inflater = _Inflater(encoding) if encoding else None
+    body = bytearray()
+    try:
+        async for raw in response.aiter_raw():
+            body += inflater.feed(raw, limit - len(body)) if inflater else raw
+            if len(body) > limit:
+                return bytes(body[:limit]), True
+    except zlib.error:
+        raise ScanError(ErrorType.HTTP_ERROR, "the compressed body is corrupt") from None
+    return bytes(body), False
