@@ -61,10 +61,12 @@ LABEL_VALUES: dict[tuple[str, str], frozenset[str]] = {
     ("pagelens_scan_stage_duration_seconds", "stage"): frozenset({"crawl", "parse", "analyze", "generate"}),
     ("pagelens_scan_end_to_end_seconds", "kind"): frozenset({"url", "document"}),
     ("pagelens_scan_errors_total", "error_type"): frozenset(e.value for e in ErrorType),
-    ("pagelens_external_call_duration_seconds", "service"): frozenset({"http_fetch", "psi", "llm", "keybert"}),
+    ("pagelens_external_call_duration_seconds", "service"): frozenset(
+        {"http_fetch", "psi", "llm", "keybert", "robots", "llms_txt"}
+    ),
     ("pagelens_external_call_duration_seconds", "outcome"): frozenset({"success", "error", "timeout"}),
     ("pagelens_cache_requests_total", "result"): frozenset({"hit", "miss"}),
-    ("pagelens_cache_requests_total", "cache"): frozenset({"keyphrases", "psi"}),
+    ("pagelens_cache_requests_total", "cache"): frozenset({"keyphrases", "psi", "robots"}),
     ("pagelens_db_pool_connections", "state"): frozenset({"open", "idle"}),
 }
 # Metrics of prometheus-postgres-exporter (default collectors) and prometheus-redis-exporter that

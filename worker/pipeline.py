@@ -8,7 +8,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +24,7 @@ from app.core.models import ErrorType, Kind, ScanError, Stage
 from app.core.settings import Settings
 from app.core.types import JSONDict, Record
 from observability import metrics
+from worker.audit import PageContext, page_facts, run_audits
 from worker.context import Resources
 from worker.fetch import FetchedPage, fetch_page
 from worker.hooks import OUTCOME
@@ -31,8 +32,9 @@ from worker.insights import rule_insights
 from worker.keyphrases import cached_keyphrases
 from worker.lab import lab_metrics
 from worker.llm import run_llm
-from worker.parse import document_teaser_json, parse_html, teaser_json
+from worker.parse import count_words, document_teaser_json, parse_html, teaser_json
 from worker.psi import fetch_psi
+from worker.robots import site_files
 
 logger = logging.getLogger("pagelens.worker")
 tracer = trace.get_tracer("pagelens.worker")
@@ -213,21 +215,49 @@ async def _scan_url(run: Run) -> JSONDict:
         page = await _fetch(url, res)
     async with run.stage(Stage.PARSE):
         # selectolax is fast, but a multi-megabyte page still takes tens of ms: keep it off the loop.
-        parsed = await asyncio.to_thread(parse_html, page.text, page.final_url)
+        # The audit's facts (structured data, main content) come from their own pure pass over the HTML.
+        parsed, facts = await asyncio.gather(
+            asyncio.to_thread(parse_html, page.text, page.final_url),
+            asyncio.to_thread(page_facts, page.text, page.final_url),
+        )
+        # The main content without navigation and bylines is what keyphrases and the word count read.
+        main_text = facts.main_text or parsed.main_text
         teaser = teaser_json(parsed, page.final_url)
+        teaser["wordCount"] = count_words(main_text)
         if not await scans.save_teaser(res.pool, run.scan_id, run.attempt, teaser):
             raise Superseded
     async with run.stage(Stage.ANALYZE):
-        performance = lab_metrics(page, parsed)
-        performance["psi"] = None
-        if run.options.get("psi", True) and res.settings.psi_api_key:
-            strategy = run.options.get("strategy", "mobile")
-            with external_call("psi") as call:
-                psi = await fetch_psi(res.http, res.redis, res.settings, page.final_url, strategy=strategy)
-                call.outcome = "success" if psi.outcome in ("ok", "cached") else "error"
-            metrics.cache_requests_total.inc({"cache": "psi", "result": "hit" if psi.cache_hit else "miss"})
-            performance["psi"] = psi.scores
-    return await _generate(run, teaser, performance, parsed.main_text, Kind.URL)
+        # robots.txt and llms.txt (cached per origin) are fetched while PSI runs.
+        site = asyncio.ensure_future(site_files(res.redis, res.settings, page.final_url))
+        try:
+            performance = lab_metrics(page, parsed)
+            performance["psi"] = None
+            if run.options.get("psi", True) and res.settings.psi_api_key:
+                strategy = run.options.get("strategy", "mobile")
+                with external_call("psi") as call:
+                    psi = await fetch_psi(res.http, res.redis, res.settings, page.final_url, strategy=strategy)
+                    call.outcome = "success" if psi.outcome in ("ok", "cached") else "error"
+                metrics.cache_requests_total.inc({"cache": "psi", "result": "hit" if psi.cache_hit else "miss"})
+                performance["psi"] = psi.scores
+            origin_files = await site
+        finally:
+            site.cancel()  # only still running when the stage failed
+
+    def audit(insights: list[JSONDict]) -> JSONDict:
+        context = PageContext(
+            url=page.final_url,
+            requested_url=page.url,
+            status_code=page.status_code,
+            redirects=page.redirects,
+            headers=page.headers,
+            site=origin_files,
+            teaser=teaser,
+            performance=performance,
+            insights=insights,
+        )
+        return run_audits(facts, context).to_json()
+
+    return await _generate(run, teaser, performance, main_text, Kind.URL, audit)
 
 
 async def _scan_document(run: Run) -> JSONDict:
@@ -238,7 +268,14 @@ async def _scan_document(run: Run) -> JSONDict:
     return await _generate(run, teaser, None, text, Kind.DOCUMENT)
 
 
-async def _generate(run: Run, teaser: JSONDict, performance: JSONDict | None, text: str, kind: Kind) -> JSONDict:
+async def _generate(
+    run: Run,
+    teaser: JSONDict,
+    performance: JSONDict | None,
+    text: str,
+    kind: Kind,
+    audit: Callable[[list[JSONDict]], JSONDict] | None = None,
+) -> JSONDict:
     res = run.res
     async with run.stage(Stage.GENERATE):
         top_n = int(run.options.get("topN", 10))
@@ -252,6 +289,8 @@ async def _generate(run: Run, teaser: JSONDict, performance: JSONDict | None, te
                 {"service": "keybert", "outcome": "success"}, time.perf_counter() - started
             )
         insights = rule_insights(teaser, performance, phrases, kind=kind.value)
+        # Pure and quick, but robots.txt can be 500 KiB of rules to match: off the loop too.
+        audited = await asyncio.to_thread(audit, insights) if audit is not None else None
         if run.options.get("llm", True) and res.settings.llm_base_url:
             with external_call("llm") as call:
                 llm = await run_llm(res.http, res.settings, teaser=teaser, keyphrases=phrases, text=text)
@@ -261,6 +300,7 @@ async def _generate(run: Run, teaser: JSONDict, performance: JSONDict | None, te
         "performance": performance,
         "keyphrases": [{"phrase": p, "score": s} for p, s in phrases],
         "insights": insights,
+        "audit": audited,
     }
 
 

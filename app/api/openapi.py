@@ -10,6 +10,7 @@ from typing import Any
 
 from app import __version__
 from app.api.schemas import CreateDocument, CreateScan
+from app.core.audit import AuditReport
 from app.core.models import ErrorType, Stage, Status
 from observability.sampler import STATES as QUEUE_STATES
 
@@ -48,6 +49,15 @@ BAD_BODY = {
     "422": _problem("Invalid field"),
 }
 UNAVAILABLE = {"503": _problem("A backing service is down; retry after Retry-After seconds")}
+
+
+def _response_models() -> dict[str, Any]:
+    """Response schemas generated from their pydantic models, nested models as components of their own."""
+    schema = AuditReport.model_json_schema(
+        by_alias=True, mode="serialization", ref_template="#/components/schemas/{model}"
+    )
+    nested: dict[str, Any] = schema.pop("$defs", {})
+    return {"AuditReport": schema, **nested}
 
 
 def _schemas() -> dict[str, Any]:
@@ -112,9 +122,11 @@ def _schemas() -> dict[str, Any]:
                 "performance": _nullable({"type": "object"}),
                 "keyphrases": {"type": "array", "items": {"type": "object"}},
                 "insights": {"type": "array", "items": {"type": "object"}},
+                "audit": _nullable(_ref("AuditReport")),  # null for documents
                 "timings": {"type": "object"},
             },
         },
+        **_response_models(),
         "Queues": {
             "type": "object",
             "required": ["queues", "workers"],

@@ -17,6 +17,7 @@ import textstat
 import trafilatura
 
 from worker.audit.structured import StructuredData, structured_data
+from worker.parse import count_words
 
 logger = logging.getLogger("pagelens.worker")
 # trafilatura logs a warning for every page whose main text it finds too short: routine here.
@@ -112,7 +113,7 @@ def page_facts(html: str, url: str) -> PageFacts:
     )
     # Last: trafilatura prunes the tree it is given.
     main_text = _main_text(tree, url)
-    words = textstat.lexicon_count(main_text) if main_text else 0
+    words = count_words(main_text)  # counted as the teaser counts words
     grade = None
     if words >= READABILITY_MIN_WORDS:
         grade = round(float(textstat.automated_readability_index(main_text[:100_000])), 1)
