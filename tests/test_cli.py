@@ -86,6 +86,10 @@ async def test_scan_wait_shows_progress_then_the_report(live: Live, site: Site) 
     for heading in ("Page", "Keyphrases", "Performance", "Insights"):
         assert heading in run.out, run.out
     assert "█" in run.out and "time to first byte" in run.out
+    # The audit: a score per category, then what to fix.
+    assert "Audit  score" in run.out and "Structured data" in run.out, run.out
+    assert "FAIL  Links are crawlable" in run.out and '"Copy link" → javascript:void(0)' in run.out, run.out
+    assert "fix: Give every link a real href" in run.out
 
 
 async def test_json_output_and_status(live: Live, site: Site) -> None:

@@ -151,6 +151,64 @@ def render_report(out: Console, report: JSONDict, status: JSONDict) -> None:
                 )
             )
 
+    audit = report.get("audit")
+    if isinstance(audit, dict):
+        render_audit(out, audit)
+
+
+RESULT_STYLES = {"fail": ("FAIL", "bold red"), "warning": ("WARN", "yellow"), "pass": ("PASS", "green")}
+CATEGORY_NAMES = {
+    "indexability": "Indexability",
+    "structured_data": "Structured data",
+    "sharing": "Sharing",
+    "content": "Content",
+    "performance": "Performance",
+}
+EVIDENCE_SHOWN = 3
+
+
+def _score(value: Any) -> Text:
+    if not isinstance(value, int):
+        return Text("-", style="dim")
+    style = "green" if value >= 90 else "yellow" if value >= 50 else "red"
+    return Text(f"{value:>3}", style=f"bold {style}")
+
+
+def render_audit(out: Console, audit: JSONDict) -> None:
+    """Scores per category, then each category's failing and warning audits with evidence and a fix."""
+    out.print(Text.assemble(("\nAudit", "bold underline"), "  score ", _score(audit.get("score")), "/100"))
+    table = Table(box=None, padding=(0, 2), header_style="dim")
+    for column in ("category", "score", "fail", "warn", "pass"):
+        table.add_column(column)
+    for category in audit.get("categories") or []:
+        table.add_row(
+            CATEGORY_NAMES.get(category.get("category"), str(category.get("category"))),
+            _score(category.get("score")),
+            str(category.get("failed", 0)),
+            str(category.get("warnings", 0)),
+            str(category.get("passed", 0)),
+        )
+    out.print(table)
+    audits = [a for a in audit.get("audits") or [] if isinstance(a, dict)]
+    for category, name in CATEGORY_NAMES.items():
+        mine = [a for a in audits if a.get("category") == category]
+        open_items = [a for a in mine if a.get("result") in ("fail", "warning")]  # failing first already
+        passed = sum(1 for a in mine if a.get("result") == "pass")
+        if not mine:
+            continue
+        out.print(Text(f"\n{name}", style="bold"))
+        for item in open_items:
+            label, style = RESULT_STYLES[item["result"]]
+            out.print(Text.assemble((f"{label:<6}", style), str(item.get("title", item.get("id", "")))))
+            for line in (item.get("evidence") or [])[:EVIDENCE_SHOWN]:
+                out.print(Text(f"      {line}", style="dim"))
+            if item.get("fix"):
+                out.print(Text.assemble(("      fix: ", "cyan"), str(item["fix"])))
+        if open_items or passed:
+            out.print(Text(f"      {passed} passed", style="green" if passed else "dim"))
+        else:
+            out.print(Text("      nothing here applies to this page", style="dim"))
+
 
 def render_list(out: Console, items: list[JSONDict]) -> None:
     table = Table(box=None, padding=(0, 2), header_style="bold")
