@@ -158,6 +158,19 @@ async def test_a_scan_from_the_page_is_live_complete_and_one_trace(
     severities = await page.locator(".insights [data-severity]").evaluate_all("els => els.map(e => e.dataset.severity)")
     order = ["high", "medium", "low", "info"]
     assert severities == sorted(severities, key=order.index), severities
+    # The audit: every category, failing audits first and open, evidence expandable.
+    categories = await page.locator("#audit [data-category]").evaluate_all("els => els.map(e => e.dataset.category)")
+    assert categories == ["indexability", "structured_data", "sharing", "content", "performance"], categories
+    content = page.locator('#audit [data-category="content"] > .audits > .audit')
+    results = await content.evaluate_all("els => els.map(e => e.dataset.result)")
+    assert results and results[0] == "fail" and set(results) <= {"fail", "warning"}, results
+    anchors = page.locator('#audit [data-audit="crawlable-anchors"]')
+    assert await anchors.locator(".evidence").is_visible()  # failing: open from the start
+    assert "javascript:void(0)" in await anchors.locator(".evidence").inner_text()
+    og = page.locator('#audit [data-audit="og-url"]')
+    assert not await og.locator(".fix").is_visible()  # a warning: closed until clicked
+    await og.locator("summary").click()
+    assert await og.locator(".fix").is_visible()
 
     # The trace link, built from the configured template.
     trace_id = status["traceId"]

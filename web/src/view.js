@@ -1,4 +1,5 @@
 // Rendering of one scan (status, progress, teaser, report) and of the recent-scans list.
+import { renderAudit } from "./audit.js";
 import { ago, bytes, clear, h, ms } from "./dom.js";
 
 const URL_STAGES = ["CRAWL", "PARSE", "ANALYZE", "GENERATE"];
@@ -142,6 +143,7 @@ function renderReport(report) {
   return h(
     "section.report#report",
     null,
+    report.audit ? renderAudit(report.audit) : null,
     h(
       "div.report-grid",
       null,
