@@ -1,4 +1,5 @@
-"""Every pagelens metric, defined once. Names and labels are part of the contract (DESIGN.md).
+"""Every pagelens metric, defined once. Names and labels are fixed: the README lists them, and the
+dashboards, alerts and KEDA queries read them (tests/promql.py checks that they agree).
 
 Each process (API, worker) renders the same registry; metrics it never touches simply have no
 samples. No URL, scan id or free text is ever a label value: labels come from small fixed sets.
