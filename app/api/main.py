@@ -1,4 +1,4 @@
-"""The ASGI application: `uvicorn app.main:app`."""
+"""The Starlette application and its lifespan; served as `uvicorn app.main:app` (app/main.py)."""
 
 from __future__ import annotations
 
