@@ -104,7 +104,7 @@ class BrowserTraces:
         when it is dropped because too many forwards are still in flight."""
         for resource_spans in request.resource_spans:
             attributes = resource_spans.resource.attributes
-            kept = [pair for pair in attributes if pair.key not in resource]
+            kept = [KeyValue(key=p.key, value=p.value) for p in attributes if p.key not in resource]
             del attributes[:]
             attributes.extend([*kept, *(KeyValue(key=k, value=AnyValue(string_value=v)) for k, v in resource.items())])
         if len(self._pending) >= self.max_pending:
