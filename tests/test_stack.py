@@ -334,7 +334,8 @@ def test_the_validation_catches_mistakes() -> None:
 def _settings_names() -> set[str]:
     return set(
         re.findall(
-            r'"((?:PAGELENS|OTEL|ENABLE|PSI|LLM|DATABASE|REDIS)_?[A-Z_]*)"', (ROOT / "app" / "settings.py").read_text()
+            r'"((?:PAGELENS|OTEL|ENABLE|PSI|LLM|DATABASE|REDIS)_?[A-Z_]*)"',
+            (ROOT / "app" / "core" / "settings.py").read_text(),
         )
     )
 
