@@ -12,7 +12,8 @@ from app.core.audit import AuditCategory, AuditReport
 from tests.fileserver import FilesServer
 from tests.httpserver import running
 from worker.audit import PageContext, SiteFiles, page_facts, run_audits
-from worker.audit.structured import JSONLD_BLOCK_CHARS, JSONLD_BLOCKS_READ, PRUNE_LIST
+from worker.audit.facts import MAIN_CONTENT_MAX_HTML
+from worker.audit.structured import JSONLD_BLOCK_CHARS, JSONLD_BLOCKS_READ, PRUNE_LIST, RDFA_MAX_HTML
 from worker.insights import rule_insights
 from worker.parse import parse_html, teaser_json
 
@@ -180,6 +181,14 @@ def test_too_much_microdata_is_not_read() -> None:
     assert facts.structured.skipped == ["6000 microdata elements; over 2000, microdata was not read"]
 
 
+def test_rdfa_on_a_huge_page_is_not_read() -> None:
+    rdfa = '<div vocab="https://schema.org/" typeof="Event"><span property="name">Launch</span></div>'
+    html = f"<html><body>{rdfa}<p>{'x' * RDFA_MAX_HTML}</p></body></html>"
+    facts = page_facts(html, "https://h.example/")
+    assert facts.structured.items == []
+    assert facts.structured.skipped == [f"the page is over {RDFA_MAX_HTML} characters; its RDFa was not read"]
+
+
 def test_rdfa_vocabularies_are_never_fetched() -> None:
     server = FilesServer()
     with running(server, "vocab"):
@@ -197,6 +206,16 @@ def test_unreadable_pages_still_give_a_report(html: str) -> None:
     report = audit_html(html)
     assert report.score is None or 0 <= report.score <= 100
     assert {a.id for a in report.audits} >= {"http-status", "canonical", "structured-data", "og-title"}
+
+
+def test_a_huge_page_skips_main_content_extraction() -> None:
+    paragraph = "<p>Compost needs air, water and a balance of greens and browns. <a href='/more'>Guide</a></p>\n"
+    html = "<html lang=en><body>" + paragraph * (MAIN_CONTENT_MAX_HTML // len(paragraph) + 10) + "</body></html>"
+    facts = page_facts(html, "https://h.example/")
+    assert facts.main_text_skipped and facts.main_text == "" and facts.readability_grade is None
+    assert facts.anchors_total > 5_000  # everything else is still read
+    found = {a.id: a for a in audit_html(html).audits}
+    assert found["readability"].evidence == ["the page is too large to extract its main content"]
 
 
 def test_facts_cross_a_process_boundary() -> None:

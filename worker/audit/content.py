@@ -104,9 +104,10 @@ def _readability(facts: PageFacts) -> Audit:
     title = "The main text is easy to read"
     grade = facts.readability_grade
     if grade is None:
-        return make(
-            "readability", CATEGORY, title, NA, LOW, [f"{facts.main_words} words of main text: too few to score"]
-        )
+        evidence = [f"{facts.main_words} words of main text: too few to score"]
+        if facts.main_text_skipped:
+            evidence = ["the page is too large to extract its main content"]
+        return make("readability", CATEGORY, title, NA, LOW, evidence)
     evidence = [f"Automated Readability Index: grade {grade:g} over {facts.main_words} words"]
     fix = "Shorten sentences and prefer common words; aim for grade 12 or below."
     return make("readability", CATEGORY, title, WARNING if grade > HARD_GRADE else PASS, LOW, evidence, fix)

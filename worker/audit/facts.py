@@ -30,6 +30,9 @@ HREFLANGS_KEPT = 300
 CANONICALS_KEPT = 10
 INSECURE_KEPT = 20
 MAIN_TEXT_CHARS = 1_000_000  # main text handed on to keyphrases and readability
+# trafilatura's cost grows faster than the page (about a second per megabyte of HTML): larger
+# pages keep the PARSE stage's own main text instead.
+MAIN_CONTENT_MAX_HTML = 500_000
 # Readability formulas need some prose to mean anything.
 READABILITY_MIN_WORDS = 100
 
@@ -73,6 +76,7 @@ class PageFacts:
     main_text: str = ""  # main content without navigation, bylines or comments (trafilatura)
     main_words: int = 0
     readability_grade: float | None = None  # Automated Readability Index of main_text
+    main_text_skipped: bool = False  # the HTML was too large to extract the main content from
     parsed: bool = True  # False when the HTML could not be read at all
 
 
@@ -111,6 +115,8 @@ def page_facts(html: str, url: str) -> PageFacts:
         insecure_total=insecure_total,
         structured=structured,
     )
+    if len(html) > MAIN_CONTENT_MAX_HTML:
+        return replace(facts, main_text_skipped=True)
     # Last: trafilatura prunes the tree it is given.
     main_text = _main_text(tree, url)
     words = count_words(main_text)  # counted as the teaser counts words

@@ -23,6 +23,8 @@ JSONLD_BLOCK_CHARS = 200_000
 JSONLD_TOTAL_CHARS = 1_000_000
 # Elements carrying microdata / RDFa; more than this and the syntax is not read at all.
 ANNOTATED_ELEMENTS = 2_000
+# RDFa is read by walking the whole document in Python (about half a second per megabyte).
+RDFA_MAX_HTML = 1_000_000
 ITEMS_KEPT = 100
 ERRORS_KEPT = 10
 # The pruned copy of each item: enough to check properties, never the whole of a hostile document.
@@ -202,6 +204,9 @@ def _rdfa(
     if not tree.xpath("boolean(//*[@typeof or @vocab])"):
         return
     if _too_many(tree, "//*[@typeof or @property or @about or @resource]", "RDFa", skipped) is not False:
+        return
+    if len(html) > RDFA_MAX_HTML:
+        skipped.append(f"the page is over {RDFA_MAX_HTML} characters; its RDFa was not read")
         return
     try:
         # extruct's RDFa reader needs its own kind of tree, so it parses the page again.
