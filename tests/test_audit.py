@@ -123,6 +123,13 @@ def test_crawlers_blocked_show_the_deciding_line() -> None:
     assert verdicts["GPTBot"] is False and verdicts["Googlebot"] is True and len(verdicts) == 10
 
 
+def test_robots_evidence_is_capped() -> None:
+    text = f"User-agent: *\nDisallow: /{'p' * 50_000}\nDisallow: /\nSitemap: https://e.com/{'s' * 50_000}\n"
+    rep = report(page(), site=SiteFiles(robots="found", robots_status=200, robots_text=text))
+    assert all(len(c.rule or "") <= 300 for c in rep.facts.crawlers)
+    assert [len(url) for url in rep.facts.sitemaps] == [2048]
+
+
 def test_sitemap_and_llms_txt() -> None:
     text = "User-agent: *\nDisallow:\nSitemap: https://shop.example.com/sitemap.xml\n"
     site = SiteFiles(robots="found", robots_status=200, robots_text=text, llms_txt=False)

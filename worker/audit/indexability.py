@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from protego import Protego
 
-from app.core.audit import Audit, AuditCategory, CrawlerAccess
+from app.core.audit import Audit, AuditCategory, CrawlerAccess, cap_text
 from worker.audit.common import FAIL, HIGH, INFO, LOW, MEDIUM, NA, PASS, WARNING, PageContext, SiteFiles, make
 
 CATEGORY = AuditCategory.INDEXABILITY
@@ -37,6 +37,7 @@ SEARCH_BOTS = frozenset({"robots", "googlebot", "bingbot"})
 _VALUED = frozenset({"max-snippet", "max-image-preview", "max-video-preview", "unavailable_after"})
 SHORT_SNIPPET = 50
 SITEMAPS_KEPT = 20
+URL_CHARS = 2048
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,7 @@ def deciding_line(robots_text: str, url: str, bot: str) -> str | None:
                 best = (group_agents, rule)
     if best is None:
         return None
-    return f"User-agent: {best[0][0]} … {best[1]}"
+    return cap_text(f"User-agent: {best[0][0]} … {best[1]}")
 
 
 def _matches(pattern: str, path: str) -> bool:
@@ -291,7 +292,7 @@ def _crawlers(site: SiteFiles, access: list[CrawlerAccess]) -> list[Audit]:
 def sitemaps(site: SiteFiles) -> list[str]:
     if site.robots != "found":
         return []
-    return list(Protego.parse(site.robots_text).sitemaps)[:SITEMAPS_KEPT]
+    return [url[:URL_CHARS] for url in list(Protego.parse(site.robots_text).sitemaps)[:SITEMAPS_KEPT]]
 
 
 def _sitemap(site: SiteFiles) -> Audit:
