@@ -195,13 +195,22 @@ async def submit(
 
 def keyphrase_cache_key() -> str:
     """The Redis key the worker caches the article's keyphrases under (computed as the worker does)."""
+    from worker.audit import page_facts
     from worker.keyphrases import keyphrase_cache_key as key_for
     from worker.parse import parse_html
 
-    page = parse_html((PAGES_DIR / "article.html").read_text(encoding="utf-8"), "http://127.0.0.1/")
-    key = key_for(page.main_text, TOP_N)
+    html, url = (PAGES_DIR / "article.html").read_text(encoding="utf-8"), "http://127.0.0.1/"
+    # The main content (trafilatura's, else PARSE's own) is what the keyphrases read.
+    key = key_for(page_facts(html, url).main_text or parse_html(html, url).main_text, TOP_N)
     assert key is not None, "the article has too little text for keyphrases"
     return key
+
+
+def robots_cache_key(origin: str) -> str:
+    from worker.cache import cache_key
+    from worker.robots import CACHE
+
+    return cache_key(CACHE, origin)
 
 
 async def wait_log(proc: Proc, match: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
@@ -243,6 +252,7 @@ async def test_one_scan_is_one_trace_with_logs_and_exact_metrics(stack: Stack) -
     redis = Redis.from_url(stack.redis_url)
     try:
         await redis.delete(cache_key)  # the first scan must compute the keyphrases: a cache miss
+        await redis.delete(robots_cache_key(stack.site.base))  # and fetch robots.txt and llms.txt
         async with httpx.AsyncClient(base_url=stack.api_url, timeout=10) as client:
             api_before = await scrape(client, "/metrics")
             worker_before = await scrape(client, stack.worker_metrics_url)
@@ -437,12 +447,19 @@ def assert_scan_trace(spans: list[Span], queue: str, scan_id: str, client_span_i
         assert span.parent_span_id == consumer.span_id, f"scan.{stage} not under the consumer\n{context}"
         assert span.attributes.get("pagelens.scan_id") == scan_id, span.attributes
         stages[span.span_id] = stage
-    # (Redis's GET is a CLIENT span named "GET" too.)
-    fetch = one(spans, "GET", "CLIENT", lambda s: db_system(s) is None)
+    # (Redis's GET is a CLIENT span named "GET" too; robots.txt and llms.txt name their url.path.)
+    fetch = one(spans, "GET", "CLIENT", lambda s: db_system(s) is None and "url.path" not in s.attributes)
     crawl = next(span_id for span_id, stage in stages.items() if stage == "crawl")
     assert fetch.parent_span_id == crawl, f"the page fetch is not under scan.crawl\n{context}"
     assert fetch.attributes.get("http.response.status_code") == 200, fetch.attributes
     assert fetch.status_code != "ERROR", fetch
+    # The origin's robots.txt and llms.txt, each its own CLIENT span under scan.analyze (the test
+    # site has neither: 404).
+    analyze = next(span_id for span_id, stage in stages.items() if stage == "analyze")
+    for path in ("/robots.txt", "/llms.txt"):
+        site_file = one(spans, "GET", "CLIENT", lambda s, path=path: s.attributes.get("url.path") == path)
+        assert site_file.parent_span_id == analyze, f"{path} is not under scan.analyze\n{context}"
+        assert site_file.attributes.get("http.response.status_code") == 404, site_file.attributes
 
     # PostgreSQL (asyncpg) under the API's server span, the consumer and a stage; Redis under the producer.
     postgres = [s for s in spans if s.kind == "CLIENT" and db_system(s) == "postgresql"]
