@@ -457,7 +457,11 @@ def assert_scan_trace(spans: list[Span], queue: str, scan_id: str, client_span_i
     # site has neither: 404).
     analyze = next(span_id for span_id, stage in stages.items() if stage == "analyze")
     for path in ("/robots.txt", "/llms.txt"):
-        site_file = one(spans, "GET", "CLIENT", lambda s, path=path: s.attributes.get("url.path") == path)
+
+        def for_path(span: Span, path: str = path) -> bool:
+            return span.attributes.get("url.path") == path
+
+        site_file = one(spans, "GET", "CLIENT", for_path)
         assert site_file.parent_span_id == analyze, f"{path} is not under scan.analyze\n{context}"
         assert site_file.attributes.get("http.response.status_code") == 404, site_file.attributes
 
