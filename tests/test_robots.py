@@ -15,7 +15,7 @@ from observability import metrics
 from tests.fileserver import FilesServer
 from tests.httpserver import running
 from worker import cache
-from worker.audit.indexability import crawler_access
+from worker.audit.robots_txt import crawler_access
 from worker.robots import CACHE, ERROR_TTL_SECONDS, ROBOTS_MAX_BYTES, TTL_SECONDS, origin_of, site_files
 
 

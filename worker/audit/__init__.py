@@ -10,7 +10,7 @@ Two pure steps, so either can run wherever the pipeline puts CPU work:
 from __future__ import annotations
 
 from app.core.audit import AuditFacts, AuditReport, build_report
-from worker.audit import content, indexability, international, schema, sharing
+from worker.audit import content, indexability, international, robots_txt, schema, sharing
 from worker.audit.common import PageContext, SiteFiles
 from worker.audit.facts import PageFacts, page_facts
 from worker.audit.rules import folded_audits
@@ -21,7 +21,7 @@ __all__ = ["PageContext", "PageFacts", "SiteFiles", "page_facts", "run_audits"]
 def run_audits(facts: PageFacts, ctx: PageContext) -> AuditReport:
     directives = indexability.directives(ctx, facts.meta_robots)
     site = ctx.site
-    access = indexability.crawler_access(ctx.url, site)
+    access = robots_txt.crawler_access(ctx.url, site)
     audits = [
         *indexability.audits(ctx, directives, access),
         international.canonical(facts, ctx, directives),
@@ -37,7 +37,7 @@ def run_audits(facts: PageFacts, ctx: PageContext) -> AuditReport:
         redirects=ctx.redirects,
         robots_txt=site.robots if site is not None else None,
         crawlers=access,
-        sitemaps=indexability.sitemaps(site) if site is not None else [],
+        sitemaps=robots_txt.sitemaps(site) if site is not None else [],
         llms_txt=site.llms_txt if site is not None else None,
         structured_data_types=facts.structured.types[:50],
         preview=sharing.preview(facts, ctx),

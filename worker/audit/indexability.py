@@ -1,43 +1,20 @@
-"""May the page be crawled, indexed and quoted: HTTP status, robots meta/header, robots.txt, llms.txt.
-
-robots.txt is read by protego (the parser Scrapy uses: Google's matching rules, wildcards, longest
-match); the line that decided each verdict is found here only to show it as evidence.
-"""
+"""May the page be crawled, indexed and quoted: HTTP status, robots meta/header, robots.txt, llms.txt."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
-from protego import Protego
-
-from app.core.audit import Audit, AuditCategory, CrawlerAccess, cap_text
+from app.core.audit import Audit, AuditCategory, CrawlerAccess
 from worker.audit.common import FAIL, HIGH, INFO, LOW, MEDIUM, NA, PASS, WARNING, PageContext, SiteFiles, make
+from worker.audit.robots_txt import CRAWLERS, sitemaps
 
 CATEGORY = AuditCategory.INDEXABILITY
 
-# (user-agent token, purpose). "ai-search" crawlers fetch pages to answer and cite them; the
-# "ai-training" tokens decide whether the text may train models.
-CRAWLERS: tuple[tuple[str, str], ...] = (
-    ("Googlebot", "search"),
-    ("Bingbot", "search"),
-    ("OAI-SearchBot", "ai-search"),
-    ("ChatGPT-User", "ai-search"),
-    ("PerplexityBot", "ai-search"),
-    ("GPTBot", "ai-training"),
-    ("ClaudeBot", "ai-training"),
-    ("Google-Extended", "ai-training"),
-    ("Applebot-Extended", "ai-training"),
-    ("CCBot", "ai-training"),
-)
 SEARCH_BOTS = frozenset({"robots", "googlebot", "bingbot"})
 # Directives that carry a value after a colon; any other "name:" prefix in X-Robots-Tag is a user agent.
 _VALUED = frozenset({"max-snippet", "max-image-preview", "max-video-preview", "unavailable_after"})
 SHORT_SNIPPET = 50
-SITEMAPS_KEPT = 20
-URL_CHARS = 2048
 
 
 @dataclass(frozen=True)
@@ -148,69 +125,7 @@ def _snippet(found: list[Directive]) -> Audit:
     )
 
 
-# --- robots.txt ----------------------------------------------------------------------------------------
-
-
-def crawler_access(url: str, site: SiteFiles | None) -> list[CrawlerAccess]:
-    """Each crawler's verdict for `url`: no robots.txt (4xx) allows all, an unreachable one none."""
-    if site is None:
-        return []
-    if site.robots != "found":
-        allowed = site.robots == "missing"
-        rule = None if allowed else "robots.txt is unreachable"
-        return [CrawlerAccess(crawler=bot, purpose=purpose, allowed=allowed, rule=rule) for bot, purpose in CRAWLERS]
-    robots_text = site.robots_text
-    parser = Protego.parse(robots_text)
-    return [
-        CrawlerAccess(
-            crawler=bot,
-            purpose=purpose,
-            allowed=(allowed := parser.can_fetch(url, bot)),
-            rule=None if allowed else deciding_line(robots_text, url, bot),
-        )
-        for bot, purpose in CRAWLERS
-    ]
-
-
-def deciding_line(robots_text: str, url: str, bot: str) -> str | None:
-    """The group and Disallow line that most likely blocked `bot` (evidence only; protego decided)."""
-    path = urlsplit(url).path or "/"
-    groups: list[tuple[list[str], list[str]]] = []
-    agents: list[str] = []
-    rules: list[str] = []
-    for raw in robots_text.splitlines()[:10_000]:
-        line = raw.split("#", 1)[0].strip()
-        key, _, value = line.partition(":")
-        key, value = key.strip().lower(), value.strip()
-        if key == "user-agent":
-            if rules:
-                groups.append((agents, rules))
-                agents, rules = [], []
-            agents.append(value)
-        elif key in ("disallow", "allow") and agents:
-            rules.append(f"{key.capitalize()}: {value}")
-    if agents:
-        groups.append((agents, rules))
-    wanted = bot.lower()
-    chosen = [g for g in groups if any(a.lower() != "*" and a.lower() in wanted for a in g[0])]
-    chosen = chosen or [g for g in groups if "*" in g[0]]
-    best = None
-    for group_agents, group_rules in chosen:
-        for rule in group_rules:
-            pattern = rule.partition(": ")[2]
-            longer = best is None or len(rule) > len(best[1])
-            if rule.startswith("Disallow") and pattern and longer and _matches(pattern, path):
-                best = (group_agents, rule)
-    if best is None:
-        return None
-    return cap_text(f"User-agent: {best[0][0]} … {best[1]}")
-
-
-def _matches(pattern: str, path: str) -> bool:
-    regex = re.escape(pattern[:500]).replace(r"\*", ".*")
-    if regex.endswith(r"\$"):
-        regex = regex[:-2] + "$"
-    return re.match(regex, path) is not None
+# --- robots.txt and llms.txt ---------------------------------------------------------------------------
 
 
 def robots_audits(ctx: PageContext, access: list[CrawlerAccess]) -> list[Audit]:
@@ -287,12 +202,6 @@ def _crawlers(site: SiteFiles, access: list[CrawlerAccess]) -> list[Audit]:
             result, evidence = PASS, [f"allowed: {names}"]
         audits.append(make(id, CATEGORY, title, result, severity, evidence, fix))
     return audits
-
-
-def sitemaps(site: SiteFiles) -> list[str]:
-    if site.robots != "found":
-        return []
-    return [url[:URL_CHARS] for url in list(Protego.parse(site.robots_text).sitemaps)[:SITEMAPS_KEPT]]
 
 
 def _sitemap(site: SiteFiles) -> Audit:
