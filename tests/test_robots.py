@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -89,6 +90,15 @@ async def test_fetched_once_per_origin_then_cached(
     assert all((s.attributes or {}).get("http.response.status_code") == 200 for s in clients)
     verdicts = {a.crawler: a.allowed for a in crawler_access(files.base + "/blog/post-1", first)}
     assert verdicts["GPTBot"] is False and verdicts["Googlebot"] is True
+
+
+async def test_scans_that_miss_together_share_one_fetch(
+    files: FilesServer, redis: ArqRedis, settings: Settings
+) -> None:
+    files.routes["/robots.txt"] = (200, "text/plain", b"User-agent: *\nDisallow: /private\n")
+    found = await asyncio.gather(*(site_files(redis, settings, f"{files.base}/page/{n}") for n in range(20)))
+    assert all(site == found[0] and site is not None and site.robots == "found" for site in found)
+    assert files.hits == {"/robots.txt": 1, "/llms.txt": 1}
 
 
 async def test_missing_files_and_a_soft_404(files: FilesServer, redis: ArqRedis, settings: Settings) -> None:

@@ -64,6 +64,19 @@ async def site_files(redis: Redis, settings: Settings, url: str) -> SiteFiles | 
             robots_text=str(cached.get("robotsText", "")),
             llms_txt=cached.get("llmsTxt"),
         )
+    # Scans of one origin that miss together share one fetch (per worker process; the cache
+    # shares it across workers). Shielded: a cancelled scan does not cancel the others' fetch.
+    fetch = _in_flight.get(origin)
+    if fetch is None:
+        fetch = _in_flight[origin] = asyncio.ensure_future(_fetch_and_cache(redis, settings, origin))
+        fetch.add_done_callback(lambda _: _in_flight.pop(origin, None))
+    return await asyncio.shield(fetch)
+
+
+_in_flight: dict[str, asyncio.Future[SiteFiles]] = {}
+
+
+async def _fetch_and_cache(redis: Redis, settings: Settings, origin: str) -> SiteFiles:
     robots, llms = await asyncio.gather(
         _get(origin, "/robots.txt", "robots", settings, ROBOTS_MAX_BYTES),
         _get(origin, "/llms.txt", "llms_txt", settings, LLMS_MAX_BYTES),
