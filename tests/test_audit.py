@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -428,3 +429,10 @@ def test_report_is_ordered_and_scored() -> None:
     wire = rep.to_json()
     assert "notApplicable" not in wire and "structuredDataTypes" in wire["facts"]
     assert AuditReport.model_validate(wire) == rep
+
+
+def test_the_readme_names_every_audit() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    ids = {a.id for a in report(page(), site=ROBOTS_OK, performance={}).audits}
+    assert len(ids) > 40
+    assert sorted(i for i in ids if f"`{i}`" not in readme) == []
