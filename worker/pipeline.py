@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -21,8 +22,9 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from app.core import scans
 from app.core.backing import UNAVAILABLE
 from app.core.models import ErrorType, Kind, ScanError, Stage
+from app.core.report import Findings, Keyphrase, Performance, ScanOptions, Teaser
 from app.core.settings import Settings
-from app.core.types import JSONDict, Record
+from app.core.types import Record
 from observability import metrics
 from worker.context import Resources
 from worker.fetch import FetchedPage, fetch_page
@@ -31,7 +33,7 @@ from worker.insights import rule_insights
 from worker.keyphrases import cached_keyphrases
 from worker.lab import lab_metrics
 from worker.llm import run_llm
-from worker.parse import document_teaser_json, parse_html, teaser_json
+from worker.parse import build_teaser, document_teaser, parse_html
 from worker.psi import fetch_psi
 
 logger = logging.getLogger("pagelens.worker")
@@ -55,10 +57,9 @@ class Run:
         scan_id: uuid.UUID = self.scan["id"]
         return scan_id
 
-    @property
-    def options(self) -> JSONDict:
-        options: JSONDict = self.scan["options"] or {}
-        return options
+    @functools.cached_property
+    def options(self) -> ScanOptions:
+        return ScanOptions.model_validate(self.scan["options"] or {})
 
     @asynccontextmanager
     async def stage(self, stage: Stage) -> AsyncIterator[None]:
@@ -207,44 +208,41 @@ def _failure(ctx: dict[str, Any], error_type: ErrorType, message: str) -> str:
     return "failed"
 
 
-async def _scan_url(run: Run) -> JSONDict:
+async def _scan_url(run: Run) -> Findings:
     res, url = run.res, run.scan["url"]
     async with run.stage(Stage.CRAWL):
         page = await _fetch(url, res)
     async with run.stage(Stage.PARSE):
         # selectolax is fast, but a multi-megabyte page still takes tens of ms: keep it off the loop.
         parsed = await asyncio.to_thread(parse_html, page.text, page.final_url)
-        teaser = teaser_json(parsed, page.final_url)
+        teaser = build_teaser(parsed, page.final_url)
         if not await scans.save_teaser(res.pool, run.scan_id, run.attempt, teaser):
             raise Superseded
     async with run.stage(Stage.ANALYZE):
         performance = lab_metrics(page, parsed)
-        performance["psi"] = None
-        if run.options.get("psi", True) and res.settings.psi_api_key:
-            strategy = run.options.get("strategy", "mobile")
+        if run.options.psi and res.settings.psi_api_key:
             with external_call("psi") as call:
-                psi = await fetch_psi(res.http, res.redis, res.settings, page.final_url, strategy=strategy)
+                psi = await fetch_psi(res.http, res.redis, res.settings, page.final_url, strategy=run.options.strategy)
                 call.outcome = "success" if psi.outcome in ("ok", "cached") else "error"
             metrics.cache_requests_total.inc({"cache": "psi", "result": "hit" if psi.cache_hit else "miss"})
-            performance["psi"] = psi.scores
+            performance.psi = psi.scores
     return await _generate(run, teaser, performance, parsed.main_text, Kind.URL)
 
 
-async def _scan_document(run: Run) -> JSONDict:
+async def _scan_document(run: Run) -> Findings:
     text: str = run.scan["document"]
-    teaser = document_teaser_json(text, run.scan["title"])
+    teaser = document_teaser(text, run.scan["title"])
     if not await scans.save_teaser(run.res.pool, run.scan_id, run.attempt, teaser):
         raise Superseded
     return await _generate(run, teaser, None, text, Kind.DOCUMENT)
 
 
-async def _generate(run: Run, teaser: JSONDict, performance: JSONDict | None, text: str, kind: Kind) -> JSONDict:
+async def _generate(run: Run, teaser: Teaser, performance: Performance | None, text: str, kind: Kind) -> Findings:
     res = run.res
     async with run.stage(Stage.GENERATE):
-        top_n = int(run.options.get("topN", 10))
         started = time.perf_counter()
         phrases, hit = await cached_keyphrases(
-            res.redis, res.keyphrases, text, top_n=top_n, ttl=res.settings.keyphrase_cache_ttl
+            res.redis, res.keyphrases, text, top_n=run.options.top_n, ttl=res.settings.keyphrase_cache_ttl
         )
         metrics.cache_requests_total.inc({"cache": "keyphrases", "result": "hit" if hit else "miss"})
         if not hit:
@@ -252,16 +250,13 @@ async def _generate(run: Run, teaser: JSONDict, performance: JSONDict | None, te
                 {"service": "keybert", "outcome": "success"}, time.perf_counter() - started
             )
         insights = rule_insights(teaser, performance, phrases, kind=kind.value)
-        if run.options.get("llm", True) and res.settings.llm_base_url:
+        if run.options.llm and res.settings.llm_base_url:
             with external_call("llm") as call:
                 llm = await run_llm(res.http, res.settings, teaser=teaser, keyphrases=phrases, text=text)
                 call.outcome = "success" if llm.outcome == "ok" else "error"
             insights += llm.insights
-    return {
-        "performance": performance,
-        "keyphrases": [{"phrase": p, "score": s} for p, s in phrases],
-        "insights": insights,
-    }
+    keyphrases = [Keyphrase(phrase=p, score=s) for p, s in phrases]
+    return Findings(performance=performance, keyphrases=keyphrases, insights=insights)
 
 
 class _Call:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from app.core.backing import UNAVAILABLE
+from app.core.models import Status
+from app.core.report import ErrorInfo
 
 logger = logging.getLogger("pagelens.api")
 
@@ -48,17 +53,43 @@ class Problem(Exception):
         self.extra = extra
 
 
+class FieldError(BaseModel):
+    field: str
+    message: str
+    type: str | None = None
+
+
+class ProblemDetails(BaseModel):
+    """The body of every error answer; members that are not set are left out."""
+
+    model_config = ConfigDict(alias_generator=to_camel, validate_by_name=True, serialize_by_alias=True, extra="forbid")
+
+    type: str  # urn:pagelens:problem:<code>
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None  # the request path
+    errors: list[FieldError] | None = None  # 422: which field is invalid and why
+    scan_id: uuid.UUID | None = None  # 409 about a scan: its id, status and error
+    scan_status: Status | None = None
+    error: ErrorInfo | None = None
+
+
 def problem_response(problem: Problem, instance: str | None = None) -> Response:
-    body: dict[str, Any] = {
-        "type": f"urn:pagelens:problem:{problem.code}",
-        "title": TITLES.get(problem.status, "Error"),
-        "status": problem.status,
-        "detail": problem.detail,
-    }
-    if instance:
-        body["instance"] = instance
-    body.update(problem.extra)
-    return JSONResponse(body, status_code=problem.status, headers=problem.headers, media_type=MEDIA_TYPE)
+    body = ProblemDetails(
+        type=f"urn:pagelens:problem:{problem.code}",
+        title=TITLES.get(problem.status, "Error"),
+        status=problem.status,
+        detail=problem.detail,
+        **({"instance": instance} if instance else {}),
+        **problem.extra,
+    )
+    return JSONResponse(
+        body.model_dump(mode="json", exclude_unset=True),
+        status_code=problem.status,
+        headers=problem.headers,
+        media_type=MEDIA_TYPE,
+    )
 
 
 async def on_problem(request: Request, exc: Exception) -> Response:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
-from pydantic.alias_generators import to_camel
+from pydantic import BaseModel, Field, StringConstraints, ValidationError, field_validator
 from starlette.requests import Request
 
 from app.api.problems import Problem
 from app.core.models import ScanError
+from app.core.report import STRICT, ScanOptions
 from app.core.settings import Settings
 from app.core.urlpolicy import check_url
 
@@ -19,15 +19,7 @@ Model = TypeVar("Model", bound=BaseModel)
 
 
 class Strict(BaseModel):
-    # Unknown fields are refused so a typo in a client ("otpions") is an error, not silently ignored.
-    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True)
-
-
-class ScanOptions(Strict):
-    top_n: int = Field(10, ge=1, le=30, description="How many keyphrases to extract.")
-    llm: bool = Field(True, description="Add LLM insights when an LLM is configured.")
-    psi: bool = Field(True, description="Add PageSpeed Insights scores when PSI is configured.")
-    strategy: Literal["mobile", "desktop"] = Field("mobile", description="PageSpeed Insights strategy.")
+    model_config = STRICT
 
 
 class CreateScan(Strict):

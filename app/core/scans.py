@@ -14,6 +14,7 @@ from typing import Any
 
 from app.core.db import timed
 from app.core.models import CLAIMABLE, OPEN, STAGE_PROGRESS, TERMINAL, Kind, ScanError, Stage, Status
+from app.core.report import Findings, Teaser
 from app.core.types import Executor, JSONDict, Record
 
 _CLAIMABLE = [s.value for s in CLAIMABLE]
@@ -204,22 +205,27 @@ async def enter_stage(
 
 
 @timed("scans.save_teaser")
-async def save_teaser(db: Executor, scan_id: uuid.UUID, attempt: int, teaser: JSONDict) -> bool:
+async def save_teaser(db: Executor, scan_id: uuid.UUID, attempt: int, teaser: Teaser) -> bool:
     return await _fenced(
-        db, scan_id, attempt, "teaser = $3, status = 'TEASER_READY', progress = GREATEST(progress, 40)", teaser
+        db,
+        scan_id,
+        attempt,
+        "teaser = $3, status = 'TEASER_READY', progress = GREATEST(progress, 40)",
+        teaser.to_json(),
     )
 
 
 @timed("scans.finish")
-async def finish(db: Executor, scan_id: uuid.UUID, attempt: int, report: JSONDict, timings: dict[str, float]) -> bool:
-    """The final write: report, timings and FULL_READY together, only for the attempt holding the scan."""
+async def finish(db: Executor, scan_id: uuid.UUID, attempt: int, report: Findings, timings: dict[str, float]) -> bool:
+    """The final write: report, timings and FULL_READY together, only for the attempt holding the scan.
+    The API reads the row back as a `Report` (`Report.from_row`)."""
     return await _fenced(
         db,
         scan_id,
         attempt,
         """report = $3, timings = timings || $4::jsonb, status = 'FULL_READY', progress = 100,
            lease_until = NULL, finished_at = now()""",
-        report,
+        report.to_json(),
         {k: round(v, 1) for k, v in timings.items()},
     )
 

@@ -26,11 +26,12 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from app.api.problems import Problem
-from app.api.routes.scans import PREFIX, scan_id_of, scan_not_found, status_json
+from app.api.routes.scans import PREFIX, scan_id_of, scan_not_found
 from app.api.scan_events import ScanEvents, TooManyStreams, Watcher
 from app.api.state import State
 from app.core import scans
 from app.core.models import TERMINAL
+from app.core.report import ScanStatus
 from app.core.settings import Settings
 from app.core.types import Record
 from observability import metrics
@@ -46,7 +47,7 @@ HEADERS = [
 
 
 def format_event(row: Record) -> bytes:
-    data = json.dumps(status_json(row), separators=(",", ":"), ensure_ascii=False)
+    data = json.dumps(ScanStatus.from_row(row).to_json(), separators=(",", ":"), ensure_ascii=False)
     return f"id: {row['version']}\nevent: status\ndata: {data}\n\n".encode()
 
 

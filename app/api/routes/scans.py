@@ -22,30 +22,15 @@ from app.api.schemas import CreateScan, parse_json, validated_idempotency_key, v
 from app.api.state import State
 from app.core import queue, scans
 from app.core.models import Kind, Status
-from app.core.types import JSONDict, Record
+from app.core.report import Accepted, Report, ScanList, ScanRef, ScanStatus, TeaserResponse, Wire
+from app.core.types import Record
 
 logger = logging.getLogger("pagelens.api")
 PREFIX = "/api/v1/scan-jobs"
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
-
-
-def status_json(row: Record) -> JSONDict:
-    return {
-        "scanId": str(row["id"]),
-        "url": row["url"],
-        "status": row["status"],
-        "stage": row["stage"],
-        "progress": row["progress"],
-        "error": row["error"],
-        "traceId": row["trace_id"],
-        "attempts": row["attempts"],
-        "createdAt": _iso(row["created_at"]),
-        "updatedAt": _iso(row["updated_at"]),
-        "timings": row["timings"],
-    }
+def reply(body: Wire, status_code: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(body.to_json(), status_code=status_code, headers=headers)
 
 
 def _current_trace_id() -> str | None:
@@ -79,11 +64,10 @@ async def submit(request: Request, new: scans.NewScan) -> Response:
                 "enqueue failed, scan left for the sweeper: %s", type(exc).__name__, extra={"scan_id": scan_id}
             )
     status_url = f"{PREFIX}/{scan_id}/status"
-    body = {"scanId": scan_id, "status": row["status"], "statusUrl": status_url}
     headers = {"Location": status_url}
     if not created:
         headers["Idempotent-Replayed"] = "true"
-    return JSONResponse(body, status_code=202, headers=headers)
+    return reply(Accepted(scan_id=row["id"], status=row["status"], status_url=status_url), 202, headers)
 
 
 async def create_scan(request: Request) -> Response:
@@ -120,7 +104,7 @@ async def _load(request: Request) -> Record:
 
 async def get_status(request: Request) -> Response:
     # Polled by every waiting client: only the status columns, never the report.
-    return JSONResponse(status_json(_found(await scans.status(State.of(request).pool, scan_id_of(request)))))
+    return reply(ScanStatus.from_row(_found(await scans.status(State.of(request).pool, scan_id_of(request)))))
 
 
 def _not_ready(row: Record, wanted: str) -> Problem:
@@ -138,16 +122,14 @@ async def get_teaser(request: Request) -> Response:
     row = await _load(request)
     if row["teaser"] is None or row["status"] not in (Status.TEASER_READY, Status.FULL_READY):
         raise _not_ready(row, "teaser")
-    return JSONResponse({"scanId": str(row["id"]), "status": row["status"], "teaser": row["teaser"]})
+    return reply(TeaserResponse(scan_id=row["id"], status=row["status"], teaser=row["teaser"]))
 
 
 async def get_full(request: Request) -> Response:
     row = await _load(request)
     if row["status"] != Status.FULL_READY:
         raise _not_ready(row, "full report")
-    report = {"scanId": str(row["id"]), "status": row["status"], "teaser": row["teaser"], **row["report"]}
-    report["timings"] = row["timings"]
-    return JSONResponse(report)
+    return reply(Report.from_row(row))
 
 
 async def cancel_scan(request: Request) -> Response:
@@ -164,7 +146,7 @@ async def cancel_scan(request: Request) -> Response:
         await state.redis.zadd(abort_jobs_ss, {str(scan_id): timestamp_ms()})
     except Exception as exc:  # the row is CANCELLED already; a worker that claims it does nothing
         logger.warning("could not signal abort: %s", type(exc).__name__, extra={"scan_id": str(scan_id)})
-    return JSONResponse({"scanId": str(scan_id), "status": row["status"]}, status_code=202)
+    return reply(ScanRef(scan_id=scan_id, status=row["status"]), 202)
 
 
 async def retry_scan(request: Request) -> Response:
@@ -195,11 +177,7 @@ async def retry_scan(request: Request) -> Response:
             "enqueue failed, scan left for the sweeper: %s", type(exc).__name__, extra={"scan_id": str(scan_id)}
         )
     status_url = f"{PREFIX}/{scan_id}/status"
-    return JSONResponse(
-        {"scanId": str(scan_id), "status": row["status"], "statusUrl": status_url},
-        status_code=202,
-        headers={"Location": status_url},
-    )
+    return reply(Accepted(scan_id=scan_id, status=row["status"], status_url=status_url), 202, {"Location": status_url})
 
 
 def _decode_cursor(raw: str) -> tuple[datetime, uuid.UUID]:
@@ -236,9 +214,8 @@ async def list_scans(request: Request) -> Response:
     limit = int(raw_limit)
     before = _decode_cursor(params["cursor"]) if params.get("cursor") else None
     rows = await scans.page(State.of(request).pool, status=status, limit=limit + 1, before=before)
-    items = [status_json(r) for r in rows[:limit]]
-    next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
-    return JSONResponse({"items": items, "nextCursor": next_cursor})
+    items = [ScanStatus.from_row(r) for r in rows[:limit]]
+    return reply(ScanList(items=items, next_cursor=_encode_cursor(rows[limit - 1]) if len(rows) > limit else None))
 
 
 routes = [
