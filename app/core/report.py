@@ -51,9 +51,10 @@ class ScanOptions(BaseModel):
 
     model_config = STRICT
 
-    top_n: int = Field(10, ge=1, le=30, description="How many keyphrases to extract.")
-    llm: bool = Field(True, description="Add LLM insights when an LLM is configured.")
-    psi: bool = Field(True, description="Add PageSpeed Insights scores when PSI is configured.")
+    # Strict: a 0 is not false, nor "10" a number; the schema promises booleans and integers.
+    top_n: int = Field(10, ge=1, le=30, strict=True, description="How many keyphrases to extract.")
+    llm: bool = Field(True, strict=True, description="Add LLM insights when an LLM is configured.")
+    psi: bool = Field(True, strict=True, description="Add PageSpeed Insights scores when PSI is configured.")
     strategy: Literal["mobile", "desktop"] = Field("mobile", description="PageSpeed Insights strategy.")
 
 

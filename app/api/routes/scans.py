@@ -203,7 +203,7 @@ def _query_error(field: str, message: str) -> Problem:
 async def list_scans(request: Request) -> Response:
     params = request.query_params
     status = None
-    if raw_status := params.get("status"):
+    if (raw_status := params.get("status")) is not None:  # "?status=" names no status: refused
         try:
             status = Status(raw_status.upper())
         except ValueError:
@@ -218,9 +218,13 @@ async def list_scans(request: Request) -> Response:
     return reply(ScanList(items=items, next_cursor=_encode_cursor(rows[limit - 1]) if len(rows) > limit else None))
 
 
+async def scan_jobs(request: Request) -> Response:
+    # One route for both methods, so that a 405 on this path lists both in its Allow header.
+    return await (create_scan if request.method == "POST" else list_scans)(request)
+
+
 routes = [
-    Route(PREFIX, create_scan, methods=["POST"]),
-    Route(PREFIX, list_scans, methods=["GET"]),
+    Route(PREFIX, scan_jobs, methods=["GET", "POST"]),
     Route(PREFIX + "/{scanId}/status", get_status, methods=["GET"]),
     Route(PREFIX + "/{scanId}/teaser", get_teaser, methods=["GET"]),
     Route(PREFIX + "/{scanId}/full", get_full, methods=["GET"]),
