@@ -59,11 +59,12 @@ async def scan_through(
 async def served(client: httpx.AsyncClient, scan_id: str) -> dict[str, Any]:
     """Status, teaser and report of a finished scan, each checked against its schema and model."""
     answers = {}
-    for path, component, model in [
+    reads: list[tuple[str, str, type[BaseModel]]] = [
         ("status", "ScanStatus", ScanStatus),
         ("teaser", "TeaserResponse", TeaserResponse),
         ("full", "Report", Report),
-    ]:
+    ]
+    for path, component, model in reads:
         response = await client.get(f"{SCANS}/{scan_id}/{path}")
         assert response.status_code == 200, response.text
         conforms(response.json(), component)

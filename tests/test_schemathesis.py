@@ -29,7 +29,7 @@ MAX_EXAMPLES = 60
 # Every check schemathesis has but one: positive_data_acceptance expects any schema-valid request to
 # succeed, and a list cursor is an opaque token that only this API can make (a made-up one gets 422).
 load_all_checks()
-CHECKS = [check for check in ALL_CHECKS.get_all() if check is not positive_data_acceptance]
+CHECKS = [c for c in ALL_CHECKS.get_all() if c is not positive_data_acceptance and not isinstance(c, type)]
 assert response_schema_conformance in CHECKS
 START_POLLS = 400  # x 0.025 s
 

@@ -26,8 +26,8 @@ from app.cli.embedded import backing_servers
 from app.cli.report import ProgressView, render_list, render_report, render_status
 from app.core import migrate
 from app.core.models import TERMINAL
+from app.core.report import Accepted, ScanStatus, Wire
 from app.core.settings import ConfigError, Settings, child_env
-from app.core.types import JSONDict
 
 API_HOST, API_PORT = "127.0.0.1", 8000
 DONE, SCAN_FAILED, USAGE, UNAVAILABLE = 0, 1, 2, 3
@@ -53,16 +53,20 @@ def _client(settings: Settings, args: argparse.Namespace) -> Client:
     return Client((args.api or settings.api_url).rstrip("/"), args.api_key or settings.api_key)
 
 
-def _outcome(status: JSONDict) -> int:
-    return SCAN_FAILED if status["status"] in ("FAILED", "CANCELLED") else DONE
+def _outcome(status: ScanStatus) -> int:
+    return SCAN_FAILED if status.status in ("FAILED", "CANCELLED") else DONE
 
 
-def _finish(client: Client, status: JSONDict, args: argparse.Namespace) -> int:
+def _print_json(answer: Wire) -> None:
+    print(json.dumps(answer.to_json(), indent=2, ensure_ascii=False))
+
+
+def _finish(client: Client, status: ScanStatus, args: argparse.Namespace) -> int:
     """Print the scan as it now is: the report once FULL_READY, else its status."""
     out = Console()
-    report = client.report(status["scanId"]) if status["status"] == "FULL_READY" else None
+    report = client.report(status.scan_id) if status.status == "FULL_READY" else None
     if args.json:
-        print(json.dumps(report if report is not None else status, indent=2, ensure_ascii=False))
+        _print_json(report if report is not None else status)
     elif report is not None:
         render_report(out, report, status)
     else:
@@ -72,25 +76,25 @@ def _finish(client: Client, status: JSONDict, args: argparse.Namespace) -> int:
 
 def _wait(client: Client, scan_id: str, args: argparse.Namespace) -> int:
     status = client.status(scan_id)
-    if status["status"] not in TERMINAL:
+    if status.status not in TERMINAL:
         with ProgressView(Console(stderr=True)).running(scan_id) as view:
             for status in client.follow(scan_id):
                 view.update(status)
-        if status["status"] not in TERMINAL:  # the stream ended without showing the end (a 204)
+        if status.status not in TERMINAL:  # the stream ended without showing the end (a 204)
             status = client.status(scan_id)
     return _finish(client, status, args)
 
 
-def _accepted(client: Client, accepted: JSONDict, args: argparse.Namespace) -> int:
-    scan_id = accepted["scanId"]
+def _accepted(client: Client, accepted: Accepted, args: argparse.Namespace) -> int:
+    scan_id = str(accepted.scan_id)
     if args.wait:
         return _wait(client, scan_id, args)
     if args.json:
-        print(json.dumps(accepted, indent=2))
+        _print_json(accepted)
     else:
-        print(f"scan {scan_id} {accepted['status']}")
+        print(f"scan {scan_id} {accepted.status}")
         print(f"  follow it:  pagelens status {scan_id} --wait")
-        print(f"  status:     {client.base_url}{accepted['statusUrl']}")
+        print(f"  status:     {client.base_url}{accepted.status_url}")
     return DONE
 
 
@@ -110,7 +114,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         return _wait(client, args.scan_id, args)
     status = client.status(args.scan_id)
     if args.json:
-        print(json.dumps(status, indent=2, ensure_ascii=False))
+        _print_json(status)
     else:
         render_status(Console(), status)
     return _outcome(status)
@@ -119,9 +123,9 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
     page = _client(settings, args).scans(args.status, args.limit)
     if args.json:
-        print(json.dumps(page, indent=2, ensure_ascii=False))
+        _print_json(page)
     else:
-        render_list(Console(), page["items"])
+        render_list(Console(), page.items)
     return DONE
 
 

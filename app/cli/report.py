@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 from rich.console import Console, Group
@@ -16,7 +17,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from rich.table import Table
 from rich.text import Text
 
-from app.core.types import JSONDict
+from app.core.report import Report, ScanStatus
 
 STATUS_STYLES = {
     "QUEUED": "dim",
@@ -58,12 +59,13 @@ class ProgressView:
         else:
             yield self
 
-    def update(self, status: JSONDict) -> None:
-        label = status["status"] + (f" · {status['stage']}" if status.get("stage") else "")
+    def update(self, status: ScanStatus) -> None:
+        stage = status.stage.value if status.stage else None
+        label = status.status.value + (f" · {stage}" if stage else "")
         if self.progress is not None and self.task is not None:
-            self.progress.update(self.task, completed=status.get("progress") or 0, description=label)
+            self.progress.update(self.task, completed=status.progress, description=label)
         else:
-            self.err.print(f"{status['status']:<12} {status.get('stage') or '-':<9} {status.get('progress', 0):>3}%")
+            self.err.print(f"{status.status.value:<12} {stage or '-':<9} {status.progress:>3}%")
 
 
 def _facts(rows: list[tuple[str, Any]]) -> Table:
@@ -76,92 +78,94 @@ def _facts(rows: list[tuple[str, Any]]) -> Table:
     return table
 
 
-def render_status(out: Console, status: JSONDict) -> None:
+def _iso(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def render_status(out: Console, status: ScanStatus) -> None:
     rows = [
-        ("scan", status["scanId"]),
-        ("url", status.get("url") or "(text document)"),
-        ("stage", status.get("stage")),
-        ("progress", f"{status.get('progress', 0)}%"),
-        ("attempts", status.get("attempts")),
-        ("trace", status.get("traceId")),
-        ("created", status.get("createdAt")),
+        ("scan", status.scan_id),
+        ("url", status.url or "(text document)"),
+        ("stage", status.stage.value if status.stage else None),
+        ("progress", f"{status.progress}%"),
+        ("attempts", status.attempts),
+        ("trace", status.trace_id),
+        ("created", _iso(status.created_at)),
     ]
-    out.print(Group(Text.assemble(("status  ", "dim"), status_text(status["status"])), _facts(rows)))
-    if status.get("error"):
-        error = status["error"]
-        out.print(Panel(error["message"], title=f"error: {error['type']}", border_style="red", expand=False))
+    out.print(Group(Text.assemble(("status  ", "dim"), status_text(status.status)), _facts(rows)))
+    if error := status.error:
+        out.print(Panel(error.message, title=f"error: {error.type.value}", border_style="red", expand=False))
 
 
-def render_report(out: Console, report: JSONDict, status: JSONDict) -> None:
-    teaser = report.get("teaser") or {}
-    title = teaser.get("title") or status.get("url") or "Text document"
-    out.print(Panel(Text(title, style="bold"), expand=False, border_style="green"))
-    links, images = teaser.get("links") or {}, teaser.get("images") or {}
+def render_report(out: Console, report: Report, status: ScanStatus) -> None:
+    teaser = report.teaser
+    out.print(
+        Panel(Text(teaser.title or status.url or "Text document", style="bold"), expand=False, border_style="green")
+    )
+    links, images = teaser.links, teaser.images
     page_rows = [
-        ("url", status.get("url")),
-        ("scan", status.get("scanId")),
-        ("trace", status.get("traceId")),
-        ("description", teaser.get("description")),
-        ("words", teaser.get("wordCount")),
-        ("language", teaser.get("language")),
-        ("links in/out", f"{links.get('internal')} / {links.get('external')}" if status.get("url") else None),
-        ("images w/o alt", f"{images.get('withoutAlt')} / {images.get('total')}" if status.get("url") else None),
+        ("url", status.url),
+        ("scan", status.scan_id),
+        ("trace", status.trace_id),
+        ("description", teaser.description),
+        ("words", teaser.word_count),
+        ("language", teaser.language),
+        ("links in/out", f"{links.internal} / {links.external}" if status.url else None),
+        ("images w/o alt", f"{images.without_alt} / {images.total}" if status.url else None),
     ]
     out.print(Text("Page", style="bold underline"))
     out.print(_facts(page_rows))
 
-    phrases = report.get("keyphrases") or []
+    phrases = report.keyphrases
     out.print(Text("\nKeyphrases", style="bold underline"))
     table = Table(show_header=False, box=None, padding=(0, 2))
-    top = max((p["score"] for p in phrases), default=1.0) or 1.0
+    top = max((p.score for p in phrases), default=1.0) or 1.0
     for phrase in phrases:
-        bar = "█" * max(1, round(phrase["score"] / top * 20))
-        table.add_row(phrase["phrase"], Text(bar, style="magenta"), f"{phrase['score']:.2f}")
+        bar = "█" * max(1, round(phrase.score / top * 20))
+        table.add_row(phrase.phrase, Text(bar, style="magenta"), f"{phrase.score:.2f}")
     out.print(table if phrases else Text("(too little text)", style="dim"))
 
-    perf = report.get("performance")
-    if perf:
+    if perf := report.performance:
         out.print(Text("\nPerformance", style="bold underline"))
         out.print(
             _facts(
                 [
-                    ("time to first byte", f"{perf.get('ttfbMs')} ms"),
-                    ("total fetch", f"{perf.get('totalMs')} ms"),
-                    ("HTML", f"{perf.get('htmlBytes')} bytes ({perf.get('transferBytes')} transferred)"),
-                    ("compression", perf.get("compression") or "none"),
-                    ("scripts / styles", f"{perf.get('scripts')} / {perf.get('stylesheets')}"),
-                    ("render-blocking", perf.get("renderBlocking")),
-                    ("redirects", perf.get("redirects")),
-                    ("PageSpeed", perf.get("psi")),
+                    ("time to first byte", f"{perf.ttfb_ms} ms"),
+                    ("total fetch", f"{perf.total_ms} ms"),
+                    ("HTML", f"{perf.html_bytes} bytes ({perf.transfer_bytes} transferred)"),
+                    ("compression", perf.compression or "none"),
+                    ("scripts / styles", f"{perf.scripts} / {perf.stylesheets}"),
+                    ("render-blocking", perf.render_blocking),
+                    ("redirects", perf.redirects),
+                    ("PageSpeed", perf.psi.to_json() if perf.psi else None),
                 ]
             )
         )
 
-    insights = report.get("insights") or []
     out.print(Text("\nInsights", style="bold underline"))
-    if not insights:
+    if not report.insights:
         out.print(Text("nothing to improve that the checks could find", style="dim"))
     for severity in SEVERITY_STYLES:
-        for insight in (i for i in insights if i.get("severity") == severity):
+        for insight in (i for i in report.insights if i.severity == severity):
             out.print(
                 Text.assemble(
                     (f"{severity.upper():<7}", SEVERITY_STYLES[severity]),
-                    (f"{insight.get('category', ''):<14}", "dim"),
-                    str(insight.get("message", "")),
+                    (f"{insight.category:<14}", "dim"),
+                    insight.message,
                 )
             )
 
 
-def render_list(out: Console, items: list[JSONDict]) -> None:
+def render_list(out: Console, items: list[ScanStatus]) -> None:
     table = Table(box=None, padding=(0, 2), header_style="bold")
     for column in ("scan", "status", "progress", "url", "created"):
         table.add_column(column)
     for item in items:
         table.add_row(
-            item["scanId"],
-            status_text(item["status"]),
-            f"{item.get('progress', 0)}%",
-            item.get("url") or "(text)",
-            item.get("createdAt") or "",
+            str(item.scan_id),
+            status_text(item.status),
+            f"{item.progress}%",
+            item.url or "(text)",
+            _iso(item.created_at),
         )
     out.print(table if items else Text("no scans", style="dim"))
