@@ -1,4 +1,4 @@
-"""Request bodies: reading them within limits and validating every field."""
+"""Request bodies, read within limits with every field validated; answers, as JSON of their models."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, Field, StringConstraints, ValidationError, field_validator
 from starlette.requests import Request
+from starlette.responses import JSONResponse
 
 from app.api.problems import Problem
 from app.core.models import ScanError
-from app.core.report import STRICT, ScanOptions
+from app.core.report import STRICT, ScanOptions, Wire
 from app.core.settings import Settings
 from app.core.urlpolicy import check_url
 
@@ -110,3 +111,7 @@ def validated_idempotency_key(request: Request) -> str | None:
             errors=[{"field": "Idempotency-Key", "message": "invalid header", "type": "value_error"}],
         )
     return raw
+
+
+def reply(body: Wire, status_code: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(body.to_json(), status_code=status_code, headers=headers)

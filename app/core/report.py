@@ -84,19 +84,8 @@ class ScanStatus(Wire):
 
     @classmethod
     def from_row(cls, row: Record) -> ScanStatus:
-        return cls(
-            scan_id=row["id"],
-            url=row["url"],
-            status=row["status"],
-            stage=row["stage"],
-            progress=row["progress"],
-            error=row["error"],
-            trace_id=row["trace_id"],
-            attempts=row["attempts"],
-            created_at=row["created_at"],
-            updated_at=row["updated_at"],
-            timings=row["timings"],
-        )
+        """From a scans row (its other columns are ignored)."""
+        return cls.model_validate({**row, "scan_id": row["id"]})
 
 
 class ScanRef(Wire):
@@ -235,6 +224,5 @@ class Report(Findings):
 
     @classmethod
     def from_row(cls, row: Record) -> Report:
-        return cls(
-            scan_id=row["id"], status=row["status"], teaser=row["teaser"], timings=row["timings"], **row["report"]
-        )
+        """From a FULL_READY scans row: its report column with the id, status, teaser and timings."""
+        return cls.model_validate({**row["report"], **row, "scan_id": row["id"]})

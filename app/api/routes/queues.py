@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.api.routes.scans import reply
+from app.api.schemas import reply
 from app.api.state import State
 from app.core.report import Count, Wire
 from observability.sampler import live_workers, read_snapshot, sample_queue

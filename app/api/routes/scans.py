@@ -12,25 +12,21 @@ from arq.constants import abort_jobs_ss
 from arq.utils import timestamp_ms
 from opentelemetry import trace
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from app.api import limits
 from app.api.auth import request_key_id
 from app.api.problems import Problem
-from app.api.schemas import CreateScan, parse_json, validated_idempotency_key, validated_url
+from app.api.schemas import CreateScan, parse_json, reply, validated_idempotency_key, validated_url
 from app.api.state import State
 from app.core import queue, scans
 from app.core.models import Kind, Status
-from app.core.report import Accepted, Report, ScanList, ScanRef, ScanStatus, TeaserResponse, Wire
+from app.core.report import Accepted, Report, ScanList, ScanRef, ScanStatus, TeaserResponse
 from app.core.types import Record
 
 logger = logging.getLogger("pagelens.api")
 PREFIX = "/api/v1/scan-jobs"
-
-
-def reply(body: Wire, status_code: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(body.to_json(), status_code=status_code, headers=headers)
 
 
 def _current_trace_id() -> str | None:
