@@ -214,12 +214,9 @@ class Findings(Wire):
     insights: list[Insight] = []
 
 
-class Report(Findings):
-    """GET /full: the findings with the scan's id, status, teaser and stage timings."""
+class Report(Findings, TeaserResponse):
+    """GET /full: the scan's id, status and teaser, its findings, and its stage timings."""
 
-    scan_id: uuid.UUID
-    status: Status
-    teaser: Teaser
     timings: Timings
 
     @classmethod
