@@ -224,8 +224,10 @@ async def test_disabled_without_an_endpoint(settings: Settings) -> None:
     assert not settings.with_(
         browser_traces_endpoint="http://127.0.0.1:1/v1/traces", browser_traces=False
     ).browser_traces_enabled
-    assert settings.with_(otel_endpoint_configured=True).browser_traces_enabled
-    assert not settings.with_(otel_endpoint_configured=True, otel_traces_exporter="console").browser_traces_enabled
+    assert settings.with_(otel_exporter_otlp_endpoint="http://127.0.0.1:4318").browser_traces_enabled
+    assert not settings.with_(
+        otel_exporter_otlp_endpoint="http://127.0.0.1:4318", otel_traces_exporter=("console",)
+    ).browser_traces_enabled
 
 
 async def test_api_keys_cover_browser_traces(open_api: Any) -> None:

@@ -30,7 +30,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from app.core.settings import Settings
-from observability.tracing import span_exporter
+from observability.tracing import otlp_exporter
 
 BROWSER_SERVICE = "pagelens-web"
 PROTOBUF = "application/x-protobuf"
@@ -233,7 +233,7 @@ class BrowserTraces:
             exporter = (
                 OTLPSpanExporter(endpoint=settings.browser_traces_endpoint)
                 if settings.browser_traces_endpoint
-                else span_exporter(settings)
+                else otlp_exporter(settings)
             )
         return cls(exporter, settings.browser_traces_per_minute) if exporter is not None else None
 
