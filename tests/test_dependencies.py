@@ -9,7 +9,7 @@ import importlib.util
 import re
 import sys
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from functools import cache
 from importlib.metadata import PackageNotFoundError, distribution, packages_distributions, version
 from pathlib import Path
@@ -58,7 +58,7 @@ def module_file(name: str) -> Path | None:
 
 
 @cache
-def top_level_owners() -> dict[str, list[str]]:
+def top_level_owners() -> Mapping[str, list[str]]:
     return packages_distributions()
 
 
