@@ -296,8 +296,10 @@ async def test_disabled_without_an_endpoint(settings: Settings) -> None:
     assert not settings.with_(
         browser_traces_endpoint="http://127.0.0.1:1/v1/traces", browser_traces=False
     ).browser_traces_enabled
-    assert settings.with_(otel_endpoint_configured=True).browser_traces_enabled
-    assert not settings.with_(otel_endpoint_configured=True, otel_traces_exporter="console").browser_traces_enabled
+    assert settings.with_(otel_exporter_otlp_endpoint="http://127.0.0.1:4318").browser_traces_enabled
+    assert not settings.with_(
+        otel_exporter_otlp_endpoint="http://127.0.0.1:4318", otel_traces_exporter=("console",)
+    ).browser_traces_enabled
 
 
 async def test_api_keys_cover_browser_traces(open_api: Any) -> None:
@@ -332,9 +334,8 @@ async def test_without_a_browser_endpoint_spans_follow_the_otlp_settings(
     settings: Settings, receiver: OTLPReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """OTLP/HTTP: OTEL_EXPORTER_OTLP_ENDPOINT plus /v1/traces, gzip when OTEL_EXPORTER_OTLP_COMPRESSION says so."""
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint + "/")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
-    api_settings = settings.with_(otel_endpoint_configured=True, otel_traces_exporter="otlp")
+    api_settings = settings.with_(otel_exporter_otlp_endpoint=receiver.endpoint + "/", otel_traces_exporter=("otlp",))
     trace_id, body = _proto_export()
     async with serve_api(api_settings) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
         response = await client.post(PATH, content=body, headers={"content-type": "application/json"})
@@ -367,10 +368,11 @@ async def test_grpc_protocol_forwards_over_grpc_with_the_otlp_headers(
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "X-Collector-Key=s3cret")
         api_settings = settings.with_(
-            otel_endpoint_configured=True, otel_traces_exporter="otlp", otel_exporter_otlp_protocol="grpc"
+            otel_exporter_otlp_endpoint=f"http://127.0.0.1:{port}",
+            otel_traces_exporter=("otlp",),
+            otel_exporter_otlp_protocol="grpc",
         )
         trace_id, body = _proto_export()
         async with serve_api(api_settings) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
