@@ -184,7 +184,7 @@ async def echo(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> tuple[Any, ...
 
 
 async def _run_every_kind(kind: type[Worker], redis: ArqRedis, settings: Settings, q: str) -> dict[str, Any]:
-    jobs = {
+    jobs: dict[str, tuple[str, tuple[Any, ...], dict[str, Any], dict[str, Any]]] = {
         "plain": ("echo", (1, "two"), {"three": 3}, {}),
         "deferred": ("echo", (), {}, {"_defer_by": 0.2}),
         "re-enqueued": ("echo", (), {}, {"_job_try": 3}),
