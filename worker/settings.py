@@ -120,7 +120,8 @@ def worker_options(settings: Settings) -> dict[str, Any]:
                 timeout=hard_timeout(settings),
             ),
             # arq holds a job of a killed worker for the longest timeout of all its functions before
-            # running it again, so no cron job may have a longer one than the scan job.
+            # running it again (unless worker/recovery.py hands it back sooner), so no cron job may
+            # have a longer one than the scan job.
             cron(
                 observed(delete_expired_scans),
                 name="delete_expired_scans",
