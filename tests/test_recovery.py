@@ -176,7 +176,7 @@ async def test_a_scan_held_by_a_killed_worker_runs_again_through_the_heartbeat(
             e for e in survivor.log() if e.get("job_id") == scan_id and e.get("message", "").startswith("job of a dead")
         ]
         assert handed_back and owner in handed_back[0]["message"], survivor.tail()
-        assert hostile.hits(url.removeprefix(hostile.base)) == 2
+        assert hostile.hits(url.removeprefix(hostile.base)) >= 2  # the survivor fetched the page again
     finally:
         await pool.close()
         for proc, _ in workers:
