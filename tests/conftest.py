@@ -154,8 +154,10 @@ async def extractor() -> AsyncIterator[KeyphraseExtractor]:
 async def make_worker(
     settings: Settings, pool: asyncpg.Pool, extractor: KeyphraseExtractor
 ) -> AsyncIterator[Callable[..., Worker]]:
-    """Build a real arq worker on the test queue (burst, no polling delay) and close it afterwards."""
+    """Build the production worker (a `PagelensWorker`) on the test queue (burst, no polling delay)
+    and close it afterwards."""
     from worker.settings import worker_options
+    from worker.wake import PagelensWorker
 
     workers: list[Worker] = []
 
@@ -167,7 +169,7 @@ async def make_worker(
         options["cron_jobs"] = []
         options.update(overrides)
         # Its own Redis connection: Worker.close() closes the pool it runs on.
-        worker = Worker(
+        worker = PagelensWorker(
             **options,
             redis_settings=redis_settings(s.require_redis_url()),
             burst=True,

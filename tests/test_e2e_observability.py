@@ -1,6 +1,6 @@
 """One scan, end to end, across real processes: traces, logs and metrics as an operator sees them.
 
-The API (uvicorn) and the worker (`arq worker.WorkerSettings`) run as subprocesses configured only
+The API (uvicorn) and the worker (`python -m worker`) run as subprocesses configured only
 through the environment, exporting spans over OTLP/HTTP to a real receiver (tests/otlp.py). The
 test is the client: it sends its own `traceparent`, follows the scan, then checks that the whole
 scan is ONE trace (client → API → queue → worker → PostgreSQL/Redis/fetch), that the worker's log

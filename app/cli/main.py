@@ -43,7 +43,9 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     # exec, not a child process: SIGTERM and Ctrl-C reach the worker itself, which drains gracefully.
-    os.execv(sys.executable, [sys.executable, "-m", "arq", "worker.WorkerSettings"])  # noqa: S606 (fixed argv)
+    # (A module run, not an import: the CLI must not import the worker.)
+    flags = [flag for flag, on in (("--burst", args.burst), ("--check", args.check)) if on]
+    os.execv(sys.executable, [sys.executable, "-m", "worker", *flags])  # noqa: S606 (fixed argv)
 
 
 # --- a client of a running API ----------------------------------------------------------------
@@ -180,7 +182,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
                 ],
                 env=env,
             ),
-            subprocess.Popen([str(bin_dir / "arq"), "worker.WorkerSettings"], env=env),
+            subprocess.Popen([sys.executable, "-m", "worker"], env=env),
         ]
         embedded = f" (embedded: {', '.join(started)})" if started else ""
         print(
@@ -219,7 +221,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(handler=cmd_migrate)
-    sub.add_parser("worker", help="run one arq worker").set_defaults(handler=cmd_worker)
+    worker = sub.add_parser("worker", help="run one worker")
+    worker.add_argument("--burst", action="store_true", help="run the queued jobs, then exit")
+    worker.add_argument("--check", action="store_true", help="exit 0 when a worker of the queue is alive, else 1")
+    worker.set_defaults(handler=cmd_worker)
     run = sub.add_parser("run", help="start servers, API and a worker for local use")
     run.add_argument("--port", type=int, default=API_PORT)
     run.set_defaults(handler=cmd_run)

@@ -243,6 +243,20 @@ async def release_for_retry(db: Executor, scan_id: uuid.UUID, attempt: int, erro
     return await _fenced(db, scan_id, attempt, "error = $3, lease_until = NULL", error and error.to_json())
 
 
+@timed("scans.release_lost")
+async def release_lost(db: Executor, scan_ids: list[uuid.UUID]) -> int:
+    """Hand back the leases of scans whose worker died (worker/recovery.py), so that their next
+    delivery can claim them at once. arq still marks each job in progress for the dead worker, so no
+    other attempt can hold these leases; the next claim bumps `attempts`, which fences out any late
+    write of the lost attempt."""
+    result = await db.execute(
+        """UPDATE scans SET lease_until = NULL, updated_at = now()
+           WHERE id = ANY($1::uuid[]) AND status IN ('RUNNING', 'TEASER_READY') AND lease_until IS NOT NULL""",
+        scan_ids,
+    )
+    return int(result.rsplit(" ", 1)[-1])
+
+
 @timed("scans.replay")
 async def replay(db: Executor, scan_id: uuid.UUID, api_key_id: str | None = None) -> Record | None:
     """Put a FAILED scan back to QUEUED with a fresh retry budget; None when it is not FAILED.
