@@ -29,6 +29,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
+from app.api.params import InvalidNumber, ascii_integer
 from app.core.settings import Settings
 from observability.tracing import span_exporter
 
@@ -42,6 +43,10 @@ MAX_EVENTS = 64
 MAX_LINKS = 16
 MAX_STRING = 2048
 ID_FIELDS = ("traceId", "spanId", "parentSpanId")
+# 64-bit integers, which OTLP/JSON may send as strings: protobuf's parser would take any str int()
+# takes ("٣" as 3), so they are checked here first.
+INT64_FIELDS = frozenset({"timeUnixNano", "startTimeUnixNano", "endTimeUnixNano", "intValue"})
+UINT64_MAX = 2**64 - 1
 
 
 class InvalidSpans(ValueError):
@@ -83,12 +88,23 @@ def decode(body: bytes, media_type: str) -> ExportTraceServiceRequest:
 
 def _ids_to_base64(value: Any) -> Any:
     if isinstance(value, dict):
-        return {
-            k: _hex_to_base64(v) if k in ID_FIELDS and isinstance(v, str) else _ids_to_base64(v)
-            for k, v in value.items()
-        }
+        return {k: _field(k, v) for k, v in value.items()}
     if isinstance(value, list):
         return [_ids_to_base64(v) for v in value]
+    return value
+
+
+def _field(key: str, value: Any) -> Any:
+    if not isinstance(value, str):
+        return _ids_to_base64(value)
+    if key in ID_FIELDS:
+        return _hex_to_base64(value)
+    if key in INT64_FIELDS:
+        digits = value[1:] if key == "intValue" and value.startswith("-") else value
+        try:
+            ascii_integer(digits, low=0, high=UINT64_MAX)
+        except InvalidNumber:
+            raise InvalidSpans(f"{key} must be an integer in ASCII digits, got {value[:40]!r}") from None
     return value
 
 

@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from app.api import limits
 from app.api.auth import request_key_id
+from app.api.params import invalid_query, query_integer
 from app.api.problems import Problem
 from app.api.schemas import CreateScan, parse_json, validated_idempotency_key, validated_url
 from app.api.state import State
@@ -218,10 +219,6 @@ def _encode_cursor(row: Record) -> str:
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
-def _query_error(field: str, message: str) -> Problem:
-    return Problem(422, "invalid query parameter", code="validation", errors=[{"field": field, "message": message}])
-
-
 async def list_scans(request: Request) -> Response:
     params = request.query_params
     status = None
@@ -229,11 +226,8 @@ async def list_scans(request: Request) -> Response:
         try:
             status = Status(raw_status.upper())
         except ValueError:
-            raise _query_error("status", f"one of {', '.join(Status)}") from None
-    raw_limit = params.get("limit", "20")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
-        raise _query_error("limit", "an integer from 1 to 100")
-    limit = int(raw_limit)
+            raise invalid_query("status", f"one of {', '.join(Status)}") from None
+    limit = query_integer(params.get("limit"), field="limit", low=1, high=100, default=20)
     before = _decode_cursor(params["cursor"]) if params.get("cursor") else None
     rows = await scans.page(State.of(request).pool, status=status, limit=limit + 1, before=before)
     items = [status_json(r) for r in rows[:limit]]
