@@ -51,13 +51,20 @@ UNAVAILABLE = {"503": _problem("A backing service is down; retry after Retry-Aft
 
 
 def _schemas() -> dict[str, Any]:
-    error = {
+    cause = {
         "type": "object",
         "required": ["type", "message", "retryable"],
         "properties": {
             "type": {"type": "string", "enum": [e.value for e in ErrorType]},
             "message": {"type": "string"},
-            "retryable": {"type": "boolean"},
+            "retryable": {"type": "boolean", "description": "Whether replaying the scan later may succeed."},
+        },
+    }
+    error = {
+        **cause,
+        "properties": {
+            **cause["properties"],  # type: ignore[dict-item]
+            "cause": {**cause, "description": "retries_exhausted only: the last error an attempt recorded."},
         },
     }
     status = {
