@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 from rich.console import Console, Group
@@ -153,15 +154,36 @@ def render_report(out: Console, report: JSONDict, status: JSONDict) -> None:
 
 
 def render_list(out: Console, items: list[JSONDict]) -> None:
-    table = Table(box=None, padding=(0, 2), header_style="bold")
-    for column in ("scan", "status", "progress", "url", "created"):
-        table.add_column(column)
+    """One scan per line. The id is always printed whole (it is what the other commands take); on a
+    narrow terminal the URL is what gets shortened."""
+    table = Table(box=None, padding=(0, 1, 0, 0), pad_edge=False, header_style="bold")
+    table.add_column("scan", no_wrap=True, min_width=36)
+    table.add_column("status", no_wrap=True)
+    table.add_column("%", no_wrap=True, justify="right")
+    table.add_column("created", no_wrap=True)
+    table.add_column("url", overflow="ellipsis")
     for item in items:
         table.add_row(
             item["scanId"],
             status_text(item["status"]),
-            f"{item.get('progress', 0)}%",
-            item.get("url") or "(text)",
-            item.get("createdAt") or "",
+            str(item.get("progress", 0)),
+            _created(item.get("createdAt")),
+            _short_url(item.get("url")),
         )
     out.print(table if items else Text("no scans", style="dim"))
+
+
+def _created(value: str | None) -> str:
+    """Local time, to the minute: month-day hour:minute (the full timestamp is in --json)."""
+    if not value:
+        return ""
+    try:
+        return datetime.fromisoformat(value).astimezone().strftime("%m-%d %H:%M")
+    except ValueError:
+        return value
+
+
+def _short_url(url: str | None) -> str:
+    if not url:
+        return "(text)"
+    return url.removeprefix("https://").removeprefix("http://")
