@@ -13,7 +13,6 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -89,7 +88,7 @@ def cancelled_scan(app_client: TestClient) -> tuple[str, int]:
     return scan_id, ids[-1]
 
 
-def assert_client_error(response: httpx.Response, status: int) -> None:
+def assert_client_error(response: Any, status: int) -> None:  # the TestClient's httpx Response
     assert response.status_code == status, (response.status_code, response.text[:300])
     assert response.headers["content-type"].startswith(PROBLEM)
 
@@ -122,7 +121,7 @@ def test_content_length(app_client: TestClient, raw: str) -> None:
     response = app_client.post(
         "/api/v1/documents",
         content=body,
-        headers={"content-type": "application/json", "content-length": header_bytes(raw)},  # type: ignore[dict-item]
+        headers={b"content-type": b"application/json", b"content-length": header_bytes(raw)},
     )
     declared = accepted(raw, 0, BIGINT_MAX)
     if declared is None:
@@ -140,7 +139,7 @@ def test_content_length(app_client: TestClient, raw: str) -> None:
 @EXAMPLES
 def test_last_event_id(app_client: TestClient, cancelled_scan: tuple[str, int], raw: str) -> None:
     scan_id, version = cancelled_scan
-    response = app_client.get(f"{SCANS}/{scan_id}/events", headers={"last-event-id": header_bytes(raw)})  # type: ignore[dict-item]
+    response = app_client.get(f"{SCANS}/{scan_id}/events", headers={b"last-event-id": header_bytes(raw)})
     seen = accepted(raw, 0, BIGINT_MAX)
     if seen is not None and seen == version:
         assert response.status_code == 204
@@ -172,6 +171,17 @@ def test_otlp_json_integers(app_client: TestClient, raw: str) -> None:
         assert_client_error(response, 400)
     else:
         assert response.status_code == 200, response.text
+
+
+def test_scan_ids_are_ascii(app_client: TestClient, cancelled_scan: tuple[str, int]) -> None:
+    scan_id, _ = cancelled_scan
+    assert app_client.get(f"{SCANS}/{scan_id}/status").status_code == 200
+    # The same id in Arabic-Indic digits: uuid.UUID alone would read it as this very scan.
+    other_digits = scan_id.translate({ord(d): chr(0x0660 + int(d)) for d in "0123456789"})
+    assert other_digits != scan_id
+    for path in ("status", "events", "full"):
+        assert_client_error(app_client.get(f"{SCANS}/{other_digits}/{path}"), 404)
+    assert_client_error(app_client.delete(f"{SCANS}/{other_digits}"), 404)
 
 
 @pytest.mark.parametrize("raw", ["²", "\u0663", "+1", "-1", " 1", "1_0", "", "1" * 40])

@@ -1,4 +1,4 @@
-"""Numbers from query strings and headers: one strict parser for all of them.
+"""Numbers from query strings, headers and paths: one strict parser for all of them.
 
 Python's `int()` takes far more than a client should send: Unicode digits ("٣" is 3), superscripts
 that `str.isdigit()` accepts but `int()` refuses ("²"), signs, surrounding spaces, underscores, and
@@ -8,6 +8,8 @@ no more of them than the upper bound has, within the caller's bounds, so none of
 """
 
 from __future__ import annotations
+
+import uuid
 
 from app.api.problems import Problem
 
@@ -48,6 +50,15 @@ def header_integer(raw: str | None, *, low: int, high: int) -> int | None:
         return ascii_integer(raw, low=low, high=high)
     except InvalidNumber:
         return None
+
+
+def ascii_uuid(raw: str) -> uuid.UUID:
+    """A scan id from a path or a cursor. `uuid.UUID` reads its hex digits with `int(..., 16)`, which
+    takes other scripts' digits too (an id spelled in Arabic-Indic digits would name a real scan);
+    only ASCII is an id. Raises ValueError."""
+    if not raw.isascii():
+        raise ValueError("a UUID is ASCII")
+    return uuid.UUID(raw)
 
 
 def invalid_query(field: str, message: str) -> Problem:

@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from app.api import limits
 from app.api.auth import request_key_id
-from app.api.params import invalid_query, query_integer
+from app.api.params import ascii_uuid, invalid_query, query_integer
 from app.api.problems import Problem
 from app.api.schemas import CreateScan, parse_json, validated_idempotency_key, validated_url
 from app.api.state import State
@@ -104,7 +104,7 @@ def scan_not_found() -> Problem:
 
 def scan_id_of(request: Request) -> uuid.UUID:
     try:
-        return uuid.UUID(request.path_params["scanId"])
+        return ascii_uuid(request.path_params["scanId"])
     except ValueError:
         raise scan_not_found() from None
 
@@ -207,7 +207,7 @@ def _decode_cursor(raw: str) -> tuple[datetime, uuid.UUID]:
     try:
         text = base64.urlsafe_b64decode(raw.encode() + b"=" * (-len(raw) % 4)).decode()
         created, scan_id = text.split("|", 1)
-        return datetime.fromisoformat(created), uuid.UUID(scan_id)
+        return datetime.fromisoformat(created), ascii_uuid(scan_id)
     except (ValueError, UnicodeDecodeError, binascii.Error):
         raise Problem(
             422, "invalid cursor", code="validation", errors=[{"field": "cursor", "message": "invalid cursor"}]
