@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -235,3 +236,14 @@ async def test_a_child_that_keeps_crashing_stops_everything(
         assert loop and loop[-1]["exit_code"] == 3 and loop[-1]["restarts"] == 5, run.events()
         assert not run.events("api") or all(e["level"] == "info" for e in run.events("api")), "the API never failed"
     assert not port_answers("127.0.0.1", run.port), "the API was stopped too"
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_run_passes_port_and_workers_through() -> None:
+    def command(*overrides: str) -> str:
+        dry = subprocess.run(["make", "-n", "run", *overrides], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert dry.returncode == 0, dry.stderr
+        return dry.stdout.strip().splitlines()[-1]
+
+    assert command("PORT=8123", "WORKERS=3").endswith("/pagelens run --port 8123 --workers 3")
+    assert command().endswith("/pagelens run --port 8000 --workers 1")
