@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from starlette.testclient import TestClient
 
-from app.api.browser_spans import BrowserTraces
 from app.api.params import BIGINT_MAX, InvalidNumber, ascii_integer
+from app.api.span_forwarding import BrowserTraces
 from app.api.state import State
 from app.core import migrate
 from app.core.settings import Settings
@@ -70,8 +70,15 @@ def app_client(settings: Settings, params_database: str) -> Iterator[TestClient]
 
     own = settings.with_(database_url=params_database, queue_name=f"{settings.queue_name}:params")
     with TestClient(create_app(own, configure_logging=False), raise_server_exceptions=False) as client:
-        # Browser spans collected, into memory: the JSON decoding under test is the real one.
-        State.of_app(client.app).browser_traces = BrowserTraces(InMemorySpanExporter(), per_minute=100_000)  # type: ignore[arg-type]
+        # Browser spans collected, into a list: the JSON decoding under test is the real one.
+        async def keep(request: ExportTraceServiceRequest) -> None:
+            forwarded.append(request)
+
+        async def close() -> None:
+            pass
+
+        forwarded: list[ExportTraceServiceRequest] = []
+        State.of_app(client.app).browser_traces = BrowserTraces(keep, close, per_minute=100_000)  # type: ignore[arg-type]
         yield client
 
 
