@@ -39,8 +39,12 @@ lock:
 	$(BIN)/pip-compile $(LOCK_FLAGS) --output-file requirements.lock pyproject.toml
 	$(BIN)/pip-compile $(LOCK_FLAGS) --extra dev --constraint requirements.lock --output-file $(LOCK) pyproject.toml
 
+# `make run PORT=8080 WORKERS=2`: the API's port and how many workers.
+PORT    ?= 8000
+WORKERS ?= 1
+
 run: install
-	$(BIN)/pagelens run
+	$(BIN)/pagelens run --port $(PORT) --workers $(WORKERS)
 
 # As root with apt, install what is missing; otherwise the tests that need a binary skip with a
 # reason (under CI=true they fail instead).

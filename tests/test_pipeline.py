@@ -17,6 +17,7 @@ from app.core import queue, scans
 from app.core.models import Kind
 from app.core.settings import Settings
 from tests.fakes import serve_fake_llm, serve_fake_psi
+from tests.hostile import Hostile
 from tests.site import Site
 from worker.maintenance import delete_expired_scans, sweep_stranded
 from worker.pipeline import run_scan
@@ -170,10 +171,34 @@ async def test_transient_errors_retry_then_exhaust(
     assert done["status"] == "FAILED"
     assert done["error"]["type"] == "retries_exhausted" and done["error"]["retryable"] is True
     assert "http_error" in done["error"]["message"]
+    assert done["error"]["cause"] == {"type": "http_error", "message": "HTTP 503 from the page", "retryable": True}
     assert done["attempts"] == 3
     assert worker.jobs_retried == 2
     hits = [path for path, _ in site.requests if path == "/status/503"]
     assert len(hits) >= 3
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("/not-http", "the page sent a malformed HTTP response"),
+        ("/header-flood", "the page sent a malformed HTTP response"),
+        ("/no-such-page", "HTTP 404 from the page"),
+        ("/corrupt-gzip", "the page's compressed body is corrupt"),
+        ("/json", "the page is application/json, not HTML"),
+    ],
+)
+async def test_what_cannot_succeed_is_fetched_once(
+    client: httpx.AsyncClient, hostile: Hostile, make_worker: MakeWorker, settings: Settings, path: str, message: str
+) -> None:
+    target = f"{path}?scan={uuid.uuid4()}"  # the server counts requests per target
+    scan_id = await submit(client, hostile.url(target))
+    worker = await drain(make_worker, settings.with_(max_tries=3))
+    done = await status(client, scan_id)
+    assert done["status"] == "FAILED", done
+    assert done["error"]["message"] == message and done["error"]["retryable"] is False, done["error"]
+    assert done["attempts"] == 1 and worker.jobs_retried == 0
+    assert hostile.hits(target) == 1
 
 
 async def test_retry_replays_a_dead_scan(

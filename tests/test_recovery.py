@@ -26,6 +26,7 @@ from arq.utils import timestamp_ms
 from app.cli.embedded import free_port
 from app.core import db, queue, scans
 from app.core.models import ErrorType, Kind, ScanError
+from app.core.report import Teaser
 from app.core.settings import Settings
 from observability.sampler import workers_key
 from tests import waiting
@@ -112,7 +113,7 @@ async def test_a_handed_back_scan_runs_again_and_the_dead_attempt_cannot_write(
     assert row is not None and row["status"] == "FULL_READY", row
     assert row["attempts"] == 2
     # The dead attempt wakes up late (a stalled, not a dead, worker) and tries to write: fenced out.
-    assert not await scans.save_teaser(pool, scan_id, dead_attempt, {"title": "stale"})
+    assert not await scans.save_teaser(pool, scan_id, dead_attempt, Teaser(title="stale"))
     assert not await scans.fail(pool, scan_id, dead_attempt, ScanError(ErrorType.INTERNAL, "late"))
     after = await scans.get(pool, scan_id)
     assert after is not None and after["status"] == "FULL_READY" and after["report"] == row["report"]

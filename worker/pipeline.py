@@ -21,7 +21,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from app.core import scans
 from app.core.backing import UNAVAILABLE
-from app.core.models import ErrorType, Kind, ScanError, Stage
+from app.core.models import ErrorType, Kind, ScanError, Stage, retries_exhausted
 from app.core.report import Findings, Keyphrase, Performance, ScanOptions, Teaser
 from app.core.settings import Settings
 from app.core.types import Record
@@ -191,11 +191,7 @@ async def _failed(ctx: dict[str, Any], run: Run, exc: ScanError, try_no: int) ->
         logger.info("transient failure, retrying", extra={"error_type": exc.type.value})
         raise Retry(defer=backoff(try_no, settings.retry_base_delay))
     if exc.retryable and settings.max_tries > 1:
-        exc = ScanError(
-            ErrorType.RETRIES_EXHAUSTED,
-            f"gave up after {try_no} attempts; last error ({exc.type.value}): {exc.message}",
-            retryable=True,
-        )
+        exc = retries_exhausted(try_no, exc)
     await scans.fail(run.res.pool, run.scan_id, run.attempt, exc)
     return _failure(ctx, exc.type, "scan failed")
 

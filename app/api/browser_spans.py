@@ -23,6 +23,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
+from app.api.params import InvalidNumber, ascii_integer
+
 BROWSER_SERVICE = "pagelens-web"
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -34,6 +36,10 @@ MAX_LINKS = 16
 MAX_STRING = 2048
 MAX_TRACE_STATE = 512  # the W3C limit for a tracestate header
 ID_FIELDS = ("traceId", "spanId", "parentSpanId")
+# 64-bit integers, which OTLP/JSON may send as strings: protobuf's parser would take any str int()
+# takes ("٣" as 3), so they are checked here first.
+INT64_FIELDS = frozenset({"timeUnixNano", "startTimeUnixNano", "endTimeUnixNano", "intValue"})
+UINT64_MAX = 2**64 - 1
 
 
 class InvalidSpans(ValueError):
@@ -77,12 +83,23 @@ def decode(body: bytes, media_type: str) -> ExportTraceServiceRequest:
 
 def _ids_to_base64(value: Any) -> Any:
     if isinstance(value, dict):
-        return {
-            k: _hex_to_base64(v) if k in ID_FIELDS and isinstance(v, str) else _ids_to_base64(v)
-            for k, v in value.items()
-        }
+        return {k: _field(k, v) for k, v in value.items()}
     if isinstance(value, list):
         return [_ids_to_base64(v) for v in value]
+    return value
+
+
+def _field(key: str, value: Any) -> Any:
+    if not isinstance(value, str):
+        return _ids_to_base64(value)
+    if key in ID_FIELDS:
+        return _hex_to_base64(value)
+    if key in INT64_FIELDS:
+        digits = value[1:] if key == "intValue" and value.startswith("-") else value
+        try:
+            ascii_integer(digits, low=0, high=UINT64_MAX)
+        except InvalidNumber:
+            raise InvalidSpans(f"{key} must be an integer in ASCII digits, got {value[:40]!r}") from None
     return value
 
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, StringConstraints, ValidationError, field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from app.api.params import BIGINT_MAX, header_integer
 from app.api.problems import Problem
 from app.core.models import ScanError
 from app.core.report import STRICT, ScanOptions, Wire
@@ -43,11 +44,12 @@ class CreateDocument(Strict):
 
 async def read_body(request: Request, limit: int) -> bytes:
     """Read the body, refusing with 413 as soon as it exceeds `limit` (before buffering it all)."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
+    raw = request.headers.get("content-length")
+    if raw is not None:
+        declared = header_integer(raw, low=0, high=BIGINT_MAX)
+        if declared is None:
             raise Problem(400, "invalid Content-Length header")
-        if int(declared) > limit:
+        if declared > limit:
             raise Problem(413, f"request body is larger than {limit} bytes", code="body-too-large")
     chunks, size = [], 0
     async for chunk in request.stream():

@@ -2,7 +2,7 @@
 
 Exit codes, for scripts:
   0  done: the scan is FULL_READY (with --wait), or the command did what it was asked
-  1  the scan FAILED or was CANCELLED
+  1  the scan FAILED or was CANCELLED; for `pagelens run`, a child kept crashing
   2  usage: bad arguments or settings, or the API refused the request (invalid URL, unknown scan…)
   3  the API is unreachable or failing (connection refused, timeout, 401, 429, 5xx)
 """
@@ -13,23 +13,19 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from rich.console import Console
 
 from app.cli.client import Client, Refused, Unavailable, Unreachable
-from app.cli.embedded import backing_servers
 from app.cli.report import ProgressView, render_list, render_report, render_status
+from app.cli.run import API_HOST, API_PORT, cmd_run, port_number, worker_command, worker_count
 from app.core import migrate
 from app.core.models import TERMINAL
 from app.core.report import Accepted, ScanStatus, Wire
-from app.core.settings import ConfigError, Settings, child_env
+from app.core.settings import ConfigError, Settings
 
-API_HOST, API_PORT = "127.0.0.1", 8000
 DONE, SCAN_FAILED, USAGE, UNAVAILABLE = 0, 1, 2, 3
 
 
@@ -45,7 +41,8 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     # exec, not a child process: SIGTERM and Ctrl-C reach the worker itself, which drains gracefully.
     # (A module run, not an import: the CLI must not import the worker.)
     flags = [flag for flag, on in (("--burst", args.burst), ("--check", args.check)) if on]
-    os.execv(sys.executable, [sys.executable, "-m", "worker", *flags])  # noqa: S606 (fixed argv)
+    command = [*worker_command(), *flags]
+    os.execv(command[0], command)  # noqa: S606 (fixed argv)
 
 
 # --- a client of a running API ----------------------------------------------------------------
@@ -136,83 +133,6 @@ def cmd_retry(settings: Settings, args: argparse.Namespace) -> int:
     return _accepted(client, client.retry(args.scan_id), args)
 
 
-def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
-    for p in processes:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    # Longer than the worker's shutdown grace, so running scans can finish.
-    deadline = time.monotonic() + 40
-    for p in processes:
-        try:
-            p.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    """Everything for a developer: backing servers (embedded when not configured), migrations,
-    the API and one worker, until Ctrl-C."""
-    data_dir: Path = settings.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with backing_servers(data_dir, settings.database_url, settings.redis_url, probe_local=False) as (
-        database_url,
-        redis_url,
-        started,
-    ):
-        env_file = data_dir / "env"
-        env_file.write_text(f"DATABASE_URL={database_url}\nREDIS_URL={redis_url}\n")
-        applied = asyncio.run(migrate.apply(database_url, settings.migrations_dir))
-        env = child_env(DATABASE_URL=database_url, REDIS_URL=redis_url)
-        bin_dir = Path(sys.executable).parent
-        processes = [
-            subprocess.Popen(
-                [
-                    str(bin_dir / "uvicorn"),
-                    "app.main:app",
-                    "--host",
-                    API_HOST,
-                    "--port",
-                    str(args.port),
-                    "--no-access-log",
-                ],
-                env=env,
-            ),
-            subprocess.Popen([sys.executable, "-m", "worker"], env=env),
-        ]
-        embedded = f" (embedded: {', '.join(started)})" if started else ""
-        print(
-            f"""
-pagelens is starting{embedded}; {len(applied)} migration(s) applied.
-  web page      http://{API_HOST}:{args.port}/
-  API           http://{API_HOST}:{args.port}/api/v1/scan-jobs   (OpenAPI: /openapi.json)
-  API metrics   http://{API_HOST}:{args.port}/metrics
-  worker        http://127.0.0.1:{settings.worker_metrics_port}/metrics
-  servers       {env_file}   (more workers: set -a; . {env_file}; .venv/bin/arq worker.WorkerSettings)
-Scan a page:  curl -s -XPOST localhost:{args.port}/api/v1/scan-jobs -H 'content-type: application/json' \\
-                -d '{{"url": "https://example.com/"}}'
-Ctrl-C stops everything.
-""",
-            flush=True,
-        )
-        signal.signal(signal.SIGTERM, _interrupt)
-        # A shell starts background jobs with SIGINT ignored; `kill -INT` should stop them too.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        try:
-            while all(p.poll() is None for p in processes):
-                time.sleep(0.5)
-            print("a child process exited; stopping", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            return 0
-        finally:
-            _stop(processes)
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pagelens",
@@ -225,8 +145,9 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--burst", action="store_true", help="run the queued jobs, then exit")
     worker.add_argument("--check", action="store_true", help="exit 0 when a worker of the queue is alive, else 1")
     worker.set_defaults(handler=cmd_worker)
-    run = sub.add_parser("run", help="start servers, API and a worker for local use")
-    run.add_argument("--port", type=int, default=API_PORT)
+    run = sub.add_parser("run", help="start servers, the API and workers for local use, restarting any that crash")
+    run.add_argument("--port", type=port_number, default=API_PORT, help=f"the API's port (default {API_PORT})")
+    run.add_argument("--workers", type=worker_count, default=1, metavar="N", help="how many workers (default 1)")
     run.set_defaults(handler=cmd_run)
 
     api = argparse.ArgumentParser(add_help=False)

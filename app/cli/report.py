@@ -157,15 +157,31 @@ def render_report(out: Console, report: Report, status: ScanStatus) -> None:
 
 
 def render_list(out: Console, items: list[ScanStatus]) -> None:
-    table = Table(box=None, padding=(0, 2), header_style="bold")
-    for column in ("scan", "status", "progress", "url", "created"):
-        table.add_column(column)
+    """One scan per line. The id is always printed whole (it is what the other commands take); on a
+    narrow terminal the URL is what gets shortened."""
+    table = Table(box=None, padding=(0, 1, 0, 0), pad_edge=False, header_style="bold")
+    table.add_column("scan", no_wrap=True, min_width=36)
+    table.add_column("status", no_wrap=True)
+    table.add_column("%", no_wrap=True, justify="right")
+    table.add_column("created", no_wrap=True)
+    table.add_column("url", overflow="ellipsis")
     for item in items:
         table.add_row(
             str(item.scan_id),
             status_text(item.status),
-            f"{item.progress}%",
-            item.url or "(text)",
-            _iso(item.created_at),
+            str(item.progress),
+            _created(item.created_at),
+            _short_url(item.url),
         )
     out.print(table if items else Text("no scans", style="dim"))
+
+
+def _created(value: datetime) -> str:
+    """Local time, to the minute: month-day hour:minute (the full timestamp is in --json)."""
+    return value.astimezone().strftime("%m-%d %H:%M")
+
+
+def _short_url(url: str | None) -> str:
+    if not url:
+        return "(text)"
+    return url.removeprefix("https://").removeprefix("http://")

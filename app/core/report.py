@@ -67,6 +67,9 @@ class ErrorInfo(Wire):
     type: ErrorType
     message: str
     retryable: bool = False
+    cause: ErrorInfo | None = Field(
+        default=None, description="retries_exhausted only: the last error an attempt recorded"
+    )
 
 
 class ScanStatus(Wire):

@@ -167,17 +167,20 @@ async def unclaimable(db: Executor, scan_id: uuid.UUID, max_tries: int) -> tuple
 @timed("scans.give_up")
 async def give_up(db: Executor, scan_id: uuid.UUID, max_tries: int) -> bool:
     """FAILED with `retries_exhausted` for a scan that used every try without finishing (its workers
-    died, timed out or were stopped); the message names the last error an attempt recorded."""
+    died, timed out or were stopped). The last error an attempt recorded is its `cause` and is named
+    in the message; it is as retryable as that cause, and not at all when none was recorded (workers
+    that die on a scan every time may die on its replay too)."""
     result = await db.execute(
         """UPDATE scans
            SET status = 'FAILED', lease_until = NULL, finished_at = now(), updated_at = now(),
                error = jsonb_build_object(
                    'type', 'retries_exhausted',
-                   'retryable', true,
+                   'retryable', COALESCE((error->>'retryable')::boolean, false),
                    'message', CASE WHEN error IS NULL
                        THEN format('no attempt finished after %s tries', attempts - retry_base)
                        ELSE format('gave up after %s attempts; last error (%s): %s',
                                    attempts - retry_base, error->>'type', error->>'message') END)
+                   || CASE WHEN error IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('cause', error) END
            WHERE id = $1 AND status = ANY($2::text[]) AND (lease_until IS NULL OR lease_until < now())
              AND attempts - retry_base >= $3""",
         scan_id,

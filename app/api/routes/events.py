@@ -25,6 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from app.api.params import BIGINT_MAX, header_integer
 from app.api.problems import Problem
 from app.api.routes.scans import PREFIX, scan_id_of, scan_not_found
 from app.api.scan_events import ScanEvents, TooManyStreams, Watcher
@@ -52,9 +53,12 @@ def format_event(row: Record) -> bytes:
 
 
 def last_event_id(request: Request) -> int:
-    """The version the client has already seen; 0 when none or unreadable (then it gets everything)."""
-    raw = request.headers.get("last-event-id", "").strip()
-    return int(raw) if raw.isdigit() and len(raw) < 19 else 0
+    """The version the client has already seen; 0 when none or unreadable (then it gets everything).
+
+    An EventSource sends back the last id it received, and only ever gets decimal versions from
+    here: anything else is no id of ours, so the stream starts afresh instead of failing."""
+    seen = header_integer(request.headers.get("last-event-id"), low=0, high=BIGINT_MAX)
+    return seen or 0
 
 
 class EventStream(Response):

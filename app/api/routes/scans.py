@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from app.api import limits
 from app.api.auth import request_key_id
+from app.api.params import ascii_uuid, invalid_query, query_integer
 from app.api.problems import Problem
 from app.api.schemas import CreateScan, parse_json, reply, validated_idempotency_key, validated_url
 from app.api.state import State
@@ -83,7 +84,7 @@ def scan_not_found() -> Problem:
 
 def scan_id_of(request: Request) -> uuid.UUID:
     try:
-        return uuid.UUID(request.path_params["scanId"])
+        return ascii_uuid(request.path_params["scanId"])
     except ValueError:
         raise scan_not_found() from None
 
@@ -180,7 +181,7 @@ def _decode_cursor(raw: str) -> tuple[datetime, uuid.UUID]:
     try:
         text = base64.urlsafe_b64decode(raw.encode() + b"=" * (-len(raw) % 4)).decode()
         created, scan_id = text.split("|", 1)
-        return datetime.fromisoformat(created), uuid.UUID(scan_id)
+        return datetime.fromisoformat(created), ascii_uuid(scan_id)
     except (ValueError, UnicodeDecodeError, binascii.Error):
         raise Problem(
             422, "invalid cursor", code="validation", errors=[{"field": "cursor", "message": "invalid cursor"}]
@@ -192,10 +193,6 @@ def _encode_cursor(row: Record) -> str:
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
-def _query_error(field: str, message: str) -> Problem:
-    return Problem(422, "invalid query parameter", code="validation", errors=[{"field": field, "message": message}])
-
-
 async def list_scans(request: Request) -> Response:
     params = request.query_params
     status = None
@@ -203,11 +200,8 @@ async def list_scans(request: Request) -> Response:
         try:
             status = Status(raw_status.upper())
         except ValueError:
-            raise _query_error("status", f"one of {', '.join(Status)}") from None
-    raw_limit = params.get("limit", "20")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
-        raise _query_error("limit", "an integer from 1 to 100")
-    limit = int(raw_limit)
+            raise invalid_query("status", f"one of {', '.join(Status)}") from None
+    limit = query_integer(params.get("limit"), field="limit", low=1, high=100, default=20)
     before = _decode_cursor(params["cursor"]) if params.get("cursor") else None
     rows = await scans.page(State.of(request).pool, status=status, limit=limit + 1, before=before)
     items = [ScanStatus.from_row(r) for r in rows[:limit]]
