@@ -130,6 +130,10 @@ class Settings:
     sweep_interval: int = 30
     keybert_processes: int = 1
     keybert_timeout: float = 60.0
+    # Child processes that parse pages, and how long one page may take before its child is killed
+    # and the scan fails as too_complex (worker/parse_pool.py).
+    parse_processes: int = 2
+    parse_timeout: float = 20.0
     keyphrase_cache_ttl: int = 7 * 24 * 3600
     psi_cache_ttl: int = 3600
     external_timeout: float = 30.0
@@ -210,6 +214,8 @@ class Settings:
             sweep_interval=_int(env, "PAGELENS_SWEEP_INTERVAL", defaults.sweep_interval, minimum=1),
             keybert_processes=_int(env, "PAGELENS_KEYBERT_PROCESSES", 1, minimum=1),
             keybert_timeout=_float(env, "PAGELENS_KEYBERT_TIMEOUT", defaults.keybert_timeout),
+            parse_processes=_int(env, "PAGELENS_PARSE_PROCESSES", defaults.parse_processes, minimum=1),
+            parse_timeout=_float(env, "PAGELENS_PARSE_TIMEOUT", defaults.parse_timeout),
             otel_sdk_disabled=_bool(env, "OTEL_SDK_DISABLED", False),
             otel_traces_exporter=_opt(env, "OTEL_TRACES_EXPORTER"),
             otel_exporter_otlp_protocol=_opt(env, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
