@@ -22,6 +22,7 @@ import asyncpg
 import httpx
 import psutil  # type: ignore[import-untyped]
 import pytest
+from arq.connections import ArqRedis
 from arq.worker import Worker
 
 from app.cli.embedded import free_port
@@ -97,9 +98,10 @@ async def running_worker(
     try:
         yield worker
     finally:
-        await worker.close()
+        task.cancel()  # the poll loop first, then what close() stops (it cancels running jobs)
         with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, 30)
+            await task
+        await worker.close()
 
 
 def busy_child(pids: list[int]) -> int | None:
@@ -181,7 +183,7 @@ async def test_cancelling_a_scan_kills_its_parse_at_once_and_frees_the_worker(
 
 
 async def test_sigterm_during_a_long_parse_stops_the_worker_within_its_grace(
-    settings: Settings, pool: asyncpg.Pool, hostile: Hostile, tmp_path: Path
+    settings: Settings, pool: asyncpg.Pool, redis: ArqRedis, hostile: Hostile, tmp_path: Path
 ) -> None:
     grace = 2
     metrics_port = free_port()
@@ -201,12 +203,12 @@ async def test_sigterm_during_a_long_parse_stops_the_worker_within_its_grace(
         own = settings.with_(queue_name=env["PAGELENS_QUEUE"])
         async with serve_api(own) as base, httpx.AsyncClient(base_url=base, timeout=10) as api:
             scan_id = await submit(api, hostile.url(HOSTILE) + f"?k={uuid.uuid4()}")
-            await until(
-                lambda: busy_child([p.pid for p in child_processes(proc)]) is not None,
-                "a parser child of the worker to be busy",
-                poll=POLL,
-                polls=SCAN_POLLS,
-            )
+
+            async def parsing() -> bool:
+                return bool((await status(api, scan_id))["stage"] == "PARSE")
+
+            await until(parsing, "the scan to reach PARSE", poll=POLL, polls=SCAN_POLLS)
+            await asyncio.sleep(1.0)  # well into the parse, which would take minutes
             children = child_processes(proc)
             proc.process.send_signal(signal.SIGTERM)
             try:
@@ -219,6 +221,8 @@ async def test_sigterm_during_a_long_parse_stops_the_worker_within_its_grace(
             assert row is not None
             # Handed back as every scan of a stopping worker is: not failed, its lease released.
             assert row["status"] == "RUNNING" and row["lease_until"] is None and row["error"] is None, dict(row)
+            assert await redis.zscore(own.queue_name, scan_id) is not None, "the job is back on the queue"
     finally:
         if proc.process.poll() is None:
             proc.process.kill()
+        await redis.delete(env["PAGELENS_QUEUE"])

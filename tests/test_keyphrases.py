@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from app.core.models import ErrorType, ScanError
 from bench.corpus import corpus
 from bench.keybert_reference import load_counts, plain
+from tests.waiting import until
 from worker.keyphrases import MAX_WORDS, KeyphraseExtractor, cached_keyphrases, keyphrase_cache_key
 from worker.parse import parse_html
 
@@ -253,3 +254,21 @@ async def test_closing_fails_waiting_callers() -> None:
     for task in (busy, waiting):
         with pytest.raises(ScanError, match="closed"):
             await task
+
+
+async def test_a_call_whose_callers_all_gave_up_is_killed() -> None:
+    # Its own extractor: a cold phrase cache, so the big text takes the child many seconds.
+    ex = KeyphraseExtractor(processes=1, timeout=600)
+    await ex.start()
+    try:
+        [old] = ex.pid_list
+        task = asyncio.create_task(ex.extract(big_text()))
+        await asyncio.sleep(0.5)  # the call is in the child
+        task.cancel()
+        await until(lambda: gone(old), "the abandoned call's process to be killed", poll=0.1, polls=100)
+        assert task.cancelled()
+        assert await ex.extract(COMPOST), "the replacement serves the next caller"
+        [new] = ex.pid_list
+        assert new != old
+    finally:
+        await ex.close()
