@@ -27,10 +27,11 @@ from arq.worker import Worker
 
 from app.cli.embedded import free_port
 from app.core import scans
+from app.core.models import ErrorType, ScanError
 from app.core.queue import redis_settings
 from app.core.settings import Settings
 from tests.conftest import serve_api
-from tests.hostile import Hostile
+from tests.hostile import PARSER_HOSTILE, Hostile
 from tests.processes import (
     POLL,
     child_processes,
@@ -43,6 +44,7 @@ from tests.processes import (
 from tests.site import Site
 from tests.waiting import until
 from worker.keyphrases import KeyphraseExtractor
+from worker.parse import parse_html
 from worker.parse_pool import ParsePool
 
 SCANS = "/api/v1/scan-jobs"
@@ -226,3 +228,35 @@ async def test_sigterm_during_a_long_parse_stops_the_worker_within_its_grace(
         if proc.process.poll() is None:
             proc.process.kill()
         await redis.delete(env["PAGELENS_QUEUE"])
+
+
+async def test_the_parser_pool_kills_late_and_cancelled_tasks_and_leaves_no_children() -> None:
+    html = PARSER_HOSTILE[HOSTILE].decode()
+    parsers = ParsePool(processes=2)
+    await parsers.start()
+    try:
+        first = parsers.pids
+        assert len(first) == 2
+        with pytest.raises(ScanError) as caught:
+            await parsers.run(parse_html, html, "http://127.0.0.1/", deadline=0.5)
+        assert caught.value.type is ErrorType.TOO_COMPLEX and not caught.value.retryable
+        killed = set(first) - set(parsers.pids)
+        assert len(killed) == 1 and all(gone(pid) for pid in killed), "the late child was killed, not the other"
+        await until(lambda: len(parsers.pids) == 2, "a replacement child", poll=0.1, polls=KILL_POLLS)
+        page = await parsers.run(parse_html, "<title>fine</title><p>ok</p>", "http://127.0.0.1/", deadline=60)
+        assert page.title == "fine"
+
+        task = asyncio.create_task(parsers.run(parse_html, html, "http://127.0.0.1/", deadline=600))
+        await until(lambda: busy_child(parsers.pids) is not None, "a busy child", poll=0.1, polls=KILL_POLLS)
+        busy = busy_child(parsers.pids)
+        assert busy is not None
+        task.cancel()
+        await until(lambda: gone(busy), "the cancelled task's child to be killed", poll=0.1, polls=KILL_POLLS)
+        assert task.cancelled()
+    finally:
+        pids = parsers.pids
+        await parsers.close()
+    assert pids and all(gone(pid) for pid in pids)
+    assert parsers.pids == []
+    with pytest.raises(ScanError, match="closed"):
+        await parsers.run(parse_html, "<p>late</p>", "http://127.0.0.1/", deadline=60)

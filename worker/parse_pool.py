@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -118,5 +119,6 @@ class ParsePool:
             _stop(pool)
             await asyncio.to_thread(pool.join)
         for future in list(self._running):
-            if not future.done():
+            # (pebble's thread may settle it meanwhile.)
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
                 future.set_exception(_closed())
