@@ -3,7 +3,7 @@
 So does /v1/traces (browser spans): otherwise anyone could write into the trace store. The web
 page at / stays open; it holds no data and asks for a key when the API answers 401.
 
-Each request with a valid key is then held to the key's rate limit (app/limits.py), and the key's
+Each request with a valid key is then held to the key's rate limit (app/api/limits.py), and the key's
 short id is left in the request state for the cap on open scans.
 """
 

@@ -3,7 +3,7 @@
 Answers as an OTLP receiver does (200 with an empty ExportTraceServiceResponse, in the request's
 encoding); refuses with problem+json: 404 when browser traces have nowhere to go, 413 over
 PAGELENS_BROWSER_TRACES_MAX_BYTES (compressed or inflated), 415 for other media types or encodings,
-400 for anything that is not a valid request (app/browser_spans.py), 429 past
+400 for anything that is not a valid request (app/api/browser_spans.py), 429 past
 PAGELENS_BROWSER_TRACES_PER_MINUTE per client address. It lives outside /api/ because it is
 telemetry, not the product's API; when PAGELENS_API_KEYS is set it needs a key all the same.
 """
@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.api.browser_spans import JSON, PROTOBUF, BodyTooLarge, InvalidSpans, decode, inflate, spans_of
+from app.api.browser_spans import BROWSER_SERVICE, JSON, PROTOBUF, BodyTooLarge, InvalidSpans, decode, inflate
 from app.api.problems import Problem
 from app.api.schemas import read_body
 from app.api.state import State
@@ -53,12 +53,14 @@ async def receive_traces(request: Request) -> Response:
     try:
         if encoding == "gzip":
             body = inflate(body, settings.browser_traces_max_bytes)
-        spans = spans_of(decode(body, media_type))
+        export = decode(body, media_type)
     except BodyTooLarge as exc:
         raise Problem(413, str(exc), code="body-too-large") from None
     except InvalidSpans as exc:
         raise Problem(400, str(exc), code="invalid-traces") from None
-    browser.forward(spans)
+    # Set over whatever the page claims about itself; what the API knows of the sender (such as
+    # its tenant) joins here as further resource attributes.
+    browser.forward(export, {"service.name": BROWSER_SERVICE})
     if media_type == PROTOBUF:
         return Response(ExportTraceServiceResponse().SerializeToString(), media_type=PROTOBUF)
     return Response(b"{}", media_type=JSON)
