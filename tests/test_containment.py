@@ -116,7 +116,10 @@ def busy_child(pids: list[int]) -> int | None:
 
 
 def gone(pid: int) -> bool:
-    return not still_running([psutil.Process(pid)]) if psutil.pid_exists(pid) else True
+    try:
+        return not still_running([psutil.Process(pid)])
+    except psutil.NoSuchProcess:  # reaped already
+        return True
 
 
 async def test_a_too_complex_page_fails_typed_and_the_next_page_on_the_worker_is_served(
