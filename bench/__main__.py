@@ -13,13 +13,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from bench import api_load, e2e, keyphrases, queue_hop, recovery
+from bench import api_load, e2e, keyphrases, parsing, queue_hop, recovery
 from bench.common import BenchContext, Benchmark, BenchResult, redis_target, replace_section
 
 BENCHMARKS: tuple[Benchmark, ...] = (
     queue_hop.BENCHMARK,
     api_load.BENCHMARK,
     keyphrases.BENCHMARK,
+    parsing.BENCHMARK,
     e2e.BENCHMARK,
     recovery.BENCHMARK,
 )

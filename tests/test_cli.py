@@ -132,7 +132,14 @@ def test_list_keeps_whole_ids_and_shortens_urls_at_80_columns() -> None:
         ]
     ]
     out = Console(width=80, record=True, force_terminal=False)
-    extra: dict[str, object] = {"stage": None, "error": None, "traceId": None, "attempts": 1, "updatedAt": CREATED, "timings": {}}
+    extra: dict[str, object] = {
+        "stage": None,
+        "error": None,
+        "traceId": None,
+        "attempts": 1,
+        "updatedAt": CREATED,
+        "timings": {},
+    }
     render_list(out, [ScanStatus.model_validate(item | extra) for item in items])
     lines = out.export_text().splitlines()
     assert max(map(len, lines)) <= 80, lines

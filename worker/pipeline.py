@@ -209,8 +209,9 @@ async def _scan_url(run: Run) -> Findings:
     async with run.stage(Stage.CRAWL):
         page = await _fetch(url, res)
     async with run.stage(Stage.PARSE):
-        # selectolax is fast, but a multi-megabyte page still takes tens of ms: keep it off the loop.
-        parsed = await asyncio.to_thread(parse_html, page.text, page.final_url)
+        # In a child process with a deadline (worker/parse_pool.py): some markup makes the parser
+        # quadratic, and only a process can be stopped when the scan ends or takes too long.
+        parsed = await res.parser.run(parse_html, page.text, page.final_url, deadline=res.settings.parse_timeout)
         teaser = build_teaser(parsed, page.final_url)
         if not await scans.save_teaser(res.pool, run.scan_id, run.attempt, teaser):
             raise Superseded
@@ -227,8 +228,11 @@ async def _scan_url(run: Run) -> Findings:
 
 async def _scan_document(run: Run) -> Findings:
     text: str = run.scan["document"]
-    teaser = document_teaser(text, run.scan["title"])
-    if not await scans.save_teaser(run.res.pool, run.scan_id, run.attempt, teaser):
+    res = run.res
+    teaser = await res.parser.run(
+        document_teaser, text, run.scan["title"], deadline=res.settings.parse_timeout, task="read the document"
+    )
+    if not await scans.save_teaser(res.pool, run.scan_id, run.attempt, teaser):
         raise Superseded
     return await _generate(run, teaser, None, text, Kind.DOCUMENT)
 

@@ -35,7 +35,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         setup_logging(settings.log_level)
     setup_tracing(settings, "pagelens-worker")
     ctx["resources"] = await Resources.open(
-        settings, ctx["redis"], pool=ctx.get("pool"), keyphrases=ctx.get("keyphrases")
+        settings, ctx["redis"], pool=ctx.get("pool"), keyphrases=ctx.get("keyphrases"), parser=ctx.get("parser")
     )
     pool = ctx["resources"].pool
     # Queue-depth candidate (one elected process samples) and this worker's liveness heartbeat,

@@ -48,6 +48,9 @@ class ErrorType(StrEnum):
     HTTP_ERROR = "http_error"
     TOO_LARGE = "too_large"
     UNSUPPORTED_CONTENT = "unsupported_content"
+    # The page's parse or analysis passed its per-task deadline and was killed: the same page
+    # would take as long again, so it is never retried.
+    TOO_COMPLEX = "too_complex"
     RETRIES_EXHAUSTED = "retries_exhausted"
     INTERNAL = "internal"
 
