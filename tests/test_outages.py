@@ -113,7 +113,7 @@ async def test_redis_down_still_accepts_scans_and_the_sweeper_enqueues_them(
         await asyncio.sleep(settings.sweep_interval + 0.2)  # past the grace a fresh QUEUED scan gets
         assert await sweep_stranded({"resources": resources}) == 1
         await make_worker(settings, db=scan_pool).main()
-        row = await scans.get(scan_pool, uuid.UUID(scan_id))
+        row = await scans.get(scan_pool, uuid.UUID(scan_id), "default")
         assert row is not None and row["status"] == "FULL_READY", row and row["error"]
         assert row["attempts"] == 1
     finally:

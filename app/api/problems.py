@@ -17,6 +17,7 @@ MEDIA_TYPE = "application/problem+json"
 TITLES = {
     400: "Bad Request",
     401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     409: "Conflict",

@@ -11,6 +11,7 @@ from pydantic.alias_generators import to_camel
 from starlette.requests import Request
 
 from app.api.problems import Problem
+from app.core import keys
 from app.core.models import ScanError
 from app.core.settings import Settings
 from app.core.urlpolicy import check_url
@@ -46,6 +47,14 @@ class CreateDocument(Strict):
         if not value.strip():
             raise ValueError("text must not be blank")
         return value
+
+
+class CreateKey(Strict):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=keys.MAX_NAME_CHARS)]
+    tenant: Annotated[str, StringConstraints(pattern=keys.TENANT_PATTERN.pattern)] | None = Field(
+        None, description="The key's tenant; without one, the admin's own."
+    )
+    role: Literal["member", "admin"] = "member"
 
 
 async def read_body(request: Request, limit: int) -> bytes:

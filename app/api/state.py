@@ -10,6 +10,7 @@ from starlette.applications import Starlette
 from starlette.requests import HTTPConnection
 
 from app.api.browser_spans import BrowserTraces
+from app.api.keyring import KeyRing
 from app.api.scan_events import ScanEvents
 from app.core.settings import Settings
 
@@ -20,6 +21,7 @@ class State:
     pool: asyncpg.Pool
     redis: ArqRedis
     events: ScanEvents
+    keys: KeyRing
     browser_traces: BrowserTraces | None = None
 
     @staticmethod

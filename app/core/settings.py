@@ -53,6 +53,13 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _share(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _float(env, name, default)
+    if value > 1:
+        raise ConfigError(f"{name} must be a share between 0 and 1, got {value}")
+    return value
+
+
 def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
 
@@ -159,6 +166,12 @@ class Settings:
     browser_traces_max_bytes: int = 512 * 1024
     browser_traces_per_minute: int = 60  # per client address
 
+    # Tenancy: API keys live in the database (`pagelens keys`). An API process caches a key for this
+    # many seconds (a revoked key is dropped at once on NOTIFY, and after this at the latest), and
+    # one tenant may hold at most this share of the process's event streams (with keys only).
+    key_cache_seconds: float = 5.0
+    sse_tenant_share: float = 0.5
+
     # The `pagelens` command as a client of a running API.
     api_url: str = "http://127.0.0.1:8000"
     api_key: str | None = None
@@ -231,6 +244,8 @@ class Settings:
             browser_traces_per_minute=_int(
                 env, "PAGELENS_BROWSER_TRACES_PER_MINUTE", defaults.browser_traces_per_minute, minimum=1
             ),
+            key_cache_seconds=_float(env, "PAGELENS_KEY_CACHE_SECONDS", defaults.key_cache_seconds),
+            sse_tenant_share=_share(env, "PAGELENS_SSE_TENANT_SHARE", defaults.sse_tenant_share),
             api_url=(_opt(env, "PAGELENS_API_URL") or defaults.api_url).rstrip("/"),
             api_key=_opt(env, "PAGELENS_API_KEY"),
             log_level=(_opt(env, "PAGELENS_LOG_LEVEL") or "INFO").upper(),
