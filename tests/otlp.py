@@ -45,6 +45,7 @@ class Span:
     status_code: str
     service_name: str | None
     scope_name: str = ""
+    resource: dict[str, Any] = field(default_factory=dict)
 
     def __str__(self) -> str:
         return f"{self.service_name}:{self.kind}:{self.name!r} {self.span_id} <- {self.parent_span_id}"
@@ -79,11 +80,13 @@ def decode_request(body: bytes) -> list[Span]:
         service = resource.get("service.name")
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
-                spans.append(_span(span, service if isinstance(service, str) else None, scope_spans.scope.name))
+                spans.append(
+                    _span(span, service if isinstance(service, str) else None, scope_spans.scope.name, resource)
+                )
     return spans
 
 
-def _span(span: Any, service: str | None, scope: str) -> Span:
+def _span(span: Any, service: str | None, scope: str, resource: dict[str, Any] | None = None) -> Span:
     parent: bytes = span.parent_span_id
     return Span(
         trace_id=span.trace_id.hex(),
@@ -96,6 +99,7 @@ def _span(span: Any, service: str | None, scope: str) -> Span:
         status_code=STATUS_CODES.get(span.status.code, str(span.status.code)),
         service_name=service,
         scope_name=scope,
+        resource=resource or {},
     )
 
 

@@ -99,11 +99,18 @@ def _hex_to_base64(value: str) -> str:
         raise InvalidSpans(f"ids are hex strings, got {value[:40]!r}") from None
 
 
-def spans_of(request: ExportTraceServiceRequest) -> list[ReadableSpan]:
-    """Every span of the request as the SDK's ReadableSpan, or InvalidSpans for the first bad one."""
+TENANT_ATTRIBUTE = "pagelens.tenant"
+
+
+def spans_of(request: ExportTraceServiceRequest, tenant: str | None = None) -> list[ReadableSpan]:
+    """Every span of the request as the SDK's ReadableSpan, or InvalidSpans for the first bad one.
+    `tenant`: the sending key's tenant, set as a resource attribute (one a browser sent is dropped)."""
     spans: list[ReadableSpan] = []
     for resource_spans in request.resource_spans:
         attributes = {**_attributes(resource_spans.resource.attributes), "service.name": BROWSER_SERVICE}
+        attributes.pop(TENANT_ATTRIBUTE, None)
+        if tenant is not None:
+            attributes[TENANT_ATTRIBUTE] = tenant
         resource = Resource(attributes)
         for scope_spans in resource_spans.scope_spans:
             scope = InstrumentationScope(scope_spans.scope.name[:MAX_NAME], scope_spans.scope.version[:MAX_NAME])

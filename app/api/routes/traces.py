@@ -5,7 +5,8 @@ encoding); refuses with problem+json: 404 when browser traces have nowhere to go
 PAGELENS_BROWSER_TRACES_MAX_BYTES (compressed or inflated), 415 for other media types or encodings,
 400 for anything that is not a valid request (app/browser_spans.py), 429 past
 PAGELENS_BROWSER_TRACES_PER_MINUTE per client address. It lives outside /api/ because it is
-telemetry, not the product's API; when PAGELENS_API_KEYS is set it needs a key all the same.
+telemetry, not the product's API; once keys exist it needs a key all the same, and the spans get
+the key's tenant as the resource attribute `pagelens.tenant`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from app.api.auth import request_identity
 from app.api.browser_spans import JSON, PROTOBUF, BodyTooLarge, InvalidSpans, decode, inflate, spans_of
 from app.api.problems import Problem
 from app.api.schemas import read_body
@@ -53,7 +55,8 @@ async def receive_traces(request: Request) -> Response:
     try:
         if encoding == "gzip":
             body = inflate(body, settings.browser_traces_max_bytes)
-        spans = spans_of(decode(body, media_type))
+        identity = request_identity(request.scope)
+        spans = spans_of(decode(body, media_type), identity.tenant if identity.key_id is not None else None)
     except BodyTooLarge as exc:
         raise Problem(413, str(exc), code="body-too-large") from None
     except InvalidSpans as exc:
