@@ -1,4 +1,5 @@
-"""Per-key rate limit (with Redis up and down), per-tenant cap on open scans, request header limits, and where /metrics is served."""
+"""Per-key rate limit (with Redis up and down), per-tenant cap on open scans, request header limits,
+and where /metrics is served."""
 
 from __future__ import annotations
 
@@ -83,7 +84,11 @@ async def test_open_scans_are_capped_per_tenant(
     client_for: Callable[..., Awaitable[httpx.AsyncClient]], own_settings: Settings
 ) -> None:
     dsn = own_settings.require_database_url()
-    alpha, alpha_too, beta = await stored_key(dsn, "alpha"), await stored_key(dsn, "alpha"), await stored_key(dsn, "beta")
+    alpha, alpha_too, beta = (
+        await stored_key(dsn, "alpha"),
+        await stored_key(dsn, "alpha"),
+        await stored_key(dsn, "beta"),
+    )
     client = await client_for(max_open_scans=2, rate_limit=0)
     doc = {"text": "Mulch keeps soil moist and cool in summer."}
     first = await client.post("/api/v1/documents", json=doc, headers={**bearer(alpha), "Idempotency-Key": "one"})
@@ -92,9 +97,12 @@ async def test_open_scans_are_capped_per_tenant(
     over = await client.post("/api/v1/documents", json=doc, headers=bearer(alpha))
     assert_problem(over, 429, "too-many-open-scans")
     assert int(over.headers["retry-after"]) > 0
-    assert_problem(
-        await client.post("/api/v1/documents", json=doc, headers=bearer(alpha_too)), 429, "too-many-open-scans"
-    ), "the cap is the tenant's, not one key's"
+    (
+        assert_problem(
+            await client.post("/api/v1/documents", json=doc, headers=bearer(alpha_too)), 429, "too-many-open-scans"
+        ),
+        "the cap is the tenant's, not one key's",
+    )
     replay = await client.post("/api/v1/documents", json=doc, headers={**bearer(alpha), "Idempotency-Key": "one"})
     assert replay.status_code == 202 and replay.json()["scanId"] == first.json()["scanId"], "a replay opens nothing"
     assert (await client.post("/api/v1/documents", json=doc, headers=bearer(beta))).status_code == 202
