@@ -21,6 +21,7 @@ from rich.table import Table
 from app.core import audit, keys
 from app.core.settings import Settings
 from app.core.types import Record
+from observability.logs import setup_logging
 
 T = TypeVar("T")
 
@@ -58,6 +59,7 @@ def _row_json(row: Record) -> dict[str, str | None]:
 
 
 def cmd_create(settings: Settings, args: argparse.Namespace) -> int:
+    setup_logging(settings.log_level)  # the audit line is JSON on stderr, as the API writes it
     role = keys.Role.ADMIN if args.admin else keys.Role.MEMBER
     try:
         new = asyncio.run(_with_db(settings, lambda db: keys.create(db, args.name, args.tenant, role)))
@@ -104,6 +106,7 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    setup_logging(settings.log_level)  # the audit line is JSON on stderr, as the API writes it
     try:
         key_id = uuid.UUID(args.key_id)
     except ValueError:
