@@ -1,4 +1,5 @@
-"""Every pagelens metric, defined once. Names and labels are part of the contract (DESIGN.md).
+"""Every pagelens metric, defined once. Names and labels are fixed: the README lists them, and the
+dashboards, alerts and KEDA queries read them (tests/promql.py checks that they agree).
 
 Each process (API, worker) renders the same registry; metrics it never touches simply have no
 samples. No URL, scan id or free text is ever a label value: labels come from small fixed sets.
@@ -65,7 +66,7 @@ job_trace_context_total = Counter(
 )
 job_hook_errors_total = Counter("pagelens_job_hook_errors_total", "Errors inside worker job hooks.", registry=REGISTRY)
 # Open server-sent event streams: the HTTP metrics count a stream as a request only until its
-# headers are sent (app/middleware.py), so this is where long-lived streams show up.
+# headers are sent (app/api/middleware.py), so this is where long-lived streams show up.
 sse_streams_open = Gauge("pagelens_sse_streams_open", "Server-sent event streams open.", registry=REGISTRY)
 sse_streams_open.set({}, 0)
 # The audit trail (app/core/audit.py): key creation and revocation, cancel and retry, by action and

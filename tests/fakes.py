@@ -1,21 +1,23 @@
-"""Local HTTP servers that speak the protocols of the external services we call.
+"""Local HTTP servers that speak the protocols of the external services we call (an OpenAI-compatible
+chat completions API, PageSpeed Insights v5).
 
-Each runs a stdlib ThreadingHTTPServer on 127.0.0.1 (random port) in a background thread, records
-every request, and answers with a reply the test sets. HTTP/1.0 closes each connection after its
-response, so shutting down never waits on an idle keep-alive socket the client still holds.
+Each is the suite's loopback server (tests/httpserver.py) in a background thread: it records every
+request and answers with a reply the test sets. They stay hand-written on purpose: they are real
+HTTP servers the worker's real httpx clients talk to, and what they add on top (the protocols'
+success documents, a slow reply cut short when the server stops) is a few lines each.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
+
+from tests.httpserver import LoopbackServer, TrackedHandler, running
 
 LLM_PATH = "/v1/chat/completions"
 PSI_PATH = "/pagespeedonline/v5/runPagespeed"
@@ -43,44 +45,28 @@ class Reply:
     content_type: str = "application/json"
 
 
-class FakeServer:
+class FakeServer(LoopbackServer):
     def __init__(self, path: str, success: Callable[[RecordedRequest], dict[str, Any]]) -> None:
+        super().__init__(_Handler)
         self.path = path
         self.requests: list[RecordedRequest] = []
         self.reply = Reply()
         self._success = success
-        self._stopping = threading.Event()
-        self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        # A short poll interval keeps shutdown() (which waits for the next poll) quick.
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-http", daemon=True
-        )
 
     @property
     def origin(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"http://127.0.0.1:{self.server_port}"
 
     def set_reply(self, *, status: int = 200, body: bytes | dict[str, Any] | None = None, delay: float = 0.0) -> None:
         """Set the reply for every following request (until set again)."""
         self.reply = Reply(status=status, body=body, delay=delay)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()  # wakes any handler stalled in a slow reply
-        self._httpd.shutdown()
-        self._httpd.server_close()  # joins the handler threads
-        self._thread.join()
-
-    def _respond(self, request: RecordedRequest) -> tuple[int, bytes, str]:
-        with self._lock:
+    def respond(self, request: RecordedRequest) -> tuple[int, bytes, str]:
+        with self.lock:
             self.requests.append(request)
             reply = self.reply
         if reply.delay:
-            self._stopping.wait(reply.delay)
+            self.stopping.wait(reply.delay)  # stop() sets it: a slow reply never holds the test up
         if request.path != self.path:
             return 404, b'{"error": "not found"}', "application/json"
         body = reply.body
@@ -89,36 +75,24 @@ class FakeServer:
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
         return reply.status, raw, reply.content_type
 
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.0"
+class _Handler(TrackedHandler):
+    server: FakeServer
 
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                parts = urlsplit(self.path)
-                query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                status, raw, content_type = server._respond(
-                    RecordedRequest(self.command, parts.path, query, headers, body)
-                )
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", content_type)
-                    self.send_header("Content-Length", str(len(raw)))
-                    self.end_headers()
-                    self.wfile.write(raw)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (e.g. its timeout fired during a slow reply)
+    def _handle(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        parts = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        status, raw, content_type = self.server.respond(RecordedRequest(self.command, parts.path, query, headers, body))
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)  # a client that gave up (its timeout fired) is the server's handle_error
 
-            do_GET = do_POST = _handle
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # keep test output clean
-
-        return Handler
+    do_GET = do_POST = _handle
 
 
 S = TypeVar("S", bound=FakeServer)
@@ -126,11 +100,8 @@ S = TypeVar("S", bound=FakeServer)
 
 @contextmanager
 def _serving(server: S) -> Iterator[S]:
-    server.start()
-    try:
+    with running(server, f"fake-{server.path}"):
         yield server
-    finally:
-        server.stop()
 
 
 def _google_error(status: int) -> dict[str, Any]:

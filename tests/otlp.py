@@ -45,6 +45,8 @@ class Span:
     status_code: str
     service_name: str | None
     scope_name: str = ""
+    trace_state: str = ""
+    link_attributes: list[dict[str, Any]] = field(default_factory=list)
     resource: dict[str, Any] = field(default_factory=dict)
 
     def __str__(self) -> str:
@@ -77,17 +79,15 @@ def decode_request(body: bytes) -> list[Span]:
     spans: list[Span] = []
     for resource_spans in request.resource_spans:
         resource = key_values(resource_spans.resource.attributes)
-        service = resource.get("service.name")
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
-                spans.append(
-                    _span(span, service if isinstance(service, str) else None, scope_spans.scope.name, resource)
-                )
+                spans.append(_span(span, resource, scope_spans.scope.name))
     return spans
 
 
-def _span(span: Any, service: str | None, scope: str, resource: dict[str, Any] | None = None) -> Span:
+def _span(span: Any, resource: dict[str, Any], scope: str) -> Span:
     parent: bytes = span.parent_span_id
+    service = resource.get("service.name")
     return Span(
         trace_id=span.trace_id.hex(),
         span_id=span.span_id.hex(),
@@ -97,9 +97,11 @@ def _span(span: Any, service: str | None, scope: str, resource: dict[str, Any] |
         attributes=key_values(span.attributes),
         links=[(link.trace_id.hex(), link.span_id.hex()) for link in span.links],
         status_code=STATUS_CODES.get(span.status.code, str(span.status.code)),
-        service_name=service,
+        service_name=service if isinstance(service, str) else None,
         scope_name=scope,
-        resource=resource or {},
+        trace_state=span.trace_state,
+        link_attributes=[key_values(link.attributes) for link in span.links],
+        resource=resource,
     )
 
 

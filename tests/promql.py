@@ -28,7 +28,7 @@ PROMETHEUS_CONFIG = ROOT / "observability" / "prometheus" / "prometheus.yml"
 
 DATASOURCES = {"prometheus": "prometheus", "tempo": "tempo", "loki": "loki"}  # uid -> type
 
-# DESIGN.md's metric table (names and labels are fixed there), plus what metrics.py adds: two
+# The metrics the README lists (names and labels are fixed), plus what metrics.py adds: two
 # telemetry-health counters and the open event streams gauge. Prometheus adds job and instance to
 # every series.
 PAGELENS_LABELS: dict[str, frozenset[str]] = {
@@ -53,7 +53,7 @@ PAGELENS_LABELS: dict[str, frozenset[str]] = {
     "pagelens_job_hook_errors_total": frozenset({"hook"}),
     "pagelens_sse_streams_open": frozenset(),
 }
-# The fixed value sets of labels (DESIGN.md, app/models.py, worker/pipeline.py), per metric.
+# The fixed value sets of labels (README, app/core/models.py, worker/pipeline.py), per metric.
 LABEL_VALUES: dict[tuple[str, str], frozenset[str]] = {
     ("pagelens_http_requests_total", "status"): frozenset({"1xx", "2xx", "3xx", "4xx", "5xx"}),
     ("pagelens_job_duration_seconds", "outcome"): frozenset({"success", "failure", "retry", "cancelled"}),

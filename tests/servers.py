@@ -1,7 +1,7 @@
 """PostgreSQL and Redis servers private to one test, which the test may stop and start again.
 
 Tests that take a backing service down never touch the shared servers: they start their own, the
-way the embedded fallback does (app/embedded.py), on a free port or socket under a temporary
+way the embedded fallback does (app/cli/embedded.py), on a free port or socket under a temporary
 directory, and stop them at the end.
 """
 

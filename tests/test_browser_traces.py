@@ -6,6 +6,7 @@ whatever the API forwards is decoded there exactly as a collector would see it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import gzip
@@ -15,12 +16,14 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
+import grpc
 import httpx
 import pytest
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from app.api.browser_spans import BROWSER_SERVICE, MAX_SPANS, RateLimit
+from app.api.browser_spans import BROWSER_SERVICE, MAX_SPANS, MAX_STRING, RateLimit, decode
+from app.api.span_forwarding import BrowserTraces
 from app.core import keys
 from app.core.settings import Settings
 from tests.conftest import serve_api
@@ -140,6 +143,64 @@ async def test_protobuf_and_gzip_are_accepted(open_api: Any, receiver: OTLPRecei
     assert {(s.name, s.status_code) for s in spans if s.trace_id == trace_id} == {("documentLoad", "ERROR")}
 
 
+async def test_tracestate_links_and_their_attributes_arrive(open_api: Any, receiver: OTLPReceiver) -> None:
+    """The checked request itself is forwarded: nothing the SDK's span model would lose goes missing."""
+    trace_id, span_id = ids()
+    linked_trace, linked_span = ids()
+    link = {
+        "traceId": linked_trace,
+        "spanId": linked_span,
+        "traceState": "vendor=linked",
+        "attributes": [
+            {"key": "link.reason", "value": {"stringValue": "retry of"}},
+            {"key": "link.attempt", "value": {"intValue": 2}},
+            {"key": "link.bytes", "value": {"bytesValue": "AAEC"}},  # bytes are dropped like nested maps
+        ],
+    }
+    export = json_export(trace_id, span_id, traceState="pagelens=1,vendor=abc", links=[link])
+    resource = export["resourceSpans"][0]["resource"]["attributes"]
+    resource.append({"key": "browser.language", "value": {"stringValue": "de-CH"}})
+    async with open_api() as client:
+        response = await client.post(PATH, content=json.dumps(export), headers={"content-type": "application/json"})
+    assert response.status_code == 200, response.text
+
+    receiver.wait_for(lambda s: any(x.trace_id == trace_id for x in s), SPAN_TIMEOUT)
+    span = next(x for x in receiver.spans if x.trace_id == trace_id)
+    assert span.trace_state == "pagelens=1,vendor=abc"
+    assert span.links == [(linked_trace, linked_span)]
+    assert span.link_attributes == [{"link.reason": "retry of", "link.attempt": 2}]
+    # The page's own resource attributes stay; service.name is set over its claim, exactly once.
+    assert span.resource == {
+        "telemetry.sdk.language": "webjs",
+        "browser.language": "de-CH",
+        "service.name": BROWSER_SERVICE,
+    }
+
+
+def test_values_are_trimmed_not_refused() -> None:
+    trace_id, span_id = ids()
+    long = "x" * (MAX_STRING + 100)
+    export = json_export(
+        trace_id,
+        span_id,
+        name="n",
+        attributes=[
+            {"key": "long", "value": {"stringValue": long}},
+            {"key": "list", "value": {"arrayValue": {"values": [{"intValue": 1}, {"intValue": 2}]}}},
+            {"key": "mixed", "value": {"arrayValue": {"values": [{"intValue": 1}, {"stringValue": "a"}]}}},
+        ],
+        kind=42,
+        status={"code": 7, "message": "?"},
+    )
+    request = decode(json.dumps(export).encode(), "application/json")
+    span = request.resource_spans[0].scope_spans[0].spans[0]
+    values = {kv.key: kv.value for kv in span.attributes}
+    assert set(values) == {"long", "list"}
+    assert len(values["long"].string_value) == MAX_STRING
+    assert [v.int_value for v in values["list"].array_value.values] == [1, 2]
+    assert span.kind == trace_pb2.Span.SPAN_KIND_INTERNAL and span.status.code == trace_pb2.Status.STATUS_CODE_UNSET
+
+
 def _with_span(**changes: Any) -> bytes:
     trace_id, span_id = ids()
     return json.dumps(json_export(trace_id, span_id, **changes)).encode()
@@ -158,6 +219,17 @@ BAD_BODIES: dict[str, tuple[bytes, int, str]] = {
     "non-hex id": (json.dumps(json_export("z" * 32, secrets.token_hex(8))).encode(), 400, "invalid-traces"),
     "ends before it starts": (_with_span(endTimeUnixNano="1"), 400, "invalid-traces"),
     "no name": (_with_span(name=""), 400, "invalid-traces"),
+    "huge tracestate": (_with_span(traceState="k=" + "v" * 600), 400, "invalid-traces"),
+    "all-zero link id": (
+        _with_span(links=[{"traceId": "0" * 32, "spanId": secrets.token_hex(8)}]),
+        400,
+        "invalid-traces",
+    ),
+    "too many attributes": (
+        _with_span(attributes=[{"key": f"k{i}", "value": {"intValue": i}} for i in range(65)]),
+        400,
+        "invalid-traces",
+    ),
 }
 
 
@@ -275,3 +347,85 @@ def test_rate_limit_refills_and_stays_bounded() -> None:
     for client in "cdefgh":
         limit.wait(client, now=31.0)
     assert len(limit.buckets) <= 4
+
+
+def _proto_export() -> tuple[str, bytes]:
+    trace_id, span_id = ids()
+    return trace_id, json.dumps(json_export(trace_id, span_id, traceState="vendor=grpc")).encode()
+
+
+async def test_without_a_browser_endpoint_spans_follow_the_otlp_settings(
+    settings: Settings, receiver: OTLPReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OTLP/HTTP: OTEL_EXPORTER_OTLP_ENDPOINT plus /v1/traces, gzip when OTEL_EXPORTER_OTLP_COMPRESSION says so."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint + "/")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
+    api_settings = settings.with_(otel_endpoint_configured=True, otel_traces_exporter="otlp")
+    trace_id, body = _proto_export()
+    async with serve_api(api_settings) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
+        response = await client.post(PATH, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 200, response.text
+    spans = receiver.wait_for(lambda s: any(x.trace_id == trace_id for x in s), SPAN_TIMEOUT)
+    assert [s.trace_state for s in spans if s.trace_id == trace_id] == ["vendor=grpc"]
+
+
+class _GrpcCollector(trace_service_pb2_grpc.TraceServiceServicer):
+    def __init__(self) -> None:
+        self.requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
+        self.metadata: list[dict[str, str | bytes]] = []
+        self.received = asyncio.Event()
+
+    async def Export(  # the generated servicer's method name
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        self.requests.append(request)
+        self.metadata.append(dict(context.invocation_metadata() or ()))
+        self.received.set()
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+async def test_grpc_protocol_forwards_over_grpc_with_the_otlp_headers(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    collector = _GrpcCollector()
+    server = grpc.aio.server()
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "X-Collector-Key=s3cret")
+        api_settings = settings.with_(
+            otel_endpoint_configured=True, otel_traces_exporter="otlp", otel_exporter_otlp_protocol="grpc"
+        )
+        trace_id, body = _proto_export()
+        async with serve_api(api_settings) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
+            response = await client.post(PATH, content=body, headers={"content-type": "application/json"})
+            assert response.status_code == 200, response.text
+            await asyncio.wait_for(collector.received.wait(), SPAN_TIMEOUT)
+    finally:
+        await server.stop(None)
+    [request] = collector.requests
+    span = request.resource_spans[0].scope_spans[0].spans[0]
+    assert (span.trace_id.hex(), span.trace_state) == (trace_id, "vendor=grpc")
+    assert collector.metadata[0]["x-collector-key"] == "s3cret"
+
+
+async def test_forwards_past_the_in_flight_bound_are_dropped() -> None:
+    release = asyncio.Event()
+    sent: list[trace_service_pb2.ExportTraceServiceRequest] = []
+
+    async def slow_collector(request: trace_service_pb2.ExportTraceServiceRequest) -> None:
+        await release.wait()
+        sent.append(request)
+
+    async def close() -> None:
+        pass
+
+    forwarder = BrowserTraces(slow_collector, close, per_minute=60, max_pending=2)
+    requests = [decode(_proto_export()[1], "application/json") for _ in range(3)]
+    accepted = [forwarder.forward(r, {"service.name": BROWSER_SERVICE}) for r in requests]
+    assert accepted == [True, True, False]
+    release.set()
+    await forwarder.aclose()
+    assert sent == requests[:2]

@@ -4,8 +4,8 @@ Structure: schema version, uids, unique panel ids, grid positions that fit and d
 datasources referenced as {"type", "uid"} with the provisioned uids, a query on every target.
 PromQL: every metric a panel (or an alert rule) reads is one pagelens exports (observability/metrics.py),
 `up`, or an exporter metric listed here; label matchers and `by` clauses use the metric's labels
-(DESIGN.md's table) and values from their fixed sets; rates use `$__rate_interval`; every variable a
-query uses is defined, and every defined variable is used. Whether each query also *runs* and
+(as tests/promql.py lists them) and values from their fixed sets; rates use `$__rate_interval`; every
+variable a query uses is defined, and every defined variable is used. Whether each query also *runs* and
 returns data against a real Prometheus is tests/test_prometheus_live.py's job.
 
 The helpers (loading dashboards, listing their PromQL targets, substituting Grafana variables, the

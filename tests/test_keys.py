@@ -44,10 +44,11 @@ def audit_lines(stderr: str) -> list[dict[str, Any]]:
 
 def audited(action: str, outcome: str) -> float:
     try:
-        value: float = metrics.audit_events_total.get({"action": action, "outcome": outcome})
+        value = metrics.audit_events_total.get({"action": action, "outcome": outcome})
     except KeyError:
         return 0.0
-    return value
+    assert isinstance(value, int | float)
+    return float(value)
 
 
 @pytest.fixture

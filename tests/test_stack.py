@@ -5,7 +5,7 @@
   in pagelens.rules.test.yml). Every alert carries a severity, a summary, a description and a
   runbook link to a section of docs/operations.md that exists.
 - compose.yaml: a real compose parser (Debian's `docker-compose config`) accepts it; every service
-  of DESIGN.md is there and wired (healthchecks, depends_on conditions, Redis AOF + noeviction,
+  docs/operations.md lists is there and wired (healthchecks, depends_on conditions, Redis AOF + noeviction,
   scalable workers); every file or directory it mounts or builds from exists.
 - Grafana provisioning: the datasource uids are the ones the dashboards use and cross-link each
   other; the dashboard provider reads the directory compose mounts the dashboards into.
@@ -52,7 +52,7 @@ OPERATIONS = ROOT / "docs" / "operations.md"
 PROVISIONING = ROOT / "observability" / "grafana" / "provisioning"
 DEPLOY = ROOT / "deploy"
 
-# DESIGN.md's compose services, plus Alloy, which ships the containers' JSON logs to Loki.
+# The compose services docs/operations.md lists ("Running the stack").
 SERVICES = {
     "api",
     "worker",

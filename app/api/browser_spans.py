@@ -1,13 +1,12 @@
-"""Spans from browsers (POST /v1/traces): decode, validate and forward them to the OTLP exporter.
+"""Spans from browsers (POST /v1/traces): decode them, check and trim every span, and limit senders.
 
 The web page's OpenTelemetry SDK exports OTLP/HTTP (JSON, or protobuf from other exporters) to the
 API rather than to a collector, so a browser needs no route to the collector and no CORS. Nothing
 from a browser is trusted: the body is bounded before it is read, decoded strictly as an
-`ExportTraceServiceRequest`, and every span is checked (ids, times, counts, sizes) before any is
-kept. Accepted spans are re-encoded by the SDK's own exporter, the one the API uses (same
-protocol, endpoint, headers, retries), behind a batch processor whose bounded queue drops rather
-than grows when the collector is slow. Whatever a browser claims, its spans are recorded under the
-service name `pagelens-web`, so no page can pose as the API or the worker.
+`ExportTraceServiceRequest`, and every span is checked (ids, times, counts) and trimmed (names,
+strings, attribute values) before any is kept. The checked request itself is what is forwarded
+(app/api/span_forwarding.py), so tracestate, links and their attributes reach the collector as the
+browser sent them.
 """
 
 from __future__ import annotations
@@ -16,31 +15,24 @@ import base64
 import json
 import time
 import zlib
-from collections.abc import Sequence
-from typing import Any, cast
+from collections.abc import MutableSequence
+from typing import Any
 
 from google.protobuf import json_format
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
-
-from app.core.settings import Settings
-from observability.tracing import span_exporter
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 BROWSER_SERVICE = "pagelens-web"
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 MAX_SPANS = 1000  # per request; the JS SDK's batches hold at most 512
 MAX_NAME = 256
-MAX_ATTRIBUTES = 64  # per span, event, link or resource
+MAX_ATTRIBUTES = 64  # per span, event, link, scope or resource
 MAX_EVENTS = 64
 MAX_LINKS = 16
 MAX_STRING = 2048
+MAX_TRACE_STATE = 512  # the W3C limit for a tracestate header
 ID_FIELDS = ("traceId", "spanId", "parentSpanId")
 
 
@@ -67,6 +59,7 @@ def inflate(data: bytes, limit: int) -> bytes:
 
 
 def decode(body: bytes, media_type: str) -> ExportTraceServiceRequest:
+    """The request, checked and trimmed (see `bound`), or InvalidSpans."""
     request = ExportTraceServiceRequest()
     try:
         if media_type == PROTOBUF:
@@ -78,6 +71,7 @@ def decode(body: bytes, media_type: str) -> ExportTraceServiceRequest:
         raise InvalidSpans(f"not an OTLP ExportTraceServiceRequest: {str(exc)[:200]}") from None
     except Exception as exc:  # protobuf's DecodeError is not a ValueError in every implementation
         raise InvalidSpans(f"not an OTLP ExportTraceServiceRequest: {type(exc).__name__}") from None
+    bound(request)
     return request
 
 
@@ -99,95 +93,79 @@ def _hex_to_base64(value: str) -> str:
         raise InvalidSpans(f"ids are hex strings, got {value[:40]!r}") from None
 
 
-TENANT_ATTRIBUTE = "pagelens.tenant"
-
-
-def spans_of(request: ExportTraceServiceRequest, tenant: str | None = None) -> list[ReadableSpan]:
-    """Every span of the request as the SDK's ReadableSpan, or InvalidSpans for the first bad one.
-    `tenant`: the sending key's tenant, set as a resource attribute (one a browser sent is dropped)."""
-    spans: list[ReadableSpan] = []
+def bound(request: ExportTraceServiceRequest) -> None:
+    """Check every span (InvalidSpans for the first bad one) and trim what may be trimmed, in place."""
+    request.DiscardUnknownFields()  # only what OTLP defines is forwarded
+    count = 0
     for resource_spans in request.resource_spans:
-        attributes = {**_attributes(resource_spans.resource.attributes), "service.name": BROWSER_SERVICE}
-        attributes.pop(TENANT_ATTRIBUTE, None)
-        if tenant is not None:
-            attributes[TENANT_ATTRIBUTE] = tenant
-        resource = Resource(attributes)
+        _attributes(resource_spans.resource.attributes)
         for scope_spans in resource_spans.scope_spans:
-            scope = InstrumentationScope(scope_spans.scope.name[:MAX_NAME], scope_spans.scope.version[:MAX_NAME])
+            scope = scope_spans.scope
+            scope.name, scope.version = scope.name[:MAX_NAME], scope.version[:MAX_NAME]
+            _attributes(scope.attributes)
             for span in scope_spans.spans:
-                if len(spans) == MAX_SPANS:
+                count += 1
+                if count > MAX_SPANS:
                     raise InvalidSpans(f"more than {MAX_SPANS} spans in one request")
-                spans.append(_span(span, resource, scope))
-    return spans
+                _span(span)
 
 
-def _span(span: Any, resource: Resource, scope: InstrumentationScope) -> ReadableSpan:
-    trace_id = _id(span.trace_id, 16, "traceId")
-    context = SpanContext(trace_id, _id(span.span_id, 8, "spanId"), False, TraceFlags(TraceFlags.SAMPLED))
-    parent = SpanContext(trace_id, _id(span.parent_span_id, 8, "parentSpanId"), False) if span.parent_span_id else None
+def _span(span: Span) -> None:
     if not span.name or len(span.name) > MAX_NAME:
         raise InvalidSpans(f"a span name must have 1 to {MAX_NAME} characters")
+    where = f"span {span.name[:50]!r}"
+    _id(span.trace_id, 16, f"{where}: traceId")
+    _id(span.span_id, 8, f"{where}: spanId")
+    if span.parent_span_id:
+        _id(span.parent_span_id, 8, f"{where}: parentSpanId")
     if not 0 < span.start_time_unix_nano <= span.end_time_unix_nano:
-        raise InvalidSpans(f"span {span.name[:50]!r}: times must be set and end at or after the start")
+        raise InvalidSpans(f"{where}: times must be set and end at or after the start")
     if len(span.events) > MAX_EVENTS or len(span.links) > MAX_LINKS:
-        raise InvalidSpans(f"span {span.name[:50]!r}: at most {MAX_EVENTS} events and {MAX_LINKS} links")
-    events = [Event(e.name[:MAX_NAME], _attributes(e.attributes), e.time_unix_nano) for e in span.events]
-    links = [
-        Link(SpanContext(_id(link.trace_id, 16, "link traceId"), _id(link.span_id, 8, "link spanId"), False))
-        for link in span.links
-    ]
-    code = {1: StatusCode.OK, 2: StatusCode.ERROR}.get(span.status.code, StatusCode.UNSET)
-    return ReadableSpan(
-        name=span.name,
-        context=context,
-        parent=parent,
-        resource=resource,
-        attributes=_attributes(span.attributes),
-        events=events,
-        links=links,
-        # The protobuf enum counts UNSPECIFIED as 0; the SDK's SpanKind starts at INTERNAL.
-        kind=SpanKind(span.kind - 1) if 1 <= span.kind <= 5 else SpanKind.INTERNAL,
-        status=Status(code, span.status.message[:MAX_STRING] or None) if code is StatusCode.ERROR else Status(code),
-        start_time=span.start_time_unix_nano,
-        end_time=span.end_time_unix_nano,
-        instrumentation_scope=scope,
-    )
+        raise InvalidSpans(f"{where}: at most {MAX_EVENTS} events and {MAX_LINKS} links")
+    if len(span.trace_state) > MAX_TRACE_STATE or any(len(link.trace_state) > MAX_TRACE_STATE for link in span.links):
+        raise InvalidSpans(f"{where}: a tracestate has at most {MAX_TRACE_STATE} characters")
+    if not Span.SPAN_KIND_INTERNAL <= span.kind <= Span.SPAN_KIND_CONSUMER:
+        span.kind = Span.SPAN_KIND_INTERNAL
+    if span.status.code not in (Status.STATUS_CODE_OK, Status.STATUS_CODE_ERROR):
+        span.status.Clear()
+    span.status.message = span.status.message[:MAX_STRING]
+    _attributes(span.attributes)
+    for event in span.events:
+        event.name = event.name[:MAX_NAME]
+        _attributes(event.attributes)
+    for link in span.links:
+        _id(link.trace_id, 16, f"{where}: link traceId")
+        _id(link.span_id, 8, f"{where}: link spanId")
+        _attributes(link.attributes)
 
 
-def _id(raw: bytes, size: int, what: str) -> int:
+def _id(raw: bytes, size: int, what: str) -> None:
     if len(raw) != size or not any(raw):
         raise InvalidSpans(f"{what} must be {size} bytes and not all zero")
-    return int.from_bytes(raw, "big")
 
 
-Primitive = str | bool | int | float
-
-
-def _attributes(pairs: Sequence[KeyValue]) -> dict[str, Primitive | list[Primitive]]:
+def _attributes(pairs: MutableSequence[KeyValue]) -> None:
+    """Keep primitives and arrays of one primitive type, trimmed; drop nested maps and bytes quietly
+    (a collector would accept them, but they are unbounded in depth and no browser span needs them)."""
     if len(pairs) > MAX_ATTRIBUTES:
-        raise InvalidSpans(f"at most {MAX_ATTRIBUTES} attributes per span, event, link or resource")
-    # Only what the SDK can carry: primitives and arrays of one primitive type. Nested maps and
-    # bytes are dropped quietly (the SDK would log a warning for each, a client could flood logs).
-    out: dict[str, Primitive | list[Primitive]] = {}
-    for pair in pairs:
-        value: Primitive | list[Primitive] | None = _primitive(pair.value)
-        if value is None and pair.value.HasField("array_value"):
-            items = [_primitive(v) for v in pair.value.array_value.values[:MAX_ATTRIBUTES]]
-            kinds = {type(i) for i in items}
-            if len(kinds) == 1 and type(None) not in kinds:
-                value = cast(list[Primitive], items)
-        if value is not None and pair.key:
-            out[pair.key[:MAX_NAME]] = value
-    return out
+        raise InvalidSpans(f"at most {MAX_ATTRIBUTES} attributes per span, event, link, scope or resource")
+    kept = [KeyValue(key=p.key[:MAX_NAME], value=v) for p in pairs if p.key and (v := _value(p.value)) is not None]
+    del pairs[:]
+    pairs.extend(kept)
 
 
-def _primitive(value: AnyValue) -> Primitive | None:
+def _value(value: AnyValue) -> AnyValue | None:
     which = value.WhichOneof("value")
     if which == "string_value":
-        return str(value.string_value[:MAX_STRING])
+        return AnyValue(string_value=value.string_value[:MAX_STRING])
     if which in ("bool_value", "int_value", "double_value"):
-        primitive: Primitive = getattr(value, which)
-        return primitive
+        return value
+    if which == "array_value":
+        items = [_value(v) for v in value.array_value.values[:MAX_ATTRIBUTES]]
+        if items and None not in items and len({i.WhichOneof("value") for i in items if i is not None}) == 1:
+            out = AnyValue()
+            out.array_value.values.extend(i for i in items if i is not None)
+            return out
     return None
 
 
@@ -221,32 +199,3 @@ class RateLimit:
         refilled = [c for c, (t, at) in self.buckets.items() if t + (now - at) * self.rate >= self.capacity]
         for client in refilled or list(self.buckets)[: len(self.buckets) // 2]:
             del self.buckets[client]
-
-
-class BrowserTraces:
-    """Accepted browser spans, batched to the exporter, and the per-client limit on exports. The
-    queue is bounded: when the collector cannot keep up, spans are dropped, never piled up here."""
-
-    def __init__(self, exporter: SpanExporter, per_minute: int, *, max_queue_size: int = 2048) -> None:
-        self.processor = BatchSpanProcessor(exporter, max_queue_size=max_queue_size, schedule_delay_millis=1000)
-        self.limit = RateLimit(per_minute)
-
-    @classmethod
-    def from_settings(cls, settings: Settings, exporter: SpanExporter | None = None) -> BrowserTraces | None:
-        """PAGELENS_BROWSER_TRACES_ENDPOINT, else the API's own OTLP exporter; None when disabled."""
-        if not settings.browser_traces_enabled:
-            return None
-        if exporter is None:
-            exporter = (
-                OTLPSpanExporter(endpoint=settings.browser_traces_endpoint)
-                if settings.browser_traces_endpoint
-                else span_exporter(settings)
-            )
-        return cls(exporter, settings.browser_traces_per_minute) if exporter is not None else None
-
-    def forward(self, spans: list[ReadableSpan]) -> None:
-        for span in spans:
-            self.processor.on_end(span)
-
-    def shutdown(self) -> None:
-        self.processor.shutdown()  # type: ignore[no-untyped-call]

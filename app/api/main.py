@@ -1,8 +1,7 @@
-"""The ASGI application: `uvicorn app.main:app`."""
+"""The Starlette application and its lifespan; served as `uvicorn app.main:app` (app/main.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 from collections.abc import AsyncIterator
@@ -16,12 +15,12 @@ from starlette.routing import BaseRoute, Route
 
 from app.api import openapi
 from app.api.auth import APIKeyAuth, bearer_matches
-from app.api.browser_spans import BrowserTraces
 from app.api.keyring import KeyRing
 from app.api.middleware import HeaderLimits, HTTPMetrics, span_details
 from app.api.problems import Problem, exception_handlers
 from app.api.routes import documents, events, health, keys, queues, scans, traces, web
 from app.api.scan_events import ScanEvents
+from app.api.span_forwarding import BrowserTraces
 from app.api.state import State
 from app.core import db, queue
 from app.core.heap import freeze_startup_heap
@@ -80,7 +79,7 @@ def create_app(settings: Settings | None = None, *, configure_logging: bool = Tr
             await sampler.stop()
             await hub.stop()
             if browser is not None:
-                await asyncio.to_thread(browser.shutdown)  # exports what is queued
+                await browser.aclose()  # lets the forwards in flight finish
             await redis.aclose()
             await pool.close()
             flush()

@@ -9,9 +9,9 @@ from arq.connections import ArqRedis
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection
 
-from app.api.browser_spans import BrowserTraces
 from app.api.keyring import KeyRing
 from app.api.scan_events import ScanEvents
+from app.api.span_forwarding import BrowserTraces
 from app.core.settings import Settings
 
 

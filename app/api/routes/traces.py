@@ -3,10 +3,10 @@
 Answers as an OTLP receiver does (200 with an empty ExportTraceServiceResponse, in the request's
 encoding); refuses with problem+json: 404 when browser traces have nowhere to go, 413 over
 PAGELENS_BROWSER_TRACES_MAX_BYTES (compressed or inflated), 415 for other media types or encodings,
-400 for anything that is not a valid request (app/browser_spans.py), 429 past
+400 for anything that is not a valid request (app/api/browser_spans.py), 429 past
 PAGELENS_BROWSER_TRACES_PER_MINUTE per client address. It lives outside /api/ because it is
-telemetry, not the product's API; once keys exist it needs a key all the same, and the spans get
-the key's tenant as the resource attribute `pagelens.tenant`.
+telemetry, not the product's API; once keys exist it needs a key all the same. The spans get the
+sending key's tenant as the resource attribute `pagelens.tenant`.
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app.api.auth import request_identity
-from app.api.browser_spans import JSON, PROTOBUF, BodyTooLarge, InvalidSpans, decode, inflate, spans_of
+from app.api.browser_spans import BROWSER_SERVICE, JSON, PROTOBUF, BodyTooLarge, InvalidSpans, decode, inflate
 from app.api.problems import Problem
 from app.api.schemas import read_body
 from app.api.state import State
 
 PATH = "/v1/traces"
+TENANT_ATTRIBUTE = "pagelens.tenant"
 
 
 def _media_type(request: Request) -> str:
@@ -55,13 +56,18 @@ async def receive_traces(request: Request) -> Response:
     try:
         if encoding == "gzip":
             body = inflate(body, settings.browser_traces_max_bytes)
-        identity = request_identity(request.scope)
-        spans = spans_of(decode(body, media_type), identity.tenant if identity.key_id is not None else None)
+        export = decode(body, media_type)
     except BodyTooLarge as exc:
         raise Problem(413, str(exc), code="body-too-large") from None
     except InvalidSpans as exc:
         raise Problem(400, str(exc), code="invalid-traces") from None
-    browser.forward(spans)
+    # Set over whatever the page claims about itself; what the API knows of the sender (such as
+    # its tenant) joins here as further resource attributes.
+    resource = {"service.name": BROWSER_SERVICE}
+    identity = request_identity(request.scope)
+    if identity.key_id is not None:  # sent with a key: the key's tenant, over any the page claims
+        resource[TENANT_ATTRIBUTE] = identity.tenant
+    browser.forward(export, resource)
     if media_type == PROTOBUF:
         return Response(ExportTraceServiceResponse().SerializeToString(), media_type=PROTOBUF)
     return Response(b"{}", media_type=JSON)

@@ -1,0 +1,132 @@
+"""Forwarding checked browser spans (app/api/browser_spans.py) to the collector, in the background.
+
+The request is sent on as it is, over OTLP/HTTP protobuf or OTLP/gRPC, to where the API's own spans
+go (the standard OTEL_EXPORTER_OTLP_* endpoint, protocol, headers, compression and certificate) or
+to PAGELENS_BROWSER_TRACES_ENDPOINT. At most a few forwards are in flight: when the collector is
+slow, further exports are dropped rather than piled up in the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import logging
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from urllib.parse import urlparse
+
+import grpc
+import httpx
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceServiceStub
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.util.re import parse_env_headers
+
+from app.api.browser_spans import PROTOBUF, RateLimit
+from app.core.settings import Settings
+
+logger = logging.getLogger("pagelens.browser_traces")
+
+MAX_PENDING = 8  # forwards in flight; more are dropped
+FORWARD_TIMEOUT = 10.0
+
+
+def _env(name: str, default: str = "") -> str:
+    """OTEL_EXPORTER_OTLP_TRACES_<name>, else OTEL_EXPORTER_OTLP_<name>, as the SDK's exporters read them."""
+    return os.environ.get(f"OTEL_EXPORTER_OTLP_TRACES_{name}") or os.environ.get(f"OTEL_EXPORTER_OTLP_{name}", default)
+
+
+Send = Callable[[ExportTraceServiceRequest], Awaitable[object]]
+
+
+def _over_http(endpoint: str, headers: Mapping[str, str], compress: bool) -> tuple[Send, Callable[[], Awaitable[None]]]:
+    client = httpx.AsyncClient(timeout=FORWARD_TIMEOUT, verify=_env("CERTIFICATE") or True)
+    headers = {**headers, "Content-Type": PROTOBUF, **({"Content-Encoding": "gzip"} if compress else {})}
+
+    async def send(request: ExportTraceServiceRequest) -> None:
+        body = request.SerializeToString()
+        response = await client.post(endpoint, content=gzip.compress(body) if compress else body, headers=headers)
+        response.raise_for_status()
+
+    return send, client.aclose
+
+
+def _over_grpc(endpoint: str, headers: Mapping[str, str], compress: bool) -> tuple[Send, Callable[[], Awaitable[None]]]:
+    url = urlparse(endpoint)
+    target, compression = url.netloc or endpoint, grpc.Compression.Gzip if compress else None
+    if url.scheme == "http" or (url.scheme != "https" and _env("INSECURE").lower() == "true"):
+        channel = grpc.aio.insecure_channel(target, compression=compression)
+    else:
+        roots = Path(_env("CERTIFICATE")).read_bytes() if _env("CERTIFICATE") else None
+        channel = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(roots), compression=compression)
+    export = TraceServiceStub(channel).Export  # type: ignore[no-untyped-call]  # generated, unannotated
+    metadata = tuple((k.lower(), v) for k, v in headers.items())
+
+    async def send(request: ExportTraceServiceRequest) -> None:
+        await export(request, metadata=metadata, timeout=FORWARD_TIMEOUT)
+
+    return send, channel.close
+
+
+class BrowserTraces:
+    """Where checked browser requests go, at most `max_pending` at a time, and the per-client limit
+    on exports."""
+
+    def __init__(
+        self, send: Send, close: Callable[[], Awaitable[None]], per_minute: int, *, max_pending: int = MAX_PENDING
+    ) -> None:
+        self.limit = RateLimit(per_minute)
+        self.max_pending = max_pending
+        self._send, self._close = send, close
+        self._pending: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BrowserTraces | None:
+        """To PAGELENS_BROWSER_TRACES_ENDPOINT over OTLP/HTTP, else where the API's own spans go: the
+        standard OTEL_EXPORTER_OTLP_* endpoint, protocol, headers, compression and certificate."""
+        if not settings.browser_traces_enabled:
+            return None
+        headers = parse_env_headers(_env("HEADERS"), liberal=True)
+        compress = _env("COMPRESSION").strip().lower() == "gzip"
+        if settings.browser_traces_endpoint:
+            transport = _over_http(settings.browser_traces_endpoint, headers, compress)
+        elif settings.otel_exporter_otlp_protocol == "grpc":
+            transport = _over_grpc(_env("ENDPOINT", "http://localhost:4317"), headers, compress)
+        else:
+            traces = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            base = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318")
+            transport = _over_http(traces or base.rstrip("/") + "/v1/traces", headers, compress)
+        return cls(*transport, settings.browser_traces_per_minute)
+
+    def forward(self, request: ExportTraceServiceRequest, resource: Mapping[str, str]) -> bool:
+        """Send a checked request on, with `resource` set over each resource's own attributes; False
+        when it is dropped because too many forwards are still in flight."""
+        for resource_spans in request.resource_spans:
+            attributes = resource_spans.resource.attributes
+            kept = [KeyValue(key=p.key, value=p.value) for p in attributes if p.key not in resource]
+            del attributes[:]
+            attributes.extend([*kept, *(KeyValue(key=k, value=AnyValue(string_value=v)) for k, v in resource.items())])
+        if len(self._pending) >= self.max_pending:
+            logger.warning("browser spans dropped: %d forwards still in flight", len(self._pending))
+            return False
+        task = asyncio.create_task(self._deliver(request))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        return True
+
+    async def _deliver(self, request: ExportTraceServiceRequest) -> None:
+        try:
+            await self._send(request)
+        except Exception as exc:  # httpx.HTTPError, grpc.aio.AioRpcError
+            # Telemetry about telemetry: a lost browser batch is logged, never retried or raised.
+            logger.warning("browser spans not delivered: %s", str(exc)[:300])
+
+    async def aclose(self) -> None:
+        """Let the forwards in flight finish (for at most FORWARD_TIMEOUT s), then close the transport."""
+        if self._pending:
+            _, late = await asyncio.wait(set(self._pending), timeout=FORWARD_TIMEOUT)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        await self._close()
