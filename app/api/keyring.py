@@ -31,6 +31,7 @@ class Identity:
     key_id: str | None  # None: the API runs without keys
     tenant: str
     role: Role
+    stored: bool = False  # a row of api_keys (not a bootstrap key)
 
     @property
     def admin(self) -> bool:
@@ -92,7 +93,7 @@ class KeyRing:
         if cached is not None and cached[0] > now:
             return cached[1]
         row = await keys.lookup(self.pool, presented)
-        identity = Identity(str(row["id"]), row["tenant"], Role(row["role"])) if row is not None else None
+        identity = Identity(str(row["id"]), row["tenant"], Role(row["role"]), stored=True) if row is not None else None
         if len(self._cache) >= MAX_CACHED:
             self._cache.clear()
         self._cache[presented] = (now + self.ttl, identity)
@@ -101,7 +102,7 @@ class KeyRing:
     async def touch(self, identity: Identity) -> None:
         """Record a stored key's use, at most once a minute per key and process (the UPDATE itself
         skips a row another process touched within the minute)."""
-        if identity.key_id is None or len(identity.key_id) != 36:  # bootstrap keys have no row
+        if not identity.stored or identity.key_id is None:
             return
         now = time.monotonic()
         last = self._touched.get(identity.key_id)
