@@ -10,6 +10,7 @@ from typing import Any
 
 from app import __version__
 from app.api.schemas import CreateDocument, CreateKey, CreateScan
+from app.core.keys import TENANT_PATTERN
 from app.core.models import ErrorType, Stage, Status
 from observability.sampler import STATES as QUEUE_STATES
 
@@ -46,7 +47,7 @@ TENANT = {
     "in": "query",
     "required": False,
     "description": "Admins only: act on this tenant's scans (without it, every caller acts on its own tenant's).",
-    "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"},
+    "schema": {"type": "string", "pattern": TENANT_PATTERN.pattern},
 }
 KEY_ID = {"name": "keyId", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
 BAD_BODY = {
@@ -213,142 +214,142 @@ def document() -> dict[str, Any]:
         "responses": {**_ok("A page of scans", "ScanList"), "422": _problem("Invalid query"), **UNAVAILABLE},
     }
     plain = {"200": {"description": "OK"}}
-    return _with_tenancy(
-        {
-            "openapi": "3.1.0",
-            "info": {
-                "title": "pagelens",
-                "version": __version__,
-                "description": "Scan web pages and documents in the background.",
-            },
-            "paths": {
-                "/api/v1/scan-jobs": scans,
-                "/api/v1/documents": _create("Create a scan of raw text", "CreateDocument"),
-                "/api/v1/scan-jobs/{scanId}/status": _read("Progress of a scan", "ScanStatus"),
-                "/api/v1/scan-jobs/{scanId}/teaser": _read("Page facts, once TEASER_READY", "Teaser", conflict=True),
-                "/api/v1/scan-jobs/{scanId}/full": _read("The full report, once FULL_READY", "Report", conflict=True),
-                "/api/v1/scan-jobs/{scanId}/events": {
-                    "get": {
-                        "summary": "Status changes as server-sent events, until a terminal state",
-                        "description": (
-                            "Each event is `event: status`, `id:` the scan's version and `data:` the status document "
-                            "(ScanStatus). The current state comes first unless Last-Event-ID already names it; the "
-                            "stream ends after a terminal state, or after PAGELENS_SSE_MAX_SECONDS, when a client "
-                            "reconnects with Last-Event-ID. Idle streams carry keep-alive comments."
-                        ),
-                        "parameters": [
-                            SCAN_ID,
-                            {
-                                "name": "Last-Event-ID",
-                                "in": "header",
-                                "required": False,
-                                "description": "The last event id (version) the client has seen.",
-                                "schema": {"type": "string"},
-                            },
-                        ],
-                        "responses": {
-                            "200": {
-                                "description": "The event stream",
-                                "content": {"text/event-stream": {"schema": {"type": "string"}}},
-                            },
-                            "204": {"description": "Last-Event-ID is the scan's final state: nothing more will come"},
-                            "404": _problem("No such scan"),
-                            "429": _problem("This server streams to as many clients as it may; poll the status"),
-                            **UNAVAILABLE,
+    spec: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "pagelens",
+            "version": __version__,
+            "description": "Scan web pages and documents in the background.",
+        },
+        "paths": {
+            "/api/v1/scan-jobs": scans,
+            "/api/v1/documents": _create("Create a scan of raw text", "CreateDocument"),
+            "/api/v1/scan-jobs/{scanId}/status": _read("Progress of a scan", "ScanStatus"),
+            "/api/v1/scan-jobs/{scanId}/teaser": _read("Page facts, once TEASER_READY", "Teaser", conflict=True),
+            "/api/v1/scan-jobs/{scanId}/full": _read("The full report, once FULL_READY", "Report", conflict=True),
+            "/api/v1/scan-jobs/{scanId}/events": {
+                "get": {
+                    "summary": "Status changes as server-sent events, until a terminal state",
+                    "description": (
+                        "Each event is `event: status`, `id:` the scan's version and `data:` the status document "
+                        "(ScanStatus). The current state comes first unless Last-Event-ID already names it; the "
+                        "stream ends after a terminal state, or after PAGELENS_SSE_MAX_SECONDS, when a client "
+                        "reconnects with Last-Event-ID. Idle streams carry keep-alive comments."
+                    ),
+                    "parameters": [
+                        SCAN_ID,
+                        {
+                            "name": "Last-Event-ID",
+                            "in": "header",
+                            "required": False,
+                            "description": "The last event id (version) the client has seen.",
+                            "schema": {"type": "string"},
                         },
-                    }
-                },
-                "/api/v1/scan-jobs/{scanId}/retry": {
-                    "post": {
-                        "summary": "Replay a FAILED scan under the same id",
-                        "parameters": [SCAN_ID],
-                        "responses": {
-                            **_ok("Queued again", "Accepted", "202"),
-                            "404": _problem("No such scan"),
-                            "409": _problem("Not FAILED"),
-                            **UNAVAILABLE,
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The event stream",
+                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
                         },
-                    }
-                },
-                "/api/v1/scan-jobs/{scanId}": {
-                    "delete": {
-                        "summary": "Cancel a queued or running scan",
-                        "parameters": [SCAN_ID],
-                        "responses": {
-                            "202": {"description": "Cancelled"},
-                            "404": _problem("No such scan"),
-                            "409": _problem("Already finished"),
-                            **UNAVAILABLE,
-                        },
-                    }
-                },
-                "/api/v1/queues": {
-                    "get": {
-                        "summary": "Queue depth by state, oldest pending age, live workers",
-                        "responses": {**_ok("Queue depth", "Queues"), **UNAVAILABLE},
-                    }
-                },
-                "/api/v1/keys": {
-                    "post": {
-                        "summary": "Create an API key (admins); its secret is in this answer only",
-                        "requestBody": {"required": True, "content": {JSON: {"schema": _ref("CreateKey")}}},
-                        "responses": {**_ok("Created", "NewApiKey", "201"), **BAD_BODY, **UNAVAILABLE},
+                        "204": {"description": "Last-Event-ID is the scan's final state: nothing more will come"},
+                        "404": _problem("No such scan"),
+                        "429": _problem("This server streams to as many clients as it may; poll the status"),
+                        **UNAVAILABLE,
                     },
-                    "get": {
-                        "summary": "List API keys, never their secrets (admins)",
-                        "responses": {**_ok("Every key", "ApiKeyList"), **UNAVAILABLE},
+                }
+            },
+            "/api/v1/scan-jobs/{scanId}/retry": {
+                "post": {
+                    "summary": "Replay a FAILED scan under the same id",
+                    "parameters": [SCAN_ID],
+                    "responses": {
+                        **_ok("Queued again", "Accepted", "202"),
+                        "404": _problem("No such scan"),
+                        "409": _problem("Not FAILED"),
+                        **UNAVAILABLE,
                     },
+                }
+            },
+            "/api/v1/scan-jobs/{scanId}": {
+                "delete": {
+                    "summary": "Cancel a queued or running scan",
+                    "parameters": [SCAN_ID],
+                    "responses": {
+                        "202": {"description": "Cancelled"},
+                        "404": _problem("No such scan"),
+                        "409": _problem("Already finished"),
+                        **UNAVAILABLE,
+                    },
+                }
+            },
+            "/api/v1/queues": {
+                "get": {
+                    "summary": "Queue depth by state, oldest pending age, live workers",
+                    "responses": {**_ok("Queue depth", "Queues"), **UNAVAILABLE},
+                }
+            },
+            "/api/v1/keys": {
+                "post": {
+                    "summary": "Create an API key (admins); its secret is in this answer only",
+                    "requestBody": {"required": True, "content": {JSON: {"schema": _ref("CreateKey")}}},
+                    "responses": {**_ok("Created", "NewApiKey", "201"), **BAD_BODY, **UNAVAILABLE},
                 },
-                "/api/v1/keys/{keyId}": {
-                    "delete": {
-                        "summary": "Revoke an API key (admins); every API process refuses it within seconds",
-                        "parameters": [KEY_ID],
-                        "responses": {**_ok("Revoked", "ApiKey"), "404": _problem("No such key"), **UNAVAILABLE},
-                    }
-                },
-                "/healthz": {"get": {"summary": "Liveness", "responses": plain}},
-                "/readyz": {
-                    "get": {
-                        "summary": "Readiness of PostgreSQL and Redis",
-                        "responses": {**plain, "503": {"description": "Not ready"}},
-                    }
-                },
-                "/metrics": {"get": {"summary": "Prometheus metrics", "responses": plain}},
-                "/": {"get": {"summary": "The web page", "responses": {"200": {"description": "HTML"}}}},
-                "/v1/traces": {
-                    "post": {
-                        "summary": "OTLP/HTTP trace export for the web page's spans, forwarded to the collector",
-                        "requestBody": {
-                            "required": True,
-                            "content": {
-                                "application/json": {"schema": {"type": "object"}},
-                                "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
-                            },
-                        },
-                        "responses": {
-                            "200": {"description": "Accepted (an empty ExportTraceServiceResponse)"},
-                            "400": _problem("Not a valid OTLP ExportTraceServiceRequest"),
-                            "404": _problem("Browser traces are not collected: no OTLP endpoint"),
-                            "413": _problem("Body too large"),
-                            "415": _problem("Not OTLP JSON or protobuf, or an unknown encoding"),
-                            "429": _problem("Too many exports from this client"),
-                        },
-                    }
+                "get": {
+                    "summary": "List API keys, never their secrets (admins)",
+                    "responses": {**_ok("Every key", "ApiKeyList"), **UNAVAILABLE},
                 },
             },
-            "components": {
-                "schemas": _schemas(),
-                "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer", "description": "pl_… API key"}},
+            "/api/v1/keys/{keyId}": {
+                "delete": {
+                    "summary": "Revoke an API key (admins); every API process refuses it within seconds",
+                    "parameters": [KEY_ID],
+                    "responses": {**_ok("Revoked", "ApiKey"), "404": _problem("No such key"), **UNAVAILABLE},
+                }
             },
-        }
-    )
+            "/healthz": {"get": {"summary": "Liveness", "responses": plain}},
+            "/readyz": {
+                "get": {
+                    "summary": "Readiness of PostgreSQL and Redis",
+                    "responses": {**plain, "503": {"description": "Not ready"}},
+                }
+            },
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": plain}},
+            "/": {"get": {"summary": "The web page", "responses": {"200": {"description": "HTML"}}}},
+            "/v1/traces": {
+                "post": {
+                    "summary": "OTLP/HTTP trace export for the web page's spans, forwarded to the collector",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": {"type": "object"}},
+                            "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
+                        },
+                    },
+                    "responses": {
+                        "200": {"description": "Accepted (an empty ExportTraceServiceResponse)"},
+                        "400": _problem("Not a valid OTLP ExportTraceServiceRequest"),
+                        "404": _problem("Browser traces are not collected: no OTLP endpoint"),
+                        "413": _problem("Body too large"),
+                        "415": _problem("Not OTLP JSON or protobuf, or an unknown encoding"),
+                        "429": _problem("Too many exports from this client"),
+                    },
+                }
+            },
+        },
+        "components": {
+            "schemas": _schemas(),
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer", "description": "pl_… API key"}},
+        },
+    }
+    return _with_tenancy(spec)
 
 
 def _with_tenancy(document: dict[str, Any]) -> dict[str, Any]:
-    """What keys and tenants add to every /api/ operation: the bearer key, 401 and 429 (the key's
-    rate), 403 (admin-only routes, and `?tenant=` for members); scan routes take `?tenant=`."""
+    """What keys and tenants add to every keyed operation (/api/ and /v1/traces): the bearer key,
+    401 and 429 (the key's rate), 403 (admin-only routes, and `?tenant=` for members); scan routes
+    take `?tenant=`."""
     for path, operations in document["paths"].items():
-        if not path.startswith("/api/"):
+        if not path.startswith(("/api/", "/v1/traces")):
             continue
         for operation in operations.values():
             operation["security"] = [{"apiKey": []}]
