@@ -22,7 +22,8 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from app.api.browser_spans import BROWSER_SERVICE, MAX_SPANS, MAX_STRING, RateLimit, decode
+from app.api.browser_spans import BROWSER_SERVICE, MAX_SPANS, MAX_STRING, decode
+from app.api.limits import RateLimit
 from app.api.span_forwarding import BrowserTraces
 from app.core import keys
 from app.core.settings import Settings
