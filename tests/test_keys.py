@@ -80,6 +80,8 @@ async def test_the_command_line_creates_lists_and_revokes_keys(dsn: str) -> None
         ("ops", "default", "admin"),
     ]
     assert secret not in listed.stdout, "a list never shows a secret"
+    plain = pagelens(dsn, "keys", "list")
+    assert key["id"] in plain.stdout and key["prefix"] in plain.stdout and secret not in plain.stdout
 
     conn = await asyncpg.connect(dsn)
     try:

@@ -15,8 +15,6 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import asyncpg
-from rich.console import Console
-from rich.table import Table
 
 from app.core import audit, keys
 from app.core.settings import Settings
@@ -89,19 +87,24 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([_row_json(r) for r in rows], indent=2, ensure_ascii=False))
         return 0
-    table = Table("id", "name", "tenant", "role", "prefix", "created", "last used", "revoked")
-    for row in rows:
-        table.add_row(
+    # Plain aligned columns, never wrapped or cut: the id is what `keys revoke` takes.
+    header = ("ID", "NAME", "TENANT", "ROLE", "PREFIX", "CREATED", "LAST USED", "REVOKED")
+    lines = [header] + [
+        (
             str(row["id"]),
             row["name"],
             row["tenant"],
             row["role"],
             row["prefix"] + "…",
             _when(row, "created_at"),
-            _when(row, "last_used_at"),
-            _when(row, "revoked_at"),
+            _when(row, "last_used_at") or "-",
+            _when(row, "revoked_at") or "-",
         )
-    Console().print(table)
+        for row in rows
+    ]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for line in lines:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
     return 0
 
 
