@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api import limits
 from app.api.keyring import OPEN, Identity, digest
-from app.api.problems import Problem, problem_response
+from app.api.problems import Problem, problem_response, unavailable
 from app.api.state import State
 from app.core.backing import UNAVAILABLE
 from app.core.keys import TENANT_PATTERN
@@ -53,11 +53,8 @@ class APIKeyAuth:
         state = State.of_app(scope["app"])
         try:
             identity = await self._identify(state, scope)
-        except UNAVAILABLE:
-            unavailable = Problem(
-                503, "cannot check the API key: the database is unavailable", headers={"Retry-After": "5"}
-            )
-            await problem_response(unavailable, scope["path"])(scope, receive, send)
+        except UNAVAILABLE as exc:  # the key cannot be checked: never let the request through
+            await problem_response(unavailable(exc), scope["path"])(scope, receive, send)
             return
         if identity is None:
             problem = Problem(401, "a valid API key is required", headers={"WWW-Authenticate": "Bearer"})
