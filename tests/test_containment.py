@@ -27,6 +27,7 @@ from arq.worker import Worker
 
 from app.cli.embedded import free_port
 from app.core import scans
+from app.core.keys import DEFAULT_TENANT
 from app.core.models import ErrorType, ScanError
 from app.core.queue import redis_settings
 from app.core.settings import Settings
@@ -178,7 +179,7 @@ async def test_cancelling_a_scan_kills_its_parse_at_once_and_frees_the_worker(
             polls=KILL_POLLS,
         )
         assert (await status(client, scan_id))["status"] == "CANCELLED"
-        row = await scans.get(pool, uuid.UUID(scan_id))
+        row = await scans.get(pool, uuid.UUID(scan_id), DEFAULT_TENANT)
         assert row is not None and row["status"] == "CANCELLED"
 
         ordinary = await wait_status(
@@ -222,7 +223,7 @@ async def test_sigterm_during_a_long_parse_stops_the_worker_within_its_grace(
                 pytest.fail(f"the worker did not stop within its grace period\n{proc.tail()}")
             assert code == 0, proc.tail()
             assert not await wait_children_gone(children), "a child of the worker outlived it"
-            row = await scans.get(pool, uuid.UUID(scan_id))
+            row = await scans.get(pool, uuid.UUID(scan_id), DEFAULT_TENANT)
             assert row is not None
             # Handed back as every scan of a stopping worker is: not failed, its lease released.
             assert row["status"] == "RUNNING" and row["lease_until"] is None and row["error"] is None, dict(row)

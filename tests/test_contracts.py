@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from app.api import openapi
 from app.api.problems import ProblemDetails
 from app.core import scans
+from app.core.keys import DEFAULT_TENANT
 from app.core.report import Findings, Report, ScanStatus, Teaser, TeaserResponse
 from app.core.settings import Settings
 from observability.sampler import STATES
@@ -92,7 +93,7 @@ async def test_a_url_scan_is_the_same_report_in_store_api_and_schema(
     assert [(i.source, i.message) for i in report.insights if i.source == "llm"] == [("llm", good["message"])]
     assert {i.source for i in report.insights} == {"rules", "llm"}
 
-    row = await scans.get(pool, uuid.UUID(scan_id))
+    row = await scans.get(pool, uuid.UUID(scan_id), DEFAULT_TENANT)
     assert row is not None
     # The store holds exactly what the models write: reading it back into them and out again is a no-op.
     assert Findings.model_validate(row["report"]).to_json() == row["report"]

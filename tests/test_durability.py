@@ -37,7 +37,7 @@ async def enqueued(pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, new:
 
 
 async def row_of(pool: asyncpg.Pool, scan_id: uuid.UUID) -> Any:
-    row = await scans.get(pool, scan_id)
+    row = await scans.get(pool, scan_id, "default")
     assert row is not None
     return row
 

@@ -233,7 +233,7 @@ async def test_corrupt_row_fails_with_internal_error(
     row, _ = await scans.create(pool, scans.NewScan(Kind.DOCUMENT, document="text " * 50, options={"topN": "many"}))
     await queue.enqueue_scan(redis, settings.queue_name, str(row["id"]))
     await drain(make_worker)
-    done = await scans.get(pool, row["id"])
+    done = await scans.get(pool, row["id"], "default")
     assert done is not None
     assert done["status"] == "FAILED" and done["error"]["type"] == "internal"
 
@@ -243,11 +243,11 @@ async def test_duplicate_delivery_does_nothing(
 ) -> None:
     scan_id = await submit(client, site.url("/pages/article.html"))
     await drain(make_worker)
-    before = await scans.get(pool, uuid.UUID(scan_id))
+    before = await scans.get(pool, uuid.UUID(scan_id), "default")
     assert before is not None and before["status"] == "FULL_READY"
     # arq delivers at least once: the same job arriving again must change nothing.
     assert await run_scan({**worker_ctx, "job_try": 1, "score": 0}, scan_id) == "skipped"
-    after = await scans.get(pool, uuid.UUID(scan_id))
+    after = await scans.get(pool, uuid.UUID(scan_id), "default")
     assert after is not None
     assert (after["attempts"], after["updated_at"], after["report"]) == (
         before["attempts"],
@@ -273,7 +273,7 @@ async def test_sweeper_enqueues_stranded_scans(
     assert await sweep_stranded(worker_ctx) >= 1
     assert await sweep_stranded(worker_ctx) == 0, "a queued job is not enqueued twice"
     await drain(make_worker)
-    done = await scans.get(pool, row["id"])
+    done = await scans.get(pool, row["id"], "default")
     assert done is not None and done["status"] == "FULL_READY"
 
 
@@ -288,9 +288,9 @@ async def test_retention_deletes_only_old_finished_scans(pool: asyncpg.Pool, wor
     await pool.execute("UPDATE scans SET created_at = now() - interval '400 days' WHERE id = $1", old_queued["id"])
     await pool.execute("UPDATE scans SET status = 'FULL_READY' WHERE id = $1", recent["id"])
     assert await delete_expired_scans(worker_ctx) >= 1
-    assert await scans.get(pool, old_done["id"]) is None
-    assert await scans.get(pool, old_queued["id"]) is not None
-    assert await scans.get(pool, recent["id"]) is not None
+    assert await scans.get(pool, old_done["id"], "default") is None
+    assert await scans.get(pool, old_queued["id"], "default") is not None
+    assert await scans.get(pool, recent["id"], "default") is not None
     await pool.execute("DELETE FROM scans WHERE id = $1", old_queued["id"])
 
 

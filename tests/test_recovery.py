@@ -25,6 +25,7 @@ from arq.utils import timestamp_ms
 
 from app.cli.embedded import free_port
 from app.core import db, queue, scans
+from app.core.keys import DEFAULT_TENANT
 from app.core.models import ErrorType, Kind, ScanError
 from app.core.report import Teaser
 from app.core.settings import Settings
@@ -86,11 +87,11 @@ async def test_only_the_jobs_of_a_silent_worker_are_handed_back(
     assert woken is not None  # idle workers claim the jobs at once
     for scan_id in lost:
         assert not await redis.exists(in_progress_key_prefix + str(scan_id))
-        row = await scans.get(pool, scan_id)
+        row = await scans.get(pool, scan_id, DEFAULT_TENANT)
         assert row is not None and row["lease_until"] is None and row["status"] == "RUNNING"
     for scan_id in kept:
         assert await redis.get(in_progress_key_prefix + str(scan_id)) is not None
-        row = await scans.get(pool, scan_id)
+        row = await scans.get(pool, scan_id, DEFAULT_TENANT)
         assert row is not None and row["lease_until"] is not None
     assert await Recovery(redis, pool, q).recover_once() == []  # nothing left to hand back
 
@@ -109,13 +110,13 @@ async def test_a_handed_back_scan_runs_again_and_the_dead_attempt_cannot_write(
     assert await Recovery(redis, pool, q).recover_once() == [str(scan_id)]
     worker = make_worker(settings.with_(queue_name=q))
     await worker.main()
-    row = await scans.get(pool, scan_id)
+    row = await scans.get(pool, scan_id, DEFAULT_TENANT)
     assert row is not None and row["status"] == "FULL_READY", row
     assert row["attempts"] == 2
     # The dead attempt wakes up late (a stalled, not a dead, worker) and tries to write: fenced out.
     assert not await scans.save_teaser(pool, scan_id, dead_attempt, Teaser(title="stale"))
     assert not await scans.fail(pool, scan_id, dead_attempt, ScanError(ErrorType.INTERNAL, "late"))
-    after = await scans.get(pool, scan_id)
+    after = await scans.get(pool, scan_id, DEFAULT_TENANT)
     assert after is not None and after["status"] == "FULL_READY" and after["report"] == row["report"]
 
 
@@ -167,11 +168,11 @@ async def test_a_scan_held_by_a_killed_worker_runs_again_through_the_heartbeat(
         assert await redis.pttl(mark) > RECOVERY_POLLS * POLL * 1000  # arq's own expiry is far off
 
         async def finished() -> bool:
-            current = await scans.get(pool, row["id"])
+            current = await scans.get(pool, row["id"], DEFAULT_TENANT)
             return current is not None and current["status"] == "FULL_READY"
 
         await until(finished, "the scan to run again on the surviving worker")
-        done = await scans.get(pool, row["id"])
+        done = await scans.get(pool, row["id"], DEFAULT_TENANT)
         assert done is not None and done["attempts"] == 2
         handed_back = [
             e for e in survivor.log() if e.get("job_id") == scan_id and e.get("message", "").startswith("job of a dead")

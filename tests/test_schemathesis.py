@@ -4,15 +4,18 @@ type, headers and body (checked against the generated schemas of the models).
 
 The API runs in a thread of its own (uvicorn, real PostgreSQL and Redis, a database and queue of
 its own that no worker reads) because schemathesis sends requests synchronously. Bounded and
-repeatable: a fixed number of examples per operation, derandomized.
+repeatable: a fixed number of examples per operation, derandomized. The run is made twice: with a
+member's API key and with an admin's (the database holds both, so authentication is on).
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import httpx
 import hypothesis
 import pytest
@@ -23,6 +26,7 @@ from schemathesis.checks import load_all_checks, positive_data_acceptance, respo
 
 from app.api import openapi
 from app.cli.embedded import free_port
+from app.core import keys
 from app.core.settings import Settings
 
 MAX_EXAMPLES = 60
@@ -39,11 +43,20 @@ schemathesis.serializer.alias("application/x-protobuf", "application/octet-strea
 SCHEMA = schemathesis.openapi.from_dict(openapi.document())
 
 
+@dataclass(frozen=True)
+class Keys:
+    member: str
+    admin: str
+
+
 @pytest.fixture(scope="module")
-def base_url(settings: Settings, schemathesis_database: str) -> Iterator[str]:
+def base_url(settings: Settings, schemathesis_database: str, api_keys: Keys) -> Iterator[str]:
     from app.api.main import create_app
 
-    own = settings.with_(database_url=schemathesis_database, queue_name=f"{settings.queue_name}:schemathesis")
+    # No rate limit: the run sends more requests per key in a minute than the default allows.
+    own = settings.with_(
+        database_url=schemathesis_database, queue_name=f"{settings.queue_name}:schemathesis", rate_limit=0
+    )
     port = free_port()
     config = uvicorn.Config(
         create_app(own, configure_logging=False), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
@@ -69,8 +82,26 @@ async def schemathesis_database(migrated_database: object) -> str:
     return dsn
 
 
-def test_the_schema_tested_is_the_one_served(base_url: str) -> None:
+@pytest.fixture(scope="module")
+async def api_keys(schemathesis_database: str) -> Keys:
+    conn = await asyncpg.connect(schemathesis_database)
+    try:
+        member = await keys.create(conn, "schemathesis member", "fuzz")
+        admin = await keys.create(conn, "schemathesis admin", "ops", keys.Role.ADMIN)
+    finally:
+        await conn.close()
+    return Keys(member.secret, admin.secret)
+
+
+@pytest.fixture(params=["member", "admin"])
+def bearer(request: pytest.FixtureRequest, api_keys: Keys) -> dict[str, str]:
+    return {"Authorization": f"Bearer {getattr(api_keys, request.param)}"}
+
+
+def test_the_schema_tested_is_the_one_served(base_url: str, bearer: dict[str, str]) -> None:
     assert httpx.get(f"{base_url}/openapi.json").json() == openapi.document()
+    assert httpx.get(f"{base_url}/api/v1/scan-jobs").status_code == 401, "keys exist: the run is authenticated"
+    assert httpx.get(f"{base_url}/api/v1/scan-jobs", headers=bearer).status_code == 200
 
 
 # Schemathesis draws from the `random` module inside its strategies, which Hypothesis reports
@@ -86,6 +117,9 @@ def test_the_schema_tested_is_the_one_served(base_url: str) -> None:
     database=None,
     suppress_health_check=list(hypothesis.HealthCheck),
 )
-def test_every_answer_conforms_to_the_schema(case: schemathesis.Case[Any], base_url: str) -> None:
-    response = case.call(base_url=base_url, timeout=30)
+def test_every_answer_conforms_to_the_schema(
+    case: schemathesis.Case[Any], base_url: str, bearer: dict[str, str]
+) -> None:
+    # The generated Authorization header, when the schema made one, gives way to the real key.
+    response = case.call(base_url=base_url, headers=bearer, timeout=30)
     case.validate_response(response, checks=CHECKS)

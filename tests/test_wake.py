@@ -276,7 +276,7 @@ async def test_the_production_worker_is_woken_and_runs_a_scan(
     row, _ = await scans.create(pool, scans.NewScan(Kind.DOCUMENT, document="Compost heaps need air and water. " * 40))
     await queue.enqueue_scan(redis, queue_name, str(row["id"]))
     for _ in range(POLLS):
-        done = await scans.get(pool, row["id"])
+        done = await scans.get(pool, row["id"], "default")
         if done is not None and done["status"] == "FULL_READY":
             break
         await asyncio.sleep(POLL)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 import zlib
 from collections.abc import MutableSequence
 from typing import Any
@@ -184,35 +183,3 @@ def _value(value: AnyValue) -> AnyValue | None:
             out.array_value.values.extend(i for i in items if i is not None)
             return out
     return None
-
-
-class RateLimit:
-    """A token bucket per client address: `per_minute` requests a minute, bursts of as many.
-
-    In process memory and per API process: a browser sends a batch every few seconds, so this only
-    has to stop a runaway or hostile client. At most `max_clients` buckets are kept; full ones go first.
-    """
-
-    def __init__(self, per_minute: int, max_clients: int = 10_000) -> None:
-        self.capacity = float(per_minute)
-        self.rate = per_minute / 60.0
-        self.max_clients = max_clients
-        self.buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, at)
-
-    def wait(self, client: str, now: float | None = None) -> float:
-        """0 when the request may go ahead (and it is counted), else the seconds until it may."""
-        now = time.monotonic() if now is None else now
-        tokens, at = self.buckets.get(client, (self.capacity, now))
-        tokens = min(self.capacity, tokens + (now - at) * self.rate)
-        if tokens < 1:
-            self.buckets[client] = (tokens, now)
-            return (1 - tokens) / self.rate
-        if client not in self.buckets and len(self.buckets) >= self.max_clients:
-            self._prune(now)
-        self.buckets[client] = (tokens - 1, now)
-        return 0.0
-
-    def _prune(self, now: float) -> None:
-        refilled = [c for c, (t, at) in self.buckets.items() if t + (now - at) * self.rate >= self.capacity]
-        for client in refilled or list(self.buckets)[: len(self.buckets) // 2]:
-            del self.buckets[client]

@@ -16,8 +16,10 @@ from pydantic.json_schema import models_json_schema
 
 from app import __version__
 from app.api.problems import ProblemDetails
+from app.api.routes.keys import ApiKey, ApiKeyList, NewApiKey
 from app.api.routes.queues import Queues
-from app.api.schemas import CreateDocument, CreateScan
+from app.api.schemas import CreateDocument, CreateKey, CreateScan
+from app.core.keys import TENANT_PATTERN
 from app.core.models import Status
 from app.core.report import Accepted, Report, ScanList, ScanRef, ScanStatus, TeaserResponse
 
@@ -27,17 +29,18 @@ REF = "#/components/schemas/{model}"
 SECURITY: list[dict[str, list[str]]] = [
     {"bearer": []},
     {},
-]  # a bearer API key, when PAGELENS_API_KEYS is set; none otherwise
+]  # a bearer API key once any key exists (`pagelens keys`, PAGELENS_API_KEYS); none otherwise
 
 PROBLEMS = {
     400: "Malformed JSON or Content-Length",
-    401: "An API key is required (PAGELENS_API_KEYS is set) and none or a wrong one was sent",
+    401: "An API key is required (keys exist) and none, a revoked or a wrong one was sent",
+    403: "Needs an admin API key",
     404: "No such scan",
     409: "The scan is not in a state that allows this",
     413: "Body too large",
     415: "Not JSON",
     422: "Invalid field",
-    429: "Too many requests for this API key (or open scans); retry after Retry-After seconds",
+    429: "Too many requests for this API key (or open scans of its tenant); retry after Retry-After seconds",
     503: "A backing service is down; retry after Retry-After seconds",
 }
 # Every /api/* operation may answer these: the key check and rate limit run before any route.
@@ -62,6 +65,16 @@ LIST = [
     _param("limit", "query", Annotated[int, Field(ge=1, le=100)], "Page size (default 20)."),
     _param("cursor", "query", str, "nextCursor of the previous page."),
 ]
+TENANT = _param(
+    "tenant",
+    "query",
+    Annotated[str, Field(pattern=TENANT_PATTERN.pattern)],
+    "Admins only: act on this tenant's scans (without it, every caller acts on its own tenant's).",
+)
+KEY_ID = _param("keyId", "path", uuid.UUID, required=True)
+# Scan routes answer 403 when a member names another tenant; another tenant's scan is a 404, like an
+# unknown id.
+TENANT_PROBLEMS = {403: "Only an admin API key may name another tenant", 422: "Invalid query"}
 LAST_EVENT_ID = _param("Last-Event-ID", "header", str, "The last event id (version) the client has seen.")
 
 
@@ -116,7 +129,15 @@ SCANS = "/api/v1/scan-jobs"
 SCAN = SCANS + "/{scanId}"
 OPERATIONS = [
     Op("post", SCANS, "createScan", "Create a scan of a URL", Accepted, 202, CreateScan, params=[IDEMPOTENCY]),
-    Op("get", SCANS, "listScans", "List scans, newest first", ScanList, params=LIST, problems={422: "Invalid query"}),
+    Op(
+        "get",
+        SCANS,
+        "listScans",
+        "List scans, newest first",
+        ScanList,
+        params=[*LIST, TENANT],
+        problems=TENANT_PROBLEMS,
+    ),
     Op(
         "post",
         "/api/v1/documents",
@@ -128,7 +149,13 @@ OPERATIONS = [
         params=[IDEMPOTENCY],
     ),
     Op(
-        "get", SCAN + "/status", "getScanStatus", "Progress of a scan", ScanStatus, params=[SCAN_ID], problems={404: ""}
+        "get",
+        SCAN + "/status",
+        "getScanStatus",
+        "Progress of a scan",
+        ScanStatus,
+        params=[SCAN_ID, TENANT],
+        problems={**TENANT_PROBLEMS, 404: ""},
     ),
     Op(
         "get",
@@ -136,8 +163,8 @@ OPERATIONS = [
         "getScanTeaser",
         "Page facts, once TEASER_READY",
         TeaserResponse,
-        params=[SCAN_ID],
-        problems={404: "", 409: "Not ready yet"},
+        params=[SCAN_ID, TENANT],
+        problems={**TENANT_PROBLEMS, 404: "", 409: "Not ready yet"},
     ),
     Op(
         "get",
@@ -145,16 +172,20 @@ OPERATIONS = [
         "getScanReport",
         "The full report, once FULL_READY",
         Report,
-        params=[SCAN_ID],
-        problems={404: "", 409: "Not ready yet"},
+        params=[SCAN_ID, TENANT],
+        problems={**TENANT_PROBLEMS, 404: "", 409: "Not ready yet"},
     ),
     Op(
         "get",
         SCAN + "/events",
         "streamScanEvents",
         "Status changes as server-sent events, until a terminal state",
-        params=[SCAN_ID, LAST_EVENT_ID],
-        problems={404: "", 429: "This server streams to as many clients as it may (or rate limited); poll the status"},
+        params=[SCAN_ID, TENANT, LAST_EVENT_ID],
+        problems={
+            **TENANT_PROBLEMS,
+            404: "",
+            429: "This server streams to as many clients as it may (or rate limited); poll the status",
+        },
         description=(
             "Each event is `event: status`, `id:` the scan's version and `data:` the status document "
             "(ScanStatus). The current state comes first unless Last-Event-ID already names it; the "
@@ -173,8 +204,8 @@ OPERATIONS = [
         "Replay a FAILED scan under the same id",
         Accepted,
         202,
-        params=[SCAN_ID],
-        problems={404: "", 409: "Not FAILED"},
+        params=[SCAN_ID, TENANT],
+        problems={**TENANT_PROBLEMS, 404: "", 409: "Not FAILED"},
     ),
     Op(
         "delete",
@@ -183,10 +214,39 @@ OPERATIONS = [
         "Cancel a queued or running scan",
         ScanRef,
         202,
-        params=[SCAN_ID],
-        problems={404: "", 409: "Already finished"},
+        params=[SCAN_ID, TENANT],
+        problems={**TENANT_PROBLEMS, 404: "", 409: "Already finished"},
     ),
-    Op("get", "/api/v1/queues", "getQueues", "Queue depth by state, oldest pending age, live workers", Queues),
+    Op(
+        "get",
+        "/api/v1/queues",
+        "getQueues",
+        "Queue depth by state, oldest pending age, live workers (admins)",
+        Queues,
+        problems={403: ""},
+    ),
+    Op(
+        "post",
+        "/api/v1/keys",
+        "createKey",
+        "Create an API key (admins); its secret is in this answer only",
+        NewApiKey,
+        201,
+        CreateKey,
+        problems={403: ""},
+    ),
+    Op(
+        "get", "/api/v1/keys", "listKeys", "List API keys, never their secrets (admins)", ApiKeyList, problems={403: ""}
+    ),
+    Op(
+        "delete",
+        "/api/v1/keys/{keyId}",
+        "revokeKey",
+        "Revoke an API key (admins); every API process refuses it within seconds",
+        ApiKey,
+        params=[KEY_ID],
+        problems={403: "", 404: "No such key"},
+    ),
     Op("get", "/healthz", "getHealth", "Liveness"),
     Op(
         "get",
@@ -226,9 +286,9 @@ OPERATIONS = [
 
 
 def document() -> dict[str, Any]:
-    models: list[type[BaseModel]] = [CreateScan, CreateDocument, ProblemDetails]
+    models: list[type[BaseModel]] = [CreateScan, CreateDocument, CreateKey, ProblemDetails]
     models += [op.answer for op in OPERATIONS if op.answer is not None and op.answer not in models]
-    modes = {CreateScan: "validation", CreateDocument: "validation"}
+    modes = {CreateScan: "validation", CreateDocument: "validation", CreateKey: "validation"}
     keys = [(m, modes.get(m, "serialization")) for m in models]
     refs, defs = models_json_schema(keys, ref_template=REF)  # type: ignore[arg-type]
     by_model = {model: refs[(model, mode)] for model, mode in keys}  # type: ignore[index]
@@ -249,7 +309,8 @@ def document() -> dict[str, Any]:
                 "bearer": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "An API key from PAGELENS_API_KEYS (the API is open when that is unset).",
+                    "description": "A pl_… API key (`pagelens keys create`, or PAGELENS_API_KEYS); the API is "
+                    "open while no key exists.",
                 }
             },
         },

@@ -22,6 +22,7 @@ MEDIA_TYPE = "application/problem+json"
 TITLES = {
     400: "Bad Request",
     401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     409: "Conflict",
@@ -109,15 +110,19 @@ RETRY_AFTER_UNAVAILABLE = "5"
 
 # A backing service being down is the one case where the API answers 5xx on purpose: 503 and a hint
 # when to come back, so clients and load balancers back off instead of treating it as a bug.
-async def on_unavailable(request: Request, exc: Exception) -> Response:
+def unavailable(exc: BaseException) -> Problem:
+    """503 with Retry-After for a backing service that is down (logged, with the error's type)."""
     logger.warning("backing service unavailable: %s", type(exc).__name__)
-    problem = Problem(
+    return Problem(
         503,
         "a backing service is unavailable, try again shortly",
         code="unavailable",
         headers={"Retry-After": RETRY_AFTER_UNAVAILABLE},
     )
-    return problem_response(problem, request.url.path)
+
+
+async def on_unavailable(request: Request, exc: Exception) -> Response:
+    return problem_response(unavailable(exc), request.url.path)
 
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field, StringConstraints, ValidationError, field_validator
 from starlette.requests import Request
@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse
 
 from app.api.params import BIGINT_MAX, header_integer
 from app.api.problems import Problem
+from app.core import keys
 from app.core.models import ScanError
 from app.core.report import STRICT, ScanOptions, Wire
 from app.core.settings import Settings
@@ -40,6 +41,14 @@ class CreateDocument(Strict):
         if not value.strip():
             raise ValueError("text must not be blank")
         return value
+
+
+class CreateKey(Strict):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=keys.MAX_NAME_CHARS)]
+    tenant: Annotated[str, StringConstraints(pattern=keys.TENANT_PATTERN.pattern)] | None = Field(
+        None, description="The key's tenant; without one, the admin's own."
+    )
+    role: Literal["member", "admin"] = "member"
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -23,7 +23,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceS
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.util.re import parse_env_headers
 
-from app.api.browser_spans import PROTOBUF, RateLimit
+from app.api.browser_spans import PROTOBUF
+from app.api.limits import RateLimit
 from app.core.settings import Settings
 
 logger = logging.getLogger("pagelens.browser_traces")

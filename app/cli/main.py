@@ -18,6 +18,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from app.cli import keys
 from app.cli.client import Client, Refused, Unavailable, Unreachable
 from app.cli.report import ProgressView, render_list, render_report, render_status
 from app.cli.run import API_HOST, API_PORT, cmd_run, port_number, worker_command, worker_count
@@ -177,6 +178,7 @@ def _parser() -> argparse.ArgumentParser:
     retry = sub.add_parser("retry", parents=[api, waits], help="replay a FAILED scan")
     retry.add_argument("scan_id", metavar="ID")
     retry.set_defaults(handler=cmd_retry)
+    keys.add_parser(sub)
     return parser
 
 
@@ -186,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env()
         code: int = args.handler(settings, args)
         return code
-    except (ConfigError, migrate.MigrationError, Refused, OSError) as exc:
+    except (ConfigError, migrate.MigrationError, keys.KeyCommandError, Refused, OSError) as exc:
         print(f"pagelens: {exc}", file=sys.stderr)
         return USAGE
     except Unavailable as exc:

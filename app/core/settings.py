@@ -41,6 +41,13 @@ def _int(name: str, raw: str) -> int:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
 
 
+def _share(name: str, raw: str) -> float:
+    value = _float(name, raw)
+    if value > 1:
+        raise ConfigError(f"{name} must be a share between 0 and 1, got {value}")
+    return value
+
+
 def _float(name: str, raw: str) -> float:
     try:
         value = float(raw)
@@ -197,6 +204,12 @@ class Settings:
     browser_traces_max_bytes: int = setting("PAGELENS_BROWSER_TRACES_MAX_BYTES", 512 * 1024, minimum=1024)
     # Exports per minute per client address.
     browser_traces_per_minute: int = setting("PAGELENS_BROWSER_TRACES_PER_MINUTE", 60, minimum=1)
+
+    # Tenancy: API keys live in the database (`pagelens keys`). An API process caches a key for this
+    # many seconds (a revoked key is dropped at once on NOTIFY, and after this at the latest), and
+    # one tenant may hold at most this share of the process's event streams (with keys only).
+    key_cache_seconds: float = setting("PAGELENS_KEY_CACHE_SECONDS", 5.0)
+    sse_tenant_share: float = setting("PAGELENS_SSE_TENANT_SHARE", 0.5, parse=_share)
 
     # The `pagelens` command as a client of a running API.
     api_url: str = setting("PAGELENS_API_URL", "http://127.0.0.1:8000", parse=lambda name, raw: raw.rstrip("/"))

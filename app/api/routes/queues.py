@@ -1,4 +1,6 @@
-"""GET /api/v1/queues: queue depth by state, oldest pending age, and live workers."""
+"""GET /api/v1/queues: queue depth by state, oldest pending age, and live workers.
+
+Admins only: the queue is every tenant's, and its depth says how busy the others are."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from app.api.auth import require_admin
 from app.api.schemas import reply
 from app.api.state import State
 from app.core.report import Count, Wire
@@ -38,6 +41,7 @@ class Queues(Wire):
 
 
 async def list_queues(request: Request) -> Response:
+    require_admin(request)
     state = State.of(request)
     queue = state.settings.queue_name
     # The elected sampler's snapshot is the same number pagelens_queue_size exports. It expires a

@@ -1,4 +1,10 @@
-"""/api/v1/scan-jobs: create, read, list and cancel scans."""
+"""/api/v1/scan-jobs: create, read, list and cancel scans.
+
+Every scan belongs to the tenant of the key that created it, and every route here reads and acts
+within one tenant (app/api/auth.py `scope_tenant`): the caller's own, or for an admin the one named
+by `?tenant=`. Another tenant's scan is not found, by the same query and with the same answer as an
+id that does not exist.
+"""
 
 from __future__ import annotations
 
@@ -16,12 +22,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app.api import limits
-from app.api.auth import request_key_id
+from app.api.auth import request_identity, scope_tenant
 from app.api.params import ascii_uuid, invalid_query, query_integer
 from app.api.problems import Problem
 from app.api.schemas import CreateScan, parse_json, reply, validated_idempotency_key, validated_url
 from app.api.state import State
-from app.core import queue, scans
+from app.core import audit, queue, scans
 from app.core.models import Kind, Status
 from app.core.report import Accepted, Report, ScanList, ScanRef, ScanStatus, TeaserResponse
 from app.core.types import Record
@@ -39,14 +45,22 @@ async def submit(request: Request, new: scans.NewScan) -> Response:
     """Commit the scan row, then enqueue. The row is the record of truth: if Redis is down the
     scan stays QUEUED and the worker's sweeper enqueues it later, so the client still gets 202."""
     state = State.of(request)
-    key_id = request_key_id(request.scope)
-    new = scans.NewScan(**{**new.__dict__, "trace_id": _current_trace_id(), "api_key_id": key_id})
-    if not limits.open_scans_capped(key_id, state.settings.max_open_scans):
+    identity = request_identity(request.scope)
+    # A scan is always created in the caller's own tenant (an admin's `?tenant=` is for reading).
+    new = scans.NewScan(
+        **{
+            **new.__dict__,
+            "trace_id": _current_trace_id(),
+            "api_key_id": identity.key_id,
+            "tenant": identity.tenant,
+        }
+    )
+    if not limits.open_scans_capped(identity.key_id, state.settings.max_open_scans):
         # No cap to count against: the INSERT alone, without BEGIN and COMMIT round trips around it.
         row, created = await scans.create(state.pool, new)
     else:
         async with state.pool.acquire() as conn, conn.transaction():
-            await limits.reserve_open_scan(conn, key_id, state.settings.max_open_scans, new.idempotency_key)
+            await limits.reserve_open_scan(conn, identity.tenant, state.settings.max_open_scans, new.idempotency_key)
             row, created = await scans.create(conn, new)
     if not created and row["request_hash"] != new.request_hash:
         raise Problem(
@@ -96,12 +110,13 @@ def _found(row: Record | None) -> Record:
 
 
 async def _load(request: Request) -> Record:
-    return _found(await scans.get(State.of(request).pool, scan_id_of(request)))
+    return _found(await scans.get(State.of(request).pool, scan_id_of(request), scope_tenant(request)))
 
 
 async def get_status(request: Request) -> Response:
     # Polled by every waiting client: only the status columns, never the report.
-    return reply(ScanStatus.from_row(_found(await scans.status(State.of(request).pool, scan_id_of(request)))))
+    row = await scans.status(State.of(request).pool, scan_id_of(request), scope_tenant(request))
+    return reply(ScanStatus.from_row(_found(row)))
 
 
 def _not_ready(row: Record, wanted: str) -> Problem:
@@ -131,12 +146,16 @@ async def get_full(request: Request) -> Response:
 
 async def cancel_scan(request: Request) -> Response:
     state = State.of(request)
+    tenant = scope_tenant(request)
     scan_id = scan_id_of(request)
-    row = await scans.cancel(state.pool, scan_id)
+    row = await scans.cancel(state.pool, scan_id, tenant)
     if row is None:
+        _audit(request, audit.Action.SCAN_CANCEL, audit.Outcome.NOT_FOUND, scan_id, tenant)
         raise scan_not_found()
     if row["status"] != Status.CANCELLED:
+        _audit(request, audit.Action.SCAN_CANCEL, audit.Outcome.CONFLICT, scan_id, tenant)
         raise Problem(409, f"scan already finished: {row['status']}", code="already-finished", scanStatus=row["status"])
+    _audit(request, audit.Action.SCAN_CANCEL, audit.Outcome.OK, scan_id, tenant)
     try:
         # What arq's Job.abort does, without waiting for the result: a running job is cancelled,
         # a queued one is dropped when a worker picks it up.
@@ -149,24 +168,33 @@ async def cancel_scan(request: Request) -> Response:
 async def retry_scan(request: Request) -> Response:
     """Replay a FAILED scan (a dead one, typically) under the same id."""
     state = State.of(request)
+    tenant = scope_tenant(request)
     scan_id = scan_id_of(request)
-    key_id = request_key_id(request.scope)
-    if not limits.open_scans_capped(key_id, state.settings.max_open_scans):
-        row = await scans.replay(state.pool, scan_id, key_id)  # one statement: no transaction needed
-    else:
-        async with state.pool.acquire() as conn, conn.transaction():
-            await limits.reserve_open_scan(conn, key_id, state.settings.max_open_scans)
-            row = await scans.replay(conn, scan_id, key_id)
+    identity = request_identity(request.scope)
+    try:
+        if not limits.open_scans_capped(identity.key_id, state.settings.max_open_scans):
+            row = await scans.replay(state.pool, scan_id, tenant)  # one statement: no transaction needed
+        else:
+            async with state.pool.acquire() as conn, conn.transaction():
+                # The reopened scan counts against its owner's cap, whoever asked.
+                await limits.reserve_open_scan(conn, tenant, state.settings.max_open_scans)
+                row = await scans.replay(conn, scan_id, tenant)
+    except Problem:
+        _audit(request, audit.Action.SCAN_RETRY, audit.Outcome.REFUSED, scan_id, tenant)
+        raise
     if row is None:
-        current = await scans.status(state.pool, scan_id)
+        current = await scans.status(state.pool, scan_id, tenant)
         if current is None:
+            _audit(request, audit.Action.SCAN_RETRY, audit.Outcome.NOT_FOUND, scan_id, tenant)
             raise scan_not_found()
+        _audit(request, audit.Action.SCAN_RETRY, audit.Outcome.CONFLICT, scan_id, tenant)
         raise Problem(
             409,
             f"only FAILED scans can be retried; this one is {current['status']}",
             code="not-failed",
             scanStatus=current["status"],
         )
+    _audit(request, audit.Action.SCAN_RETRY, audit.Outcome.OK, scan_id, tenant)
     try:
         await queue.requeue_scan(state.redis, state.settings.queue_name, str(scan_id))
     except Exception as exc:  # QUEUED in the table: the sweeper enqueues it once Redis is back
@@ -175,6 +203,19 @@ async def retry_scan(request: Request) -> Response:
         )
     status_url = f"{PREFIX}/{scan_id}/status"
     return reply(Accepted(scan_id=scan_id, status=row["status"], status_url=status_url), 202, {"Location": status_url})
+
+
+def _audit(request: Request, action: audit.Action, outcome: audit.Outcome, scan_id: uuid.UUID, tenant: str) -> None:
+    identity = request_identity(request.scope)
+    audit.record(
+        action,
+        outcome,
+        actor_key_id=identity.key_id,
+        actor_tenant=identity.tenant,
+        via="api",
+        scan_id=str(scan_id),
+        target_tenant=tenant,
+    )
 
 
 def _decode_cursor(raw: str) -> tuple[datetime, uuid.UUID]:
@@ -203,7 +244,9 @@ async def list_scans(request: Request) -> Response:
             raise invalid_query("status", f"one of {', '.join(Status)}") from None
     limit = query_integer(params.get("limit"), field="limit", low=1, high=100, default=20)
     before = _decode_cursor(params["cursor"]) if params.get("cursor") else None
-    rows = await scans.page(State.of(request).pool, status=status, limit=limit + 1, before=before)
+    rows = await scans.page(
+        State.of(request).pool, tenant=scope_tenant(request), status=status, limit=limit + 1, before=before
+    )
     items = [ScanStatus.from_row(r) for r in rows[:limit]]
     return reply(ScanList(items=items, next_cursor=_encode_cursor(rows[limit - 1]) if len(rows) > limit else None))
 
