@@ -1,9 +1,10 @@
 """`python -m bench [name ...]`: run the benchmarks (all, or those named), print their tables and
-rewrite each one's results section in docs/performance.md.
+rewrite each one's results section in its document (docs/performance.md; recovery's in
+docs/reliability.md).
 
 A new benchmark is a `bench/<name>.py` exposing `BENCHMARK = Benchmark(name, run)`, added to
-BENCHMARKS below; its section in the docs is the text between `<!-- bench:<name>:start -->` and
-`<!-- bench:<name>:end -->` (appended at the end when the markers are missing).
+BENCHMARKS below; its section in the document is the text between `<!-- bench:<name>:start -->`
+and `<!-- bench:<name>:end -->` (appended at the end when the markers are missing).
 """
 
 from __future__ import annotations
@@ -11,16 +12,17 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from bench import api_load, e2e, keyphrases, queue_hop
-from bench.common import DOCS, BenchContext, Benchmark, BenchResult, redis_target, replace_section
+from bench import api_load, e2e, keyphrases, parsing, queue_hop, recovery
+from bench.common import BenchContext, Benchmark, BenchResult, redis_target, replace_section
 
 BENCHMARKS: tuple[Benchmark, ...] = (
     queue_hop.BENCHMARK,
     api_load.BENCHMARK,
     keyphrases.BENCHMARK,
+    parsing.BENCHMARK,
     e2e.BENCHMARK,
+    recovery.BENCHMARK,
 )
 
 
@@ -32,10 +34,8 @@ def select(benchmarks: Sequence[Benchmark], names: Sequence[str]) -> list[Benchm
     return [known[n] for n in names] if names else list(benchmarks)
 
 
-def run_benchmarks(
-    benchmarks: Sequence[Benchmark], names: Sequence[str] = (), docs: Path | None = DOCS
-) -> list[BenchResult]:
-    """Run the chosen benchmarks one after another against one Redis; `docs=None` writes nothing."""
+def run_benchmarks(benchmarks: Sequence[Benchmark], names: Sequence[str] = (), docs: bool = True) -> list[BenchResult]:
+    """Run the chosen benchmarks one after another against one Redis; `docs=False` writes nothing."""
     chosen = select(benchmarks, names)
     results: list[BenchResult] = []
     with redis_target() as redis:
@@ -44,10 +44,11 @@ def run_benchmarks(
             result = benchmark.run(context)
             print(result.text(), flush=True)
             results.append(result)
-            if docs is not None:
+            if docs:
                 # After each benchmark, so a later one failing keeps the earlier figures.
-                current = docs.read_text() if docs.exists() else ""
-                docs.write_text(replace_section(current, result.name, result.markdown()))
+                doc = benchmark.doc
+                current = doc.read_text() if doc.exists() else ""
+                doc.write_text(replace_section(current, result.name, result.markdown()))
     return results
 
 
@@ -55,9 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description="Run pagelens's benchmarks.")
     names = ", ".join(b.name for b in BENCHMARKS)
     parser.add_argument("names", nargs="*", help=f"benchmarks to run (default all): {names}")
-    parser.add_argument("--no-docs", action="store_true", help="print only; leave docs/performance.md alone")
+    parser.add_argument("--no-docs", action="store_true", help="print only; leave docs/ alone")
     args = parser.parse_args(argv)
-    run_benchmarks(BENCHMARKS, args.names, None if args.no_docs else DOCS)
+    run_benchmarks(BENCHMARKS, args.names, not args.no_docs)
     return 0
 
 

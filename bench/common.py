@@ -392,6 +392,7 @@ class BenchContext:
 class Benchmark:
     name: str
     run: Callable[[BenchContext], BenchResult]
+    doc: Path = DOCS  # the file holding its results section
 
 
 # --- the docs ---------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Both sides run the packaged model in a process of their own, with the model loaded first and one
 torch thread each (the pool's setting: one core per process), so they get the same CPU:
-- plain: `KeyBERT.extract_keywords` once per page, one page after the other (`KeyphraseExtractor.plain`,
+- plain: `KeyBERT.extract_keywords` once per page, one page after the other (bench/keybert_reference.py,
   which calls KeyBERT as documented in a child that has the model loaded);
 - pagelens: the worker's own `KeyphraseExtractor` with PAGELENS_KEYBERT_PROCESSES processes, fed as
   the worker feeds it: up to `concurrency` scans (the worker's max_jobs) asking for their page's
@@ -39,6 +39,7 @@ from bench.common import (
     verdict,
 )
 from bench.corpus import corpus
+from bench.keybert_reference import load_counts, plain
 from worker.keyphrases import KeyphraseExtractor, Phrases
 
 NAME = "keyphrases"
@@ -171,7 +172,7 @@ async def _plain(extractor: KeyphraseExtractor, texts: list[str]) -> tuple[Side,
     found: list[Phrases] = []
     began = time.perf_counter()
     for text in texts:
-        found += await extractor.plain([text])
+        found += await plain(extractor, [text])
     return Side(time.perf_counter() - began, len(texts)), found
 
 
@@ -199,25 +200,31 @@ Measured = tuple[list[Rep], dict[str, float], dict[str, dict[int, int]], dict[st
 
 
 async def _measure(config: KeyphraseConfig) -> Measured:
-    plain = KeyphraseExtractor(1, timeout=TIMEOUT)
+    reference = KeyphraseExtractor(1, timeout=TIMEOUT)
     pool = KeyphraseExtractor(config.processes, timeout=TIMEOUT)
     try:
         load_seconds: dict[str, float] = {}
-        for side, extractor in (("plain", plain), ("pagelens", pool)):
+        for side, extractor in (("plain", reference), ("pagelens", pool)):
             began = time.perf_counter()
             await extractor.start()
             load_seconds[side] = time.perf_counter() - began
         warmup = [p.text for p in corpus(config.warmup_pages, seed=99, words=config.words)]
-        await plain.plain(warmup[:1])
+        await plain(reference, warmup[:1])
         await _pagelens(pool, warmup, config.concurrency, config.tick)
         reps: list[Rep] = []
         for rep in range(config.reps):
             texts = [p.text for p in corpus(config.pages, seed=100 + rep, words=config.words)]
             calls, phrases, embedded = pool.calls, pool.phrases, pool.embedded
             if rep % 2:
-                theirs, ours = await _plain(plain, texts), await _pagelens(pool, texts, config.concurrency, config.tick)
+                theirs, ours = (
+                    await _plain(reference, texts),
+                    await _pagelens(pool, texts, config.concurrency, config.tick),
+                )
             else:
-                ours, theirs = await _pagelens(pool, texts, config.concurrency, config.tick), await _plain(plain, texts)
+                ours, theirs = (
+                    await _pagelens(pool, texts, config.concurrency, config.tick),
+                    await _plain(reference, texts),
+                )
             identical = sum(a == b for a, b in zip(ours[1], theirs[1], strict=True))
             reps.append(
                 Rep(
@@ -230,11 +237,15 @@ async def _measure(config: KeyphraseConfig) -> Measured:
                     calls=pool.calls - calls,
                 )
             )
-        counts = {"plain": await plain.load_counts(), "pagelens": await pool.load_counts()}
-        rss = {"plain": _rss_mb(plain.pid_list), "pagelens": _rss_mb(pool.pid_list), "parent": _rss_mb([os.getpid()])}
+        counts = {"plain": await load_counts(reference), "pagelens": await load_counts(pool)}
+        rss = {
+            "plain": _rss_mb(reference.pid_list),
+            "pagelens": _rss_mb(pool.pid_list),
+            "parent": _rss_mb([os.getpid()]),
+        }
         return reps, load_seconds, counts, rss
     finally:
-        await plain.close()
+        await reference.close()
         await pool.close()
 
 

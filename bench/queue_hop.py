@@ -7,8 +7,8 @@ Per variant and repetition it measures
   first job's start to the last job's end;
 - idle CPU: what the waiting worker process costs while nothing is enqueued.
 
-The pagelens variant is the production path: the worker takes `worker.settings.queue_options` (hooks,
-msgpack, poll delay, max_jobs) and starts `worker.wake` as `on_startup` does, and each job is
+The pagelens variant is the production path: `worker.wake.PagelensWorker` (what `pagelens worker`
+runs) with `worker.settings.queue_options` (hooks, msgpack, poll delay, max_jobs), and each job is
 enqueued with `app.core.queue.enqueue`, as the API does. "pagelens before" is the same worker as it was
 before enqueues woke it: arq's `enqueue_job` and polling only.
 
@@ -525,22 +525,21 @@ class Child:
     def worker(self) -> Worker:
         options: dict[str, Any] = {"queue_name": self.config.queue}
         function: Any = hop_job
+        kind: type[Worker] = Worker
         if self.variant.instrumented:
             from app.core.settings import Settings
-            from worker import wake
             from worker.hooks import observed
-            from worker.settings import queue_options, take_jobs
+            from worker.settings import queue_options
 
             function = observed(hop_job)
             options = queue_options(Settings(queue_name=self.config.queue))
             if self.variant.wake:
-                # What the production on_startup/on_shutdown do about the queue; the rest of them
-                # (database pool, model, metrics server) has nothing to do with a no-op job.
-                async def on_startup(ctx: dict[str, Any]) -> None:
-                    take_jobs(ctx)
+                # The worker `pagelens worker` runs; production's on_startup/on_shutdown (database
+                # pool, model, metrics server) have nothing to do with a no-op job.
+                from worker.wake import PagelensWorker
 
-                options.update(on_startup=on_startup, on_shutdown=wake.stop)
-        return Worker(
+                kind = PagelensWorker
+        return kind(
             functions=[func(function, name=JOB)],
             redis_settings=self.redis_settings,
             burst=False,
@@ -552,14 +551,9 @@ class Child:
 
     async def started(self, worker: Worker) -> None:
         """Until the worker is ready for the next enqueue (for pagelens: listening for wake-ups)."""
-        if self.variant.wake:
-            from worker.wake import WAKER
-
-            for _ in range(int(WAIT_LIMIT / 0.01)):
-                if WAKER in worker.ctx:
-                    break
-                await asyncio.sleep(0.01)
-            await asyncio.wait_for(worker.ctx[WAKER].listening.wait(), WAIT_LIMIT)
+        listening: asyncio.Event | None = getattr(worker, "listening", None)
+        if listening is not None:
+            await asyncio.wait_for(listening.wait(), WAIT_LIMIT)
 
     async def run(self) -> RunRecord:
         provider = self._setup_telemetry()

@@ -19,6 +19,8 @@ _CONTROL = dict.fromkeys(range(32)) | {127: None}
 EXTRA_KEYS = (
     "scan_id", "job_id", "queue", "queue_wait_seconds", "job_try", "function",
     "outcome", "duration_seconds", "stage", "error_type",
+    "child", "pid", "exit_code", "restarts", "backoff_seconds",  # `pagelens run`'s supervisor
+    "audit_action", "key_id", "tenant", "via", "target_key_id", "target_tenant",
 )  # fmt: skip
 
 

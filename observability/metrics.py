@@ -69,6 +69,9 @@ job_hook_errors_total = Counter("pagelens_job_hook_errors_total", "Errors inside
 # headers are sent (app/api/middleware.py), so this is where long-lived streams show up.
 sse_streams_open = Gauge("pagelens_sse_streams_open", "Server-sent event streams open.", registry=REGISTRY)
 sse_streams_open.set({}, 0)
+# The audit trail (app/core/audit.py): key creation and revocation, cancel and retry, by action and
+# outcome; both are closed enums.
+audit_events_total = Counter("pagelens_audit_events_total", "Audited actions by action and outcome.", registry=REGISTRY)
 build_info = Gauge("pagelens_build_info", "Build information.", registry=REGISTRY)
 build_info.set({"version": service_version()}, 1)
 

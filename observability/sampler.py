@@ -6,7 +6,8 @@ queue; only that leader samples (one Redis pipeline, one SQL query), sets `pagel
 reads. The others clear their own queue gauges, so Prometheus never sums or averages N copies of
 the same number, and never sees a stale copy from a process that stopped leading.
 
-Worker processes also beat a heartbeat into `pagelens:workers:<queue>` from the same loop.
+Worker processes also beat a heartbeat into `pagelens:workers:<queue>` (a loop of its own): the
+API counts live workers from it, and workers use it to find a dead peer's jobs (worker/recovery.py).
 """
 
 from __future__ import annotations
@@ -38,8 +39,11 @@ STATES = ("pending", "deferred", "active", "retry", "dead")
 OLDEST_SCAN_LIMIT = 50
 OLDEST_SCAN_MAX = 1000
 WORKER_WINDOW_MS = 30_000
-HEARTBEAT_INTERVAL = 5.0
-MAX_BACKOFF = 15.0  # below the liveness window: a worker whose heartbeat failed once still counts
+# Often enough that a worker silent for a few beats can be called dead within seconds
+# (worker/recovery.py); one pipelined round trip each. A failed beat is retried at this pace, not
+# backed off: a live worker must not look dead because Redis hiccupped once.
+HEARTBEAT_INTERVAL = 2.0
+MAX_BACKOFF = 15.0
 RELEASE_TIMEOUT = 2.0
 
 # Leases exist only on RUNNING / TEASER_READY rows (claim moves QUEUED to RUNNING; every terminal
@@ -217,7 +221,9 @@ class QueueSampler:
         if self.heartbeat:
             # Its own loop: sampling may be configured slower than the liveness window allows.
             self._tasks.append(
-                asyncio.create_task(self._loop(self._beat_round, HEARTBEAT_INTERVAL, "worker heartbeat"))
+                asyncio.create_task(
+                    self._loop(self._beat_round, HEARTBEAT_INTERVAL, "worker heartbeat", max_backoff=HEARTBEAT_INTERVAL)
+                )
             )
 
     async def stop(self) -> None:
@@ -256,10 +262,13 @@ class QueueSampler:
         self.failures = 0
 
     async def _beat_round(self) -> None:
-        async with asyncio.timeout(round_timeout(HEARTBEAT_INTERVAL)):
+        # A beat stuck longer than its period is abandoned and tried again rather than waited for.
+        async with asyncio.timeout(HEARTBEAT_INTERVAL):
             await self.beat()
 
-    async def _loop(self, step: Callable[[], Awaitable[object]], period: float, what: str) -> None:
+    async def _loop(
+        self, step: Callable[[], Awaitable[object]], period: float, what: str, max_backoff: float = MAX_BACKOFF
+    ) -> None:
         failures = 0
         while True:
             try:
@@ -274,7 +283,7 @@ class QueueSampler:
                 if failures:
                     logger.info("%s recovered after %d failed rounds", what, failures, extra=self._log)
                 failures = 0
-            await asyncio.sleep(backoff(period, failures))
+            await asyncio.sleep(backoff(period, failures, max_backoff))
 
     @property
     def _log(self) -> dict[str, str]:
@@ -300,8 +309,8 @@ def round_timeout(period: float) -> float:
     return max(3 * period, 5.0)
 
 
-def backoff(period: float, failures: int) -> float:
-    """The pause before the next round: the period, doubling per failure up to MAX_BACKOFF."""
+def backoff(period: float, failures: int, max_backoff: float = MAX_BACKOFF) -> float:
+    """The pause before the next round: the period, doubling per failure up to `max_backoff`."""
     if not failures:
         return period
-    return min(period * 2.0 ** min(failures - 1, 16), max(period, MAX_BACKOFF))
+    return min(period * 2.0 ** min(failures - 1, 16), max(period, max_backoff))

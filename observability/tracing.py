@@ -1,7 +1,11 @@
-"""Tracing for the API and the worker: one TracerProvider per process, exporter chosen by OTEL_*.
+"""Tracing for the API and the worker: one TracerProvider per process, set up from the standard
+OTEL_* variables (read by the caller's settings and passed in: observability imports no app code).
 
 A provider is installed even when nothing is exported, so trace ids exist for the scan's `traceId`
-field and for log correlation; `OTEL_SDK_DISABLED=true` turns tracing off entirely.
+field and for log correlation; `OTEL_SDK_DISABLED=true` turns tracing off entirely. Propagators,
+exporters and samplers are found by name the way the SDK finds them: built-in names first, then the
+`opentelemetry_propagator` / `opentelemetry_traces_exporter` / `opentelemetry_traces_sampler` entry
+points of installed packages.
 """
 
 from __future__ import annotations
@@ -10,14 +14,15 @@ import logging
 import os
 import socket
 from collections.abc import Sequence
-from typing import Protocol
+from importlib.metadata import entry_points
+from typing import Any, Protocol
 
 from opentelemetry import propagate, trace
-from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
 from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -26,9 +31,18 @@ from opentelemetry.sdk.trace.export import (
     SimpleSpanProcessor,
     SpanExporter,
 )
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, Sampler, SamplingResult
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    DEFAULT_ON,
+    Decision,
+    ParentBased,
+    ParentBasedTraceIdRatio,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
 from opentelemetry.trace import Link, SpanKind, TraceState, get_current_span
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import Attributes
 
 from observability import service_version
@@ -39,16 +53,32 @@ _provider: TracerProvider | None = None
 
 
 class TracingSettings(Protocol):
-    """What tracing reads from the process's settings (passed in: observability imports no app code)."""
+    """What tracing reads from the process's settings."""
 
     @property
     def otel_sdk_disabled(self) -> bool: ...
     @property
     def otel_service_name(self) -> str | None: ...
     @property
-    def traces_exporter(self) -> str: ...
+    def traces_exporters(self) -> tuple[str, ...]: ...
     @property
-    def otel_exporter_otlp_protocol(self) -> str: ...
+    def otlp_traces_protocol(self) -> str: ...
+    @property
+    def otlp_traces_endpoint(self) -> str | None: ...
+    @property
+    def otel_exporter_otlp_traces_endpoint(self) -> str | None: ...
+    @property
+    def otel_propagators(self) -> tuple[str, ...]: ...
+    @property
+    def otel_traces_sampler(self) -> str: ...
+    @property
+    def otel_traces_sampler_arg(self) -> str | None: ...
+
+
+def _plugin(group: str, name: str) -> Any | None:
+    """The object an installed package registers under `name` in the entry-point `group`."""
+    found = entry_points(group=group, name=name)
+    return next(iter(found)).load() if found else None
 
 
 def instance_id() -> str:
@@ -84,33 +114,86 @@ class NoOrphanClientSpans(Sampler):
         return f"NoOrphanClientSpans{{{self.delegate.get_description()}}}"
 
 
-def _configured_sampler() -> Sampler:
-    # The SDK's own OTEL_TRACES_SAMPLER parsing; its default is parentbased_always_on.
+def propagator(names: Sequence[str]) -> TextMapPropagator:
+    """OTEL_PROPAGATORS: the named propagators, composed in order; "none" or an unknown name adds
+    nothing (an unknown one is logged)."""
+    chosen: list[TextMapPropagator] = []
+    for name in dict.fromkeys(n.strip().lower() for n in names):
+        if name in ("", "none"):
+            continue
+        factory = _plugin("opentelemetry_propagator", name)
+        if factory is None:
+            logger.warning("unknown propagator %r in OTEL_PROPAGATORS; skipped", name)
+            continue
+        chosen.append(factory())
+    return CompositePropagator(chosen)
+
+
+def _ratio(arg: str | None) -> float:
     try:
-        from opentelemetry.sdk.trace.sampling import _get_from_env_or_default
+        ratio = float(arg) if arg else 1.0
+    except ValueError:
+        ratio = -1.0
+    if not 0.0 <= ratio <= 1.0:
+        logger.warning("OTEL_TRACES_SAMPLER_ARG %r is not a ratio in [0, 1]; using 1.0", arg)
+        return 1.0
+    return ratio
 
-        sampler: Sampler = _get_from_env_or_default()
-        return sampler
-    except Exception:
-        return ALWAYS_ON
+
+def sampler(name: str, arg: str | None = None) -> Sampler:
+    """OTEL_TRACES_SAMPLER and its _ARG: the spec's built-in samplers, else one an installed package
+    registers; an unknown name falls back to the default, parentbased_always_on."""
+    name = name.strip().lower()
+    if name in ("traceidratio", "parentbased_traceidratio"):
+        ratio = _ratio(arg)
+        return TraceIdRatioBased(ratio) if name == "traceidratio" else ParentBasedTraceIdRatio(ratio)
+    builtin = {
+        "always_on": ALWAYS_ON,
+        "always_off": ALWAYS_OFF,
+        "parentbased_always_on": DEFAULT_ON,
+        "parentbased_always_off": ParentBased(ALWAYS_OFF),
+    }
+    if name in builtin:
+        return builtin[name]
+    factory = _plugin("opentelemetry_traces_sampler", name)
+    if factory is None:
+        logger.warning("unknown OTEL_TRACES_SAMPLER %r; using parentbased_always_on", name)
+        return DEFAULT_ON
+    custom: Sampler = factory(arg)
+    return custom
 
 
-def span_exporter(settings: TracingSettings) -> SpanExporter | None:
-    name = settings.traces_exporter
-    if name == "none":
-        return None
-    if name == "console":
-        return ConsoleSpanExporter()
-    if name != "otlp":
-        logger.warning("unknown OTEL_TRACES_EXPORTER %r; exporting nothing", name)
-        return None
-    if settings.otel_exporter_otlp_protocol == "grpc":
+def otlp_exporter(settings: TracingSettings) -> SpanExporter:
+    """The OTLP span exporter for the configured protocol and endpoint (grpc or http/protobuf)."""
+    protocol = settings.otlp_traces_protocol
+    if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 
-        return GrpcExporter()
+        return GrpcExporter(endpoint=settings.otlp_traces_endpoint)
+    if protocol != "http/protobuf":
+        logger.warning("OTLP protocol %r is not supported; using http/protobuf", protocol)
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 
-    return HttpExporter()
+    # The signal-specific endpoint is used as is; the base one gets the signal's path (the spec).
+    endpoint = settings.otel_exporter_otlp_traces_endpoint or (
+        f"{settings.otlp_traces_endpoint.rstrip('/')}/v1/traces" if settings.otlp_traces_endpoint else None
+    )
+    return HttpExporter(endpoint=endpoint)
+
+
+def span_exporters(settings: TracingSettings) -> list[SpanExporter]:
+    """OTEL_TRACES_EXPORTER: one exporter per name in the list; an unknown name is logged and skipped."""
+    exporters: list[SpanExporter] = []
+    for name in settings.traces_exporters:
+        if name == "otlp":
+            exporters.append(otlp_exporter(settings))
+        elif name == "console":
+            exporters.append(ConsoleSpanExporter())
+        elif (factory := _plugin("opentelemetry_traces_exporter", name)) is not None:
+            exporters.append(factory())
+        else:
+            logger.warning("unknown OTEL_TRACES_EXPORTER %r; skipped", name)
+    return exporters
 
 
 def setup_tracing(
@@ -132,13 +215,15 @@ def setup_tracing(
             "service.instance.id": instance_id(),
         }
     )
-    provider = TracerProvider(resource=resource, sampler=NoOrphanClientSpans(_configured_sampler()))
+    chosen = sampler(settings.otel_traces_sampler, settings.otel_traces_sampler_arg)
+    provider = TracerProvider(resource=resource, sampler=NoOrphanClientSpans(chosen))
     if exporter is not None:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
-    elif (chosen := span_exporter(settings)) is not None:
-        provider.add_span_processor(BatchSpanProcessor(chosen))
+    else:
+        for each in span_exporters(settings):
+            provider.add_span_processor(BatchSpanProcessor(each))
     trace.set_tracer_provider(provider)
-    propagate.set_global_textmap(CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()]))
+    propagate.set_global_textmap(propagator(settings.otel_propagators))
     AsyncPGInstrumentor().instrument(tracer_provider=provider)  # type: ignore[no-untyped-call]
     RedisInstrumentor().instrument(tracer_provider=provider)
     _provider = provider

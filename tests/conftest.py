@@ -33,6 +33,7 @@ from tests.site import Site, serve_site
 
 if TYPE_CHECKING:
     from worker.keyphrases import KeyphraseExtractor
+    from worker.parse_pool import ParsePool
 
 RUN_ID = secrets.token_hex(4)
 
@@ -150,12 +151,25 @@ async def extractor() -> AsyncIterator[KeyphraseExtractor]:
     await ext.close()
 
 
+@pytest.fixture(scope="session")
+async def parser() -> AsyncIterator[ParsePool]:
+    """One parser pool for the session's workers (each would otherwise start its own children)."""
+    from worker.parse_pool import ParsePool
+
+    pool = ParsePool(processes=2)
+    await pool.start()
+    yield pool
+    await pool.close()
+
+
 @pytest.fixture
 async def make_worker(
-    settings: Settings, pool: asyncpg.Pool, extractor: KeyphraseExtractor
+    settings: Settings, pool: asyncpg.Pool, extractor: KeyphraseExtractor, parser: ParsePool
 ) -> AsyncIterator[Callable[..., Worker]]:
-    """Build a real arq worker on the test queue (burst, no polling delay) and close it afterwards."""
+    """Build the production worker (a `PagelensWorker`) on the test queue (burst, no polling delay)
+    and close it afterwards."""
     from worker.settings import worker_options
+    from worker.wake import PagelensWorker
 
     workers: list[Worker] = []
 
@@ -163,11 +177,17 @@ async def make_worker(
         """`db`: a pool on the database `worker_settings` names, when it is not the session's."""
         s = worker_settings or settings
         options = worker_options(s)
-        options["ctx"] = {"settings": s, "pool": db or pool, "keyphrases": extractor, "configure_logging": False}
+        options["ctx"] = {
+            "settings": s,
+            "pool": db or pool,
+            "keyphrases": extractor,
+            "parser": parser,
+            "configure_logging": False,
+        }
         options["cron_jobs"] = []
         options.update(overrides)
         # Its own Redis connection: Worker.close() closes the pool it runs on.
-        worker = Worker(
+        worker = PagelensWorker(
             **options,
             redis_settings=redis_settings(s.require_redis_url()),
             burst=True,
@@ -184,7 +204,7 @@ async def make_worker(
 
 @pytest.fixture
 async def worker_ctx(
-    settings: Settings, redis: ArqRedis, pool: asyncpg.Pool, extractor: KeyphraseExtractor
+    settings: Settings, redis: ArqRedis, pool: asyncpg.Pool, extractor: KeyphraseExtractor, parser: ParsePool
 ) -> AsyncIterator[dict[str, Any]]:
     """The ctx a worker's jobs see, built by the worker's own startup hook."""
     from worker.settings import on_shutdown, on_startup
@@ -193,6 +213,7 @@ async def worker_ctx(
         "settings": settings,
         "pool": pool,
         "keyphrases": extractor,
+        "parser": parser,
         "redis": redis,
         "configure_logging": False,
     }

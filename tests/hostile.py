@@ -7,6 +7,7 @@ broken compression, lying lengths, floods of headers, bytes that are no HTTP at 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from urllib.parse import parse_qs, urlsplit
 
@@ -16,6 +17,23 @@ from tests.site import PAGES_DIR
 ARTICLE = (PAGES_DIR / "article.html").read_bytes()
 PAGE = b"<!doctype html><html><head><title>%s</title></head><body><h1>%s</h1><p>%s</p></body></html>"
 HEADER_FLOOD = 2000  # response header lines of ~100 bytes: far beyond any client's limit
+
+
+def _parser_hostile() -> dict[str, bytes]:
+    """Pages that are cheap to send and costly to parse: lexbor is quadratic on the first three
+    (each takes minutes), and must cope with the other two. All are below the 5 MiB fetch cap."""
+    article = ARTICLE.split(b"<body>", 1)[-1]
+    return {
+        # The adoption agency algorithm reopens every unclosed formatting element, again and again.
+        "/nested-formatting": b"<html><body>" + b"<div><span><b>" * 100_000,
+        "/deep-nesting": b"<html><body>" + b"<div>" * 200_000,
+        "/many-attributes": b"<html><body><div " + b" ".join(b"a%d=x" % i for i in range(100_000)) + b">x</div>",
+        "/giant-comment": b"<html><head><title>comment</title></head><body><!--" + b"-" * 4_000_000 + b"-->" + article,
+        "/many-tables": b"<html><body>" + b"<table><tr><td>cell</td></tr></table>" * 5_000 + article,
+    }
+
+
+PARSER_HOSTILE = _parser_hostile()
 
 
 class Hostile:
@@ -79,6 +97,8 @@ class _Handler(TrackedHandler):
             "/not-http": lambda: self._write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n"),
         }  # fmt: skip
         handler = routes.get(parts.path)
+        if parts.path in PARSER_HOSTILE:
+            handler = functools.partial(self._html, PARSER_HOSTILE[parts.path])
         try:
             if handler is None:
                 self._raw(404, [("Content-Type", "text/html")], _page(b"404", b"not found"))

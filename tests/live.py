@@ -1,7 +1,7 @@
 """A whole pagelens in subprocesses for the tests that drive it from outside (browser, CLI, e2e).
 
-The API (uvicorn) and one worker (`arq worker.WorkerSettings`) run exactly as deployed, configured
-only through the environment, on a database and a queue of their own, exporting spans over
+The API (uvicorn) and one worker (`python -m worker`, what `pagelens worker` runs) run exactly as
+deployed, configured only through the environment, on a database and a queue of their own, exporting spans over
 OTLP/HTTP to a real receiver (tests/otlp.py). Built on the process helpers of tests/processes.py;
 `follow` polls a scan's status as such a test's client does.
 """
@@ -88,7 +88,7 @@ async def live_stack(
         api_url = f"http://127.0.0.1:{api_port}"
         api_command = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(api_port)]
         api = start_process("api", api_command, env, logs)
-        worker = start_process("worker", [sys.executable, "-m", "arq", "worker.WorkerSettings"], env, logs)
+        worker = start_process("worker", [sys.executable, "-m", "worker"], env, logs)
         live = Live(receiver, api, worker, api_url, f"http://127.0.0.1:{metrics_port}/metrics", queue, env)
         children: list[psutil.Process] = []
         try:

@@ -62,10 +62,10 @@ def process_env(**overrides: str) -> dict[str, str]:
     return {**inherited, **overrides}
 
 
-def start_process(name: str, command: list[str], env: dict[str, str], logs: Path) -> Proc:
+def start_process(name: str, command: list[str], env: dict[str, str], logs: Path, *, cwd: Path = ROOT) -> Proc:
     stderr_path = logs / f"{name}.stderr"
     with stderr_path.open("wb") as stderr, (logs / f"{name}.stdout").open("wb") as stdout:
-        process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=stdout, stderr=stderr)
+        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=stdout, stderr=stderr)
     return Proc(name, process, stderr_path)
 
 

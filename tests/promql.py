@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped]
 
+from app.core import audit
 from app.core.models import ErrorType
 from app.core.settings import ROOT
 from observability import metrics
@@ -29,8 +30,8 @@ PROMETHEUS_CONFIG = ROOT / "observability" / "prometheus" / "prometheus.yml"
 DATASOURCES = {"prometheus": "prometheus", "tempo": "tempo", "loki": "loki"}  # uid -> type
 
 # The metrics the README lists (names and labels are fixed), plus what metrics.py adds: two
-# telemetry-health counters and the open event streams gauge. Prometheus adds job and instance to
-# every series.
+# telemetry-health counters, the open event streams gauge and the audit trail's counter. Prometheus
+# adds job and instance to every series.
 PAGELENS_LABELS: dict[str, frozenset[str]] = {
     "pagelens_http_requests_total": frozenset({"method", "route", "status"}),
     "pagelens_http_request_duration_seconds": frozenset({"method", "route"}),
@@ -52,6 +53,7 @@ PAGELENS_LABELS: dict[str, frozenset[str]] = {
     "pagelens_job_trace_context_total": frozenset({"result"}),
     "pagelens_job_hook_errors_total": frozenset({"hook"}),
     "pagelens_sse_streams_open": frozenset(),
+    "pagelens_audit_events_total": frozenset({"action", "outcome"}),
 }
 # The fixed value sets of labels (README, app/core/models.py, worker/pipeline.py), per metric.
 LABEL_VALUES: dict[tuple[str, str], frozenset[str]] = {
@@ -68,6 +70,8 @@ LABEL_VALUES: dict[tuple[str, str], frozenset[str]] = {
     ("pagelens_cache_requests_total", "result"): frozenset({"hit", "miss"}),
     ("pagelens_cache_requests_total", "cache"): frozenset({"keyphrases", "psi", "robots"}),
     ("pagelens_db_pool_connections", "state"): frozenset({"open", "idle"}),
+    ("pagelens_audit_events_total", "action"): frozenset(a.value for a in audit.Action),
+    ("pagelens_audit_events_total", "outcome"): frozenset(o.value for o in audit.Outcome),
 }
 # Metrics of prometheus-postgres-exporter (default collectors) and prometheus-redis-exporter that
 # the dashboards read, with their labels; the live test proves each one is really exported. The

@@ -202,7 +202,18 @@ async def test_list_pages_through_everything_newest_first(client: httpx.AsyncCli
 
 
 @pytest.mark.parametrize(
-    "params", [{"limit": "0"}, {"limit": "101"}, {"limit": "x"}, {"status": "DONE"}, {"cursor": "!!"}]
+    "params",
+    [
+        {"limit": "0"},
+        {"limit": "101"},
+        {"limit": "x"},
+        {"limit": "²"},  # str.isdigit() says yes, int() says no: this was a 500
+        {"limit": "\u0663"},  # Arabic-Indic three: int() reads it as 3
+        {"limit": "+5"},
+        {"limit": "9" * 5000},
+        {"status": "DONE"},
+        {"cursor": "!!"},
+    ],
 )
 async def test_list_rejects_bad_query(client: httpx.AsyncClient, params: dict[str, str]) -> None:
     assert_problem(await client.get(SCANS, params=params), 422)

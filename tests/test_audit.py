@@ -7,8 +7,11 @@ from typing import Any
 
 import pytest
 
-from app.core.audit import Audit, AuditCategory, AuditReport
-from worker.audit import PageContext, SiteFiles, page_facts, run_audits
+from app.core.page_audit import Audit, AuditCategory, AuditReport
+from app.core.report import Performance, Teaser
+from worker.audit.common import PageContext, SiteFiles
+from worker.audit.facts import page_facts
+from worker.audit.run import run_audits
 from worker.insights import rule_insights
 
 URL = "https://shop.example.com/p/espresso"
@@ -391,10 +394,10 @@ def test_viewport_and_mixed_content() -> None:
 
 
 def test_rule_insights_become_audits() -> None:
-    teaser = {"title": "Hi", "description": None, "h1Count": 2, "wordCount": 40, "images": {"withoutAlt": 0}}
-    lab = {"htmlBytes": 600 * 1024, "compression": "gzip", "ttfbMs": 100.0, "renderBlocking": 0, "redirects": 0}
-    insights = rule_insights(teaser, lab, [], kind="url")
-    found = {a.id: a for a in report(page(), insights=insights, performance=lab).audits}
+    teaser = Teaser(title="Hi", description=None, h1_count=2, word_count=40)
+    lab = Performance(html_bytes=600 * 1024, compression="gzip", ttfb_ms=100.0, render_blocking=0, redirects=0)
+    insights = [i.to_json() for i in rule_insights(teaser, lab, [], kind="url")]
+    found = {a.id: a for a in report(page(), insights=insights, performance=lab.to_json()).audits}
     assert found["document-title"].result.value == "fail"
     assert "The title is 2 characters" in found["document-title"].evidence[0]
     assert found["meta-description"].result.value == "fail"

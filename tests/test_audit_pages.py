@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import json
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from app.core.audit import AuditCategory, AuditReport
+from app.core.page_audit import AuditCategory, AuditReport
+from app.core.report import Performance
 from tests.fileserver import FilesServer
 from tests.httpserver import running
-from worker.audit import PageContext, SiteFiles, page_facts, run_audits
-from worker.audit.facts import MAIN_CONTENT_MAX_HTML
+from worker.audit.common import PageContext, SiteFiles
+from worker.audit.facts import MAIN_CONTENT_MAX_HTML, page_facts
+from worker.audit.run import run_audits
 from worker.audit.structured import JSONLD_BLOCK_CHARS, JSONLD_BLOCKS_READ, PRUNE_LIST, RDFA_MAX_HTML
 from worker.insights import rule_insights
-from worker.parse import parse_html, teaser_json
+from worker.parse import build_teaser, parse_html
 
 PAGES = Path(__file__).resolve().parent / "pages" / "audit"
 OPEN_ROBOTS = SiteFiles(
@@ -38,11 +42,13 @@ AI_BLOCKED_ROBOTS = SiteFiles(
 
 def audit_file(name: str, url: str, site: SiteFiles | None) -> AuditReport:
     html = (PAGES / name).read_text()
-    teaser = teaser_json(parse_html(html, url), url)
+    teaser = build_teaser(parse_html(html, url), url)
     facts = page_facts(html, url)
-    lab = {"htmlBytes": len(html), "compression": "gzip", "ttfbMs": 120.0, "renderBlocking": 1, "redirects": 0}
-    insights = rule_insights(teaser, lab, [], kind="url")
-    ctx = PageContext(url=url, requested_url=url, status_code=200, site=site, insights=insights, performance=lab)
+    lab = Performance(html_bytes=len(html), compression="gzip", ttfb_ms=120.0, render_blocking=1, redirects=0)
+    insights = [i.to_json() for i in rule_insights(teaser, lab, [], kind="url")]
+    ctx = PageContext(
+        url=url, requested_url=url, status_code=200, site=site, insights=insights, performance=lab.to_json()
+    )
     return run_audits(facts, ctx)
 
 
@@ -212,10 +218,17 @@ def test_a_huge_page_skips_main_content_extraction() -> None:
     paragraph = "<p>Compost needs air, water and a balance of greens and browns. <a href='/more'>Guide</a></p>\n"
     html = "<html lang=en><body>" + paragraph * (MAIN_CONTENT_MAX_HTML // len(paragraph) + 10) + "</body></html>"
     facts = page_facts(html, "https://h.example/")
-    assert facts.main_text_skipped and facts.main_text == "" and facts.readability_grade is None
+    assert facts.main_text_skipped and facts.main_text == ""
     assert facts.anchors_total > 5_000  # everything else is still read
     found = {a.id: a for a in audit_html(html).audits}
     assert found["readability"].evidence == ["the page is too large to extract its main content"]
+
+
+def test_the_parse_children_load_no_readability_scorer() -> None:
+    # textstat brings nltk (about 100 MB); it is loaded by the worker, never by each parse child.
+    code = "import sys, worker.audit.facts; print('textstat' in sys.modules, 'nltk' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.split() == ["False", "False"], done.stderr
 
 
 def test_facts_cross_a_process_boundary() -> None:

@@ -15,14 +15,17 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import asyncpg
 import grpc
 import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from app.api.browser_spans import BROWSER_SERVICE, MAX_SPANS, MAX_STRING, RateLimit, decode
+from app.api.browser_spans import BROWSER_SERVICE, MAX_SPANS, MAX_STRING, decode
+from app.api.limits import RateLimit
 from app.api.span_forwarding import BrowserTraces
+from app.core import keys
 from app.core.settings import Settings
 from tests.conftest import serve_api
 from tests.otlp import OTLPReceiver, serve_otlp
@@ -296,8 +299,10 @@ async def test_disabled_without_an_endpoint(settings: Settings) -> None:
     assert not settings.with_(
         browser_traces_endpoint="http://127.0.0.1:1/v1/traces", browser_traces=False
     ).browser_traces_enabled
-    assert settings.with_(otel_endpoint_configured=True).browser_traces_enabled
-    assert not settings.with_(otel_endpoint_configured=True, otel_traces_exporter="console").browser_traces_enabled
+    assert settings.with_(otel_exporter_otlp_endpoint="http://127.0.0.1:4318").browser_traces_enabled
+    assert not settings.with_(
+        otel_exporter_otlp_endpoint="http://127.0.0.1:4318", otel_traces_exporter=("console",)
+    ).browser_traces_enabled
 
 
 async def test_api_keys_cover_browser_traces(open_api: Any) -> None:
@@ -309,6 +314,30 @@ async def test_api_keys_cover_browser_traces(open_api: Any) -> None:
     assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
     assert accepted.status_code == 200, accepted.text
     assert page.status_code == 200, "the web page itself stays open"
+
+
+async def test_spans_sent_with_a_key_carry_its_tenant(
+    open_api: Any, receiver: OTLPReceiver, migrated_database: Any
+) -> None:
+    """A stored key's tenant becomes the resource attribute pagelens.tenant; a page cannot claim one."""
+    dsn = await migrated_database()  # a database of its own: a stored key turns authentication on
+    conn = await asyncpg.connect(dsn)
+    try:
+        secret = (await keys.create(conn, "web page", "acme")).secret
+    finally:
+        await conn.close()
+    trace_id, span_id = ids()
+    export = json_export(trace_id, span_id)
+    export["resourceSpans"][0]["resource"]["attributes"].append(
+        {"key": "pagelens.tenant", "value": {"stringValue": "someone-else"}}
+    )
+    async with open_api(database_url=dsn) as client:
+        headers = {"content-type": "application/json", "authorization": f"Bearer {secret}"}
+        response = await client.post(PATH, content=json.dumps(export), headers=headers)
+    assert response.status_code == 200, response.text
+    spans = receiver.wait_for(lambda s: any(x.trace_id == trace_id for x in s), SPAN_TIMEOUT)
+    (span,) = [s for s in spans if s.trace_id == trace_id]
+    assert span.resource["pagelens.tenant"] == "acme" and span.service_name == "pagelens-web"
 
 
 def test_rate_limit_refills_and_stays_bounded() -> None:
@@ -332,9 +361,8 @@ async def test_without_a_browser_endpoint_spans_follow_the_otlp_settings(
     settings: Settings, receiver: OTLPReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """OTLP/HTTP: OTEL_EXPORTER_OTLP_ENDPOINT plus /v1/traces, gzip when OTEL_EXPORTER_OTLP_COMPRESSION says so."""
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint + "/")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
-    api_settings = settings.with_(otel_endpoint_configured=True, otel_traces_exporter="otlp")
+    api_settings = settings.with_(otel_exporter_otlp_endpoint=receiver.endpoint + "/", otel_traces_exporter=("otlp",))
     trace_id, body = _proto_export()
     async with serve_api(api_settings) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
         response = await client.post(PATH, content=body, headers={"content-type": "application/json"})
@@ -367,10 +395,11 @@ async def test_grpc_protocol_forwards_over_grpc_with_the_otlp_headers(
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "X-Collector-Key=s3cret")
         api_settings = settings.with_(
-            otel_endpoint_configured=True, otel_traces_exporter="otlp", otel_exporter_otlp_protocol="grpc"
+            otel_exporter_otlp_endpoint=f"http://127.0.0.1:{port}",
+            otel_traces_exporter=("otlp",),
+            otel_exporter_otlp_protocol="grpc",
         )
         trace_id, body = _proto_export()
         async with serve_api(api_settings) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:

@@ -1,6 +1,6 @@
 """Chaos on loopback: hundreds of scans while workers are killed and the servers restarted.
 
-The API and two workers run as real processes (`uvicorn app.main:app`, `arq worker.WorkerSettings`)
+The API and two workers run as real processes (`uvicorn app.main:app`, `python -m worker`)
 against a PostgreSQL and a Redis started for this test alone. While scans arrive in waves, workers
 are SIGKILLed and SIGTERMed (and replaced), Redis is restarted once and PostgreSQL once; the
 processes export traces to an OTLP endpoint where nothing listens. Afterwards every scan must be
@@ -48,7 +48,7 @@ from tests.site import Site
 pytestmark = pytest.mark.slow
 
 MAX_TRIES = 4
-JOB_TIMEOUT = 8  # a killed worker's jobs come back after it + 15 s (arq's in-progress key)
+JOB_TIMEOUT = 8  # a killed worker's jobs come back within seconds (worker/recovery.py), else after it + 15 s
 WAVES = 6
 WAVE_SIZE = 30  # (WAVES + 2 restarts) * WAVE_SIZE >= 200 scans
 SETTLE_SECONDS = 3.0  # between a wave and the next disruption: let work get in flight
@@ -115,7 +115,7 @@ class Chaos:
     def start_worker(self) -> Worker:
         n = len(self.workers) + len(self.retired)
         env = {**self.env, "PAGELENS_WORKER_METRICS_PORT": str(free_port())}
-        command = [sys.executable, "-m", "arq", "worker.WorkerSettings"]
+        command = [sys.executable, "-m", "worker"]
         worker = Worker(start_process(f"worker{n}", command, env, self.logs))
         self.workers.append(worker)
         return worker

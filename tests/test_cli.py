@@ -9,6 +9,7 @@ import contextlib
 import json
 import signal
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +17,13 @@ from typing import Any
 
 import httpx
 import pytest
+from rich.console import Console
 
 from app.cli.client import STREAM_RECONNECTS
 from app.cli.embedded import free_port
+from app.cli.report import render_list
 from app.core import migrate
+from app.core.report import ScanStatus
 from app.core.settings import ROOT, Settings
 from observability import metrics
 from tests.conftest import serve_api
@@ -31,6 +35,7 @@ pytestmark = pytest.mark.slow
 
 PAGELENS = str(Path(sys.executable).parent / "pagelens")
 RUN_TIMEOUT = 180.0  # a --wait covers a whole scan on a busy box
+CREATED = "2026-12-03T10:19:02.123456Z"
 WORKER_START_TIMEOUT = 90.0  # s, in all: the worker loads the KeyBERT model before it says it is ready
 
 
@@ -48,7 +53,7 @@ async def pagelens(*args: str, env: dict[str, str] | None = None, stdin: bytes |
     process = await asyncio.create_subprocess_exec(
         PAGELENS,
         *args,
-        env=process_env(COLUMNS="200", **(env or {})),
+        env=process_env(**{"COLUMNS": "200", **(env or {})}),
         cwd=ROOT,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
@@ -115,6 +120,38 @@ async def test_json_output_and_status(live: Live, site: Site) -> None:
     assert accepted["scanId"] in [item["scanId"] for item in run.json()["items"]]
     run = await pagelens("list", "--status", "FULL_READY", env=env)
     assert run.code == 0 and accepted["scanId"] in run.out, run.out
+    # A standard terminal: the ids are whole (they are what `status` and `retry` take).
+    run = await pagelens("list", "--limit", "50", env={**env, "COLUMNS": "80"})
+    assert run.code == 0, run.err
+    assert accepted["scanId"] in run.out.split() and max(map(len, run.out.splitlines())) <= 80, run.out
+
+
+def test_list_keeps_whole_ids_and_shortens_urls_at_80_columns() -> None:
+    items = [
+        {"scanId": str(uuid.uuid4()), "status": status, "progress": progress, "url": url, "createdAt": CREATED}
+        for status, progress, url in [
+            ("TEASER_READY", 70, "https://example.com/" + "long/" * 30 + "?q=" + "x" * 100),
+            ("FULL_READY", 100, None),
+            ("FAILED", 5, "http://example.org/"),
+        ]
+    ]
+    out = Console(width=80, record=True, force_terminal=False)
+    extra: dict[str, object] = {
+        "stage": None,
+        "error": None,
+        "traceId": None,
+        "attempts": 1,
+        "updatedAt": CREATED,
+        "timings": {},
+    }
+    render_list(out, [ScanStatus.model_validate(item | extra) for item in items])
+    lines = out.export_text().splitlines()
+    assert max(map(len, lines)) <= 80, lines
+    assert len(lines) == 1 + len(items), "one line per scan"
+    for item, line in zip(items, lines[1:], strict=True):
+        assert line.split()[:2] == [item["scanId"], item["status"]], line
+    assert "example.com/" in lines[1] and lines[1].rstrip().endswith("…")
+    assert "(text)" in lines[2] and "example.org/" in lines[3]
 
 
 async def test_a_text_from_standard_input(live: Live) -> None:

@@ -114,6 +114,8 @@ async def corpus_settings(settings: Settings, site: Site, hostile: Hostile, migr
         max_tries=1,  # each hostile page shows its own error type, not retries_exhausted
         fetch_total_timeout=4.0,
         fetch_read_timeout=2.0,
+        # Ordinary pages parse in milliseconds; the parser-hostile ones would take minutes.
+        parse_timeout=5.0,
     )
 
 
@@ -198,6 +200,12 @@ def hostile_cases(site: Site, hostile: Hostile) -> dict[str, tuple[str, str]]:
         hostile.url("/utf16-odd"): ("FULL_READY", ""),
         hostile.url("/binary"): ("FULL_READY", ""),
         hostile.url("/empty"): ("FULL_READY", ""),
+        # Parser-hostile markup: killed at the parse deadline as too complex, or parsed as usual.
+        hostile.url("/nested-formatting"): ("FAILED", "too_complex"),
+        hostile.url("/deep-nesting"): ("FAILED", "too_complex"),
+        hostile.url("/many-attributes"): ("FAILED", "too_complex"),
+        hostile.url("/giant-comment"): ("FULL_READY", ""),
+        hostile.url("/many-tables"): ("FULL_READY", ""),
         # A name is not resolved by the API; the worker resolves it and meets the guard.
         "http://localhost:8080/pages/article.html": ("FAILED", "ssrf_blocked"),
         redirect + "http://169.254.169.254/latest/meta-data/": ("FAILED", "ssrf_blocked"),

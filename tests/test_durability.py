@@ -37,7 +37,7 @@ async def enqueued(pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, new:
 
 
 async def row_of(pool: asyncpg.Pool, scan_id: uuid.UUID) -> Any:
-    row = await scans.get(pool, scan_id)
+    row = await scans.get(pool, scan_id, "default")
     assert row is not None
     return row
 
@@ -146,4 +146,27 @@ async def test_a_scan_whose_tries_are_used_up_fails_without_running(
         "type": "retries_exhausted",
         "retryable": True,
         "message": f"gave up after {settings.max_tries} attempts; {last}",
+        "cause": {"type": "timeout", "message": "the scan did not finish within 9s", "retryable": True},
+    }
+
+
+async def test_a_scan_whose_workers_all_died_is_not_called_retryable(
+    pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, make_worker: MakeWorker
+) -> None:
+    # Every try started and no attempt recorded an error: its workers died on it each time, and may
+    # on a replay too, so nothing says a client's retry would help.
+    scan_id = await enqueued(pool, redis, settings, scans.NewScan(Kind.DOCUMENT, document=DOCUMENT))
+    await pool.execute(
+        """UPDATE scans SET status = 'RUNNING', attempts = $2, lease_until = now() - interval '1 second'
+           WHERE id = $1""",
+        scan_id,
+        settings.max_tries,
+    )
+    await make_worker().main()
+    done = await row_of(pool, scan_id)
+    assert done["status"] == "FAILED"
+    assert done["error"] == {
+        "type": "retries_exhausted",
+        "retryable": False,
+        "message": f"no attempt finished after {settings.max_tries} tries",
     }

@@ -1,6 +1,6 @@
 """One scan, end to end, across real processes: traces, logs and metrics as an operator sees them.
 
-The API (uvicorn) and the worker (`arq worker.WorkerSettings`) run as subprocesses configured only
+The API (uvicorn) and the worker (`python -m worker`) run as subprocesses configured only
 through the environment, exporting spans over OTLP/HTTP to a real receiver (tests/otlp.py). The
 test is the client: it sends its own `traceparent`, follows the scan, then checks that the whole
 scan is ONE trace (client → API → queue → worker → PostgreSQL/Redis/fetch), that the worker's log
@@ -195,7 +195,7 @@ async def submit(
 
 def keyphrase_cache_key() -> str:
     """The Redis key the worker caches the article's keyphrases under (computed as the worker does)."""
-    from worker.audit import page_facts
+    from worker.audit.facts import page_facts
     from worker.keyphrases import keyphrase_cache_key as key_for
     from worker.parse import parse_html
 

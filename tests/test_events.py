@@ -28,6 +28,7 @@ from app.api.main import create_app
 from app.api.scan_events import LISTENER_NAME, ScanEvents
 from app.core import db, scans
 from app.core.models import ErrorType, ScanError, Stage
+from app.core.report import Findings, Teaser
 from app.core.settings import Settings
 from tests import waiting
 from tests.conftest import serve_api
@@ -177,9 +178,9 @@ async def test_a_stream_follows_every_writer_to_the_terminal_state(open_api: Any
             # A timings-only write (the stage and progress it sets are already there) is not news: no
             # event, no version.
             assert await scans.enter_stage(writer, scan_id, attempt, Stage.GENERATE, {"generateMs": 12.5})
-            assert await scans.save_teaser(writer, scan_id, attempt, {"title": "t"})
+            assert await scans.save_teaser(writer, scan_id, attempt, Teaser(title="t"))
             await until(lambda: len(stream.events) == 4, "TEASER_READY")
-            assert await scans.finish(writer, scan_id, attempt, {"keyphrases": [], "insights": []}, {})
+            assert await scans.finish(writer, scan_id, attempt, Findings(), {})
             await until(lambda: stream.ended, "the stream to end after FULL_READY")
 
         assert stream.statuses() == ["QUEUED", "RUNNING", "RUNNING", "TEASER_READY", "FULL_READY"]
@@ -224,7 +225,7 @@ async def test_last_event_id(open_api: Any, writer: asyncpg.Pool) -> None:
             await until(lambda: len(stream.events) == 1, "the next change")
             assert stream.events[0].id == 3
 
-        assert await scans.finish(writer, scan_id, row["attempts"], {"keyphrases": [], "insights": []}, {})
+        assert await scans.finish(writer, scan_id, row["attempts"], Findings(), {})
         # Behind: the current (terminal) state at once, then the end.
         async with api.stream(str(scan_id), {"Last-Event-ID": "1"}) as stream:
             await until(lambda: stream.ended, "the stream to end")

@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from app.core.models import ErrorType, ScanError
 from app.core.settings import Settings
+from tests.hostile import Hostile
 from tests.site import PAGES_DIR, Site, gzip_bomb
 from worker.fetch import _decode, _Inflater, fetch_page
 
@@ -228,13 +229,37 @@ async def test_redirect_to_a_name_that_resolves_internally(site: Site, settings:
 
 @pytest.mark.parametrize(
     ("status", "retryable"),
-    [(400, False), (404, False), (410, False), (408, True), (429, True), (500, True), (503, True)],
+    [
+        (400, False),
+        (404, False),
+        (410, False),
+        (418, False),
+        (425, False),
+        (408, True),
+        (429, True),
+        (500, True),
+        (503, True),
+    ],
 )
 async def test_error_statuses(site: Site, settings: Settings, status: int, retryable: bool) -> None:
     error = await fetch_error(site.url(f"/status/{status}"), settings)
     assert error.type is ErrorType.HTTP_ERROR
     assert error.retryable is retryable
     assert error.message == f"HTTP {status} from the page"
+
+
+@pytest.mark.parametrize(
+    ("path", "message", "retryable"),
+    [
+        ("/not-http", "the page sent a malformed HTTP response", False),  # no status line
+        ("/header-flood", "the page sent a malformed HTTP response", False),  # headers without end
+        ("/short-body", "the page's response ended before it was complete", True),  # connection lost?
+    ],
+)
+async def test_protocol_errors(hostile: Hostile, settings: Settings, path: str, message: str, retryable: bool) -> None:
+    error = await fetch_error(hostile.url(path), settings)
+    assert (error.type, error.message, error.retryable) == (ErrorType.HTTP_ERROR, message, retryable)
+    assert hostile.hits(path) >= 1
 
 
 async def test_huge_streamed_page_is_too_large(site: Site, settings: Settings) -> None:

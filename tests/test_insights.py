@@ -3,8 +3,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
-from worker.insights import SEVERITIES, phrase_in_text, rule_insights, words_match
+from app.core.report import Performance, Teaser
+from worker.insights import SEVERITIES, phrase_in_text, words_match
+from worker.insights import rule_insights as typed_rule_insights
 
 PHRASES = [("compost", 0.71), ("kitchen scraps", 0.62), ("garden soil", 0.55), ("worms", 0.4)]
 
@@ -35,6 +38,15 @@ GOOD_LAB: dict[str, Any] = {
     "renderBlocking": 3,
     "redirects": 1,
 }
+
+
+def rule_insights(
+    teaser: dict[str, Any], lab: dict[str, Any] | None, keyphrases: list[tuple[str, float]], *, kind: str
+) -> list[dict[str, Any]]:
+    """The rules over teaser and lab JSON as the store holds them; the insights back as JSON."""
+    performance = None if lab is None else Performance.model_validate(lab)
+    found = typed_rule_insights(Teaser.model_validate(teaser), performance, keyphrases, kind=kind)
+    return [i.to_json() for i in found]
 
 
 def ids(insights: list[dict[str, Any]]) -> list[str]:
@@ -201,15 +213,16 @@ def test_document_kind_skips_html_rules() -> None:
     assert rule_insights(long_doc, None, PHRASES, kind="document") == []
 
 
-def test_missing_or_mistyped_input_never_raises() -> None:
+def test_an_empty_teaser_is_an_empty_page_and_mistyped_input_is_refused() -> None:
     assert ids(rule_insights({}, None, [], kind="url")) == [
         "title-missing",
         "description-missing",
         "h1-missing",
+        "content-thin",
         "canonical-missing",
         "language-missing",
     ]
-    assert rule_insights({}, None, [], kind="document") == []
+    assert ids(rule_insights({}, None, [], kind="document")) == ["content-thin"]
     garbage: dict[str, Any] = {
         "title": 5,
         "description": ["x"],
@@ -220,6 +233,11 @@ def test_missing_or_mistyped_input_never_raises() -> None:
         "canonical": {},
     }
     bad_lab: dict[str, Any] = {"htmlBytes": "big", "ttfbMs": None, "renderBlocking": [], "compression": 1}
-    found = rule_insights(garbage, bad_lab, [("", 1.0), ("x",), 7], kind="url")  # type: ignore[list-item]
-    assert "title-missing" in ids(found)
-    assert rule_insights(garbage, bad_lab, [], kind="document") == []
+    # The models are the contract the rules rely on: what breaks it never reaches them.
+    with pytest.raises(ValidationError) as teaser_errors:
+        Teaser.model_validate(garbage)
+    assert {e["loc"][0] for e in teaser_errors.value.errors()} == set(garbage)
+    with pytest.raises(ValidationError) as lab_errors:
+        Performance.model_validate(bad_lab)
+    assert {e["loc"][0] for e in lab_errors.value.errors()} == set(bad_lab)
+    assert ids(rule_insights(GOOD_TEASER, GOOD_LAB, [("", 1.0), (" ", 0.5)], kind="url")) == []

@@ -18,6 +18,8 @@ from redis.asyncio import Redis
 
 from app.core.models import ErrorType, ScanError
 from bench.corpus import corpus
+from bench.keybert_reference import load_counts, plain
+from tests.waiting import until
 from worker.keyphrases import MAX_WORDS, KeyphraseExtractor, cached_keyphrases, keyphrase_cache_key
 from worker.parse import parse_html
 
@@ -150,7 +152,7 @@ async def test_model_loaded_once_per_process(extractor: KeyphraseExtractor) -> N
     for _ in range(3):
         await extractor.extract(COMPOST)
     await extractor.extract_many([COMPOST, COMPOST])
-    assert await extractor.load_counts() == {extractor.pid_list[0]: 1}
+    assert await load_counts(extractor) == {extractor.pid_list[0]: 1}
 
 
 async def test_killed_child_is_replaced(extractor: KeyphraseExtractor) -> None:
@@ -162,7 +164,7 @@ async def test_killed_child_is_replaced(extractor: KeyphraseExtractor) -> None:
     [new] = extractor.pid_list
     assert new != old
     assert gone(old)
-    assert await extractor.load_counts() == {new: 1}
+    assert await load_counts(extractor) == {new: 1}
 
 
 async def test_timeout_replaces_pool_then_close_leaves_no_children() -> None:
@@ -174,14 +176,15 @@ async def test_timeout_replaces_pool_then_close_leaves_no_children() -> None:
         assert len(old) == 2
         with pytest.raises(ScanError) as caught:
             await ex.extract(big_text())
-        assert caught.value.type is ErrorType.TIMEOUT and caught.value.retryable
+        # The same text would take as long again: too complex, not worth a retry.
+        assert caught.value.type is ErrorType.TOO_COMPLEX and not caught.value.retryable
         # The stuck children were killed, not left burning a core; a fresh pool is already warm.
         assert all(gone(pid) for pid in old)
         new = ex.pid_list
         assert len(new) == 2 and not set(new) & set(old)
         ex.timeout = 60.0
         assert await ex.extract(COMPOST)
-        counts = await ex.load_counts()
+        counts = await load_counts(ex)
         assert set(counts) <= set(new) and set(counts.values()) == {1}
     finally:
         pids = ex.pid_list
@@ -194,7 +197,7 @@ async def test_timeout_replaces_pool_then_close_leaves_no_children() -> None:
 
 def test_parent_never_imports_torch() -> None:
     code = (
-        "import sys, worker.keyphrases\n"
+        "import sys, worker.keyphrases, worker.parse_pool\n"
         "heavy = {'torch', 'keybert', 'sentence_transformers', 'transformers'} & set(sys.modules)\n"
         "assert not heavy, heavy\n"
     )
@@ -205,13 +208,13 @@ async def test_same_keyphrases_as_plain_keybert(extractor: KeyphraseExtractor) -
     """The pool reuses phrase embeddings, embeds by token count and batches texts; the keyphrases
     and scores must still be exactly what KeyBERT itself finds, cold and warm."""
     texts = [COMPOST, *site_texts(), *(page.text for page in corpus(12, seed=7))]
-    reference = await extractor.plain(texts)
+    reference = await plain(extractor, texts)
     assert all(reference) and len(reference) == len(texts)
     for attempt in ("cold", "warm"):
         found = await asyncio.gather(*(extractor.extract(text) for text in texts))
         mismatches = [(i, ref, got) for i, (ref, got) in enumerate(zip(reference, found, strict=True)) if ref != got]
         assert mismatches == [], attempt
-    top3 = await extractor.plain(texts[:4], top_n=3)
+    top3 = await plain(extractor, texts[:4], top_n=3)
     assert await extractor.extract_many(texts[:4], top_n=3) == top3
 
 
@@ -230,7 +233,7 @@ async def test_waiting_texts_share_a_call_and_phrases_are_embedded_once(extracto
 
 async def test_a_caller_that_gives_up_does_not_disturb_the_others(extractor: KeyphraseExtractor) -> None:
     texts = [page.text for page in corpus(4, seed=9)]
-    expected = await extractor.plain(texts)
+    expected = await plain(extractor, texts)
     tasks = [asyncio.create_task(extractor.extract(text)) for text in texts]
     await asyncio.sleep(0)  # all four are waiting
     tasks[1].cancel()
@@ -251,3 +254,21 @@ async def test_closing_fails_waiting_callers() -> None:
     for task in (busy, waiting):
         with pytest.raises(ScanError, match="closed"):
             await task
+
+
+async def test_a_call_whose_callers_all_gave_up_is_killed() -> None:
+    # Its own extractor: a cold phrase cache, so the big text takes the child many seconds.
+    ex = KeyphraseExtractor(processes=1, timeout=600)
+    await ex.start()
+    try:
+        [old] = ex.pid_list
+        task = asyncio.create_task(ex.extract(big_text()))
+        await asyncio.sleep(0.5)  # the call is in the child
+        task.cancel()
+        await until(lambda: gone(old), "the abandoned call's process to be killed", poll=0.1, polls=100)
+        assert task.cancelled()
+        assert await ex.extract(COMPOST), "the replacement serves the next caller"
+        [new] = ex.pid_list
+        assert new != old
+    finally:
+        await ex.close()

@@ -57,7 +57,7 @@ def fetched(
 
 
 def metrics(page: FetchedPage) -> dict[str, object]:
-    return lab_metrics(page, parse_html(page.text, page.final_url))
+    return lab_metrics(page, parse_html(page.text, page.final_url)).model_dump(exclude={"psi"})
 
 
 def test_article_served_gzipped() -> None:

@@ -1,21 +1,24 @@
-"""Per-key rate limit and cap on open scans, request header limits, and where /metrics is served."""
+"""Per-key rate limit (with Redis up and down), per-tenant cap on open scans, request header limits,
+and where /metrics is served."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
 
 from app.cli.embedded import free_port
+from app.core import keys
 from app.core.settings import Settings
 from tests.conftest import serve_api
+from tests.servers import private_redis
 
 SCANS = "/api/v1/scan-jobs"
 PROBLEM = "application/problem+json"
@@ -69,18 +72,37 @@ async def test_each_key_has_its_own_rate_limit(client_for: Callable[..., Awaitab
     assert (await client.get("/healthz")).status_code == 200, "only /api/* is keyed and limited"
 
 
-async def test_open_scans_are_capped_per_key(
+async def stored_key(dsn: str, tenant: str) -> str:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return (await keys.create(conn, f"{tenant} key", tenant)).secret
+    finally:
+        await conn.close()
+
+
+async def test_open_scans_are_capped_per_tenant(
     client_for: Callable[..., Awaitable[httpx.AsyncClient]], own_settings: Settings
 ) -> None:
-    alpha, beta = new_key(), new_key()
-    client = await client_for(api_keys=(alpha, beta), max_open_scans=2, rate_limit=0)
+    dsn = own_settings.require_database_url()
+    alpha, alpha_too, beta = (
+        await stored_key(dsn, "alpha"),
+        await stored_key(dsn, "alpha"),
+        await stored_key(dsn, "beta"),
+    )
+    client = await client_for(max_open_scans=2, rate_limit=0)
     doc = {"text": "Mulch keeps soil moist and cool in summer."}
     first = await client.post("/api/v1/documents", json=doc, headers={**bearer(alpha), "Idempotency-Key": "one"})
-    second = await client.post("/api/v1/documents", json=doc, headers=bearer(alpha))
+    second = await client.post("/api/v1/documents", json=doc, headers=bearer(alpha_too))
     assert first.status_code == second.status_code == 202
     over = await client.post("/api/v1/documents", json=doc, headers=bearer(alpha))
     assert_problem(over, 429, "too-many-open-scans")
     assert int(over.headers["retry-after"]) > 0
+    (
+        assert_problem(
+            await client.post("/api/v1/documents", json=doc, headers=bearer(alpha_too)), 429, "too-many-open-scans"
+        ),
+        "the cap is the tenant's, not one key's",
+    )
     replay = await client.post("/api/v1/documents", json=doc, headers={**bearer(alpha), "Idempotency-Key": "one"})
     assert replay.status_code == 202 and replay.json()["scanId"] == first.json()["scanId"], "a replay opens nothing"
     assert (await client.post("/api/v1/documents", json=doc, headers=bearer(beta))).status_code == 202
@@ -89,13 +111,34 @@ async def test_open_scans_are_capped_per_key(
     assert (await client.delete(f"{SCANS}/{first.json()['scanId']}", headers=bearer(alpha))).status_code == 202
     assert (await client.post("/api/v1/documents", json=doc, headers=bearer(alpha))).status_code == 202
 
-    conn = await asyncpg.connect(own_settings.require_database_url())
+    conn = await asyncpg.connect(dsn)
     try:
-        ids = {r["api_key_id"] for r in await conn.fetch("SELECT api_key_id FROM scans")}
+        rows = await conn.fetch("SELECT api_key_id, tenant FROM scans")
     finally:
         await conn.close()
-    assert len(ids) == 2 and all(re.fullmatch(r"[0-9a-f]{16}", i) for i in ids), ids
-    assert not ids & {alpha, beta}, "the key itself is never stored"
+    assert {r["tenant"] for r in rows} == {"alpha", "beta"}
+    ids = {r["api_key_id"] for r in rows}
+    assert len(ids) == 3 and all(uuid.UUID(i) for i in ids), ids
+    assert not ids & {alpha, alpha_too, beta}, "the key itself is never stored"
+
+
+async def test_with_redis_down_the_limit_is_kept_in_process(own_settings: Settings, tmp_path: Path) -> None:
+    """A private Redis, stopped mid-test (never the shared one): requests are still limited, by
+    this API process alone, and /readyz reports the outage."""
+    alpha, beta = new_key(), new_key()
+    with private_redis(tmp_path / "redis") as redis_server:
+        limited = own_settings.with_(redis_url=redis_server.url, api_keys=(alpha, beta), rate_limit=5)
+        async with serve_api(limited) as base, httpx.AsyncClient(base_url=base, timeout=30) as client:
+            assert (await client.get(SCANS, headers=bearer(alpha))).status_code == 200
+            redis_server.stop()
+            codes = [(await client.get(SCANS, headers=bearer(alpha))).status_code for _ in range(7)]
+            assert codes == [200] * 5 + [429] * 2, codes
+            refused = await client.get(SCANS, headers=bearer(alpha))
+            assert_problem(refused, 429, "rate-limited")
+            assert 1 <= int(refused.headers["retry-after"]) <= 12
+            assert (await client.get(SCANS, headers=bearer(beta))).status_code == 200, "another key is not affected"
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["checks"]["redis"].startswith("unavailable")
 
 
 async def test_concurrent_creates_respect_the_cap(client_for: Callable[..., Awaitable[httpx.AsyncClient]]) -> None:

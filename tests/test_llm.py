@@ -9,16 +9,19 @@ from typing import Any
 import httpx
 import pytest
 
+from app.core.report import Teaser
 from app.core.settings import Settings
 from tests.fakes import LLM_PATH, FakeLlm, serve_fake_llm
 from worker.llm import BEGIN_DATA, END_DATA, MAX_INSIGHTS, llm_insights, run_llm
 
-TEASER: dict[str, Any] = {
-    "title": "Composting at home",
-    "description": "How to compost kitchen scraps.",
-    "language": "en",
-    "headings": [{"level": 1, "text": "How to compost"}, {"level": 2, "text": "Greens and browns"}],
-}
+TEASER = Teaser.model_validate(
+    {
+        "title": "Composting at home",
+        "description": "How to compost kitchen scraps.",
+        "language": "en",
+        "headings": [{"level": 1, "text": "How to compost"}, {"level": 2, "text": "Greens and browns"}],
+    }
+)
 PHRASES = [("compost", 0.7), ("kitchen scraps", 0.6)]
 TEXT = "Composting turns kitchen scraps into soil. Mix greens and browns, keep it moist, turn it weekly."
 KEY = "sk-test-0123456789"
@@ -70,11 +73,11 @@ async def test_happy_path_parses_insights_and_sends_a_proper_request(fake: FakeL
     fake.set_content(reply(entry("Mention worms.", "low", "seo"), entry("Explain ratios.", "high", "content")))
     result = await ask(client, settings_for(fake))
     assert result.outcome == "ok" and result.dropped == 0
-    assert [(i["severity"], i["category"], i["message"], i["source"]) for i in result.insights] == [
+    assert [(i.severity, i.category, i.message, i.source) for i in result.insights] == [
         ("high", "content", "Explain ratios.", "llm"),
         ("low", "seo", "Mention worms.", "llm"),
     ]
-    assert {i["id"] for i in result.insights} == {"llm-1", "llm-2"}
+    assert {i.id for i in result.insights} == {"llm-1", "llm-2"}
 
     [request] = fake.requests
     assert request.method == "POST" and request.path == LLM_PATH
@@ -87,14 +90,14 @@ async def test_happy_path_parses_insights_and_sends_a_proper_request(fake: FakeL
     assert "untrusted" in body["messages"][0]["content"]
     data = page_block(body)
     assert data["text"] == TEXT
-    assert data["title"] == TEASER["title"] and data["keyphrases"] == ["compost", "kitchen scraps"]
+    assert data["title"] == TEASER.title and data["keyphrases"] == ["compost", "kitchen scraps"]
     assert "h1: How to compost" in data["headings"]
 
 
 async def test_llm_insights_returns_the_list(fake: FakeLlm, client: httpx.AsyncClient) -> None:
     fake.set_content(reply(entry("One.")))
     found = await llm_insights(client, settings_for(fake), teaser=TEASER, keyphrases=PHRASES, text=TEXT)
-    assert [i["message"] for i in found] == ["One."]
+    assert [i.message for i in found] == ["One."]
 
 
 async def test_page_cannot_close_the_data_block(fake: FakeLlm, client: httpx.AsyncClient) -> None:
@@ -120,7 +123,7 @@ async def test_fenced_json_is_accepted(fake: FakeLlm, client: httpx.AsyncClient)
     fake.set_content("```json\n" + reply(entry("Fenced.")) + "\n```")
     result = await ask(client, settings_for(fake))
     assert result.outcome == "ok"
-    assert [i["message"] for i in result.insights] == ["Fenced."]
+    assert [i.message for i in result.insights] == ["Fenced."]
 
 
 @pytest.mark.parametrize(
@@ -191,14 +194,14 @@ async def test_invalid_entries_are_dropped(fake: FakeLlm, client: httpx.AsyncCli
     )
     result = await ask(client, settings_for(fake))
     assert result.outcome == "ok"
-    assert [i["message"] for i in result.insights] == ["Keep me.", "x" * 500, "Fix the title"]
+    assert [i.message for i in result.insights] == ["Keep me.", "x" * 500, "Fix the title"]
     assert result.dropped == 8
 
 
 async def test_at_most_ten_insights(fake: FakeLlm, client: httpx.AsyncClient) -> None:
     fake.set_content(reply(*(entry(f"Tip {n}.") for n in range(15))))
     result = await ask(client, settings_for(fake))
-    assert [i["message"] for i in result.insights] == [f"Tip {n}." for n in range(MAX_INSIGHTS)]
+    assert [i.message for i in result.insights] == [f"Tip {n}." for n in range(MAX_INSIGHTS)]
     assert result.dropped == 5
 
 

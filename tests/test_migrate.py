@@ -77,3 +77,33 @@ async def test_cli_migrate(server_dsn: str, empty_database: object) -> None:
     env.pop("DATABASE_URL")
     missing = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "DATABASE_URL is not set" in missing.stderr
+
+
+async def test_scans_from_before_tenancy_belong_to_default(
+    server_dsn: str, empty_database: object, tmp_path: Path
+) -> None:
+    """A database with scans (and Idempotency-Keys) from before 0005: they become the `default`
+    tenant's, and a key is unique per tenant from then on."""
+    dsn = await empty_database(server_dsn)  # type: ignore[operator]
+    before = sorted(p for p in MIGRATIONS.glob("*.sql") if p.name < "0005")
+    for path in before:
+        (tmp_path / path.name).write_text(path.read_text())
+    assert await migrate.apply(dsn, tmp_path) == [p.name for p in before]
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "INSERT INTO scans (id, kind, document, idempotency_key) VALUES (gen_random_uuid(), 'document', 'x', 'k1')"
+        )
+        assert "0005_api_keys.sql" in await migrate.apply(dsn, MIGRATIONS)
+        assert await conn.fetchval("SELECT tenant FROM scans WHERE idempotency_key = 'k1'") == "default"
+        await conn.execute(
+            """INSERT INTO scans (id, kind, document, idempotency_key, tenant)
+               VALUES (gen_random_uuid(), 'document', 'y', 'k1', 'acme')"""
+        )
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute(
+                """INSERT INTO scans (id, kind, document, idempotency_key)
+                   VALUES (gen_random_uuid(), 'document', 'z', 'k1')"""
+            )
+    finally:
+        await conn.close()

@@ -9,11 +9,12 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 from arq.worker import Worker
 
-from app.core import db, migrate, scans
+from app.core import db, keys, migrate, scans
 from app.core.queue import connect
 from app.core.settings import Settings
 from tests.conftest import serve_api
@@ -87,6 +88,29 @@ async def test_postgres_down_is_503_with_retry_after_and_nothing_is_lost(
         assert (await client.post("/api/v1/documents", json=DOCUMENT)).status_code == 202
 
 
+async def test_with_postgres_down_no_key_is_let_through_unchecked(
+    own_postgres: tuple[PrivatePostgres, Settings],
+) -> None:
+    """Keys live in PostgreSQL: while it is down a key that is not cached cannot be checked, and
+    the answer is 503 (retry), never a pass and never a misleading 401."""
+    server, settings = own_postgres
+    conn = await asyncpg.connect(server.dsn)
+    try:
+        known, unseen = [(await keys.create(conn, name, "acme")).secret for name in ("known", "unseen")]
+    finally:
+        await conn.close()
+    async with serve_api(settings) as base, httpx.AsyncClient(base_url=base, timeout=30) as client:
+        assert (await client.get(SCANS, headers={"Authorization": f"Bearer {known}"})).status_code == 200
+        server.stop()
+        for _ in range(3):
+            assert_unavailable(await client.get(SCANS, headers={"Authorization": f"Bearer {known}"}))
+            assert_unavailable(await client.get(SCANS, headers={"Authorization": f"Bearer {unseen}"}))
+            assert (await client.get(SCANS)).status_code == 401, "no key at all needs no database to refuse"
+        server.start()
+        assert (await ready_again(client)).status_code == 200
+        assert (await client.get(SCANS, headers={"Authorization": f"Bearer {unseen}"})).status_code == 200
+
+
 async def test_redis_down_still_accepts_scans_and_the_sweeper_enqueues_them(
     own_redis: tuple[PrivateRedis, Settings],
     extractor: KeyphraseExtractor,
@@ -113,7 +137,7 @@ async def test_redis_down_still_accepts_scans_and_the_sweeper_enqueues_them(
         await asyncio.sleep(settings.sweep_interval + 0.2)  # past the grace a fresh QUEUED scan gets
         assert await sweep_stranded({"resources": resources}) == 1
         await make_worker(settings, db=scan_pool).main()
-        row = await scans.get(scan_pool, uuid.UUID(scan_id))
+        row = await scans.get(scan_pool, uuid.UUID(scan_id), "default")
         assert row is not None and row["status"] == "FULL_READY", row and row["error"]
         assert row["attempts"] == 1
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -17,11 +18,11 @@ from worker.parse import (
     TITLE_MAX,
     URL_MAX,
     ParsedPage,
+    build_teaser,
     count_words,
-    document_teaser_json,
+    document_teaser,
     excerpt,
     parse_html,
-    teaser_json,
 )
 
 PAGES = Path(__file__).parent / "pages"
@@ -204,6 +205,14 @@ TEASER_KEYS = {
 }
 
 
+def teaser_json_of(page: ParsedPage, url: str) -> dict[str, Any]:
+    return build_teaser(page, url).to_json()
+
+
+def document_teaser_json(text: str, title: str | None) -> dict[str, Any]:
+    return document_teaser(text, title).to_json()
+
+
 def assert_teaser_shape(teaser: dict[str, object]) -> None:
     assert set(teaser) == TEASER_KEYS
     assert isinstance(teaser["links"], dict) and set(teaser["links"]) == {"internal", "external"}
@@ -213,7 +222,7 @@ def assert_teaser_shape(teaser: dict[str, object]) -> None:
 
 
 def test_teaser_json_of_product(product: ParsedPage) -> None:
-    teaser = teaser_json(product, PRODUCT_URL)
+    teaser = teaser_json_of(product, PRODUCT_URL)
     assert_teaser_shape(teaser)
     assert teaser["url"] == PRODUCT_URL
     assert teaser["title"] == product.title and teaser["description"] is None
@@ -226,7 +235,7 @@ def test_teaser_json_of_product(product: ParsedPage) -> None:
 
 
 def test_teaser_excerpt_is_the_start_of_main_text(article: ParsedPage) -> None:
-    teaser = teaser_json(article, ARTICLE_URL)
+    teaser = teaser_json_of(article, ARTICLE_URL)
     assert_teaser_shape(teaser)
     assert teaser["h1Count"] == 1
     text = teaser["excerpt"]
@@ -426,7 +435,7 @@ def check_invariants(page: ParsedPage) -> None:
     assert min(page.internal_links, page.external_links, page.word_count, page.render_blocking) >= 0
     assert page.render_blocking <= page.scripts + page.stylesheets
     assert "\x00" not in page.main_text and "\x1b" not in page.main_text
-    teaser = teaser_json(page, "https://x.example/")
+    teaser = teaser_json_of(page, "https://x.example/")
     assert_teaser_shape(teaser)
     assert len(teaser["excerpt"]) <= EXCERPT_CHARS + 1
 

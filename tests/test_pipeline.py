@@ -17,6 +17,7 @@ from app.core import queue, scans
 from app.core.models import Kind
 from app.core.settings import Settings
 from tests.fakes import serve_fake_llm, serve_fake_psi
+from tests.hostile import Hostile
 from tests.site import Site
 from worker.maintenance import delete_expired_scans, sweep_stranded
 from worker.pipeline import run_scan
@@ -170,10 +171,34 @@ async def test_transient_errors_retry_then_exhaust(
     assert done["status"] == "FAILED"
     assert done["error"]["type"] == "retries_exhausted" and done["error"]["retryable"] is True
     assert "http_error" in done["error"]["message"]
+    assert done["error"]["cause"] == {"type": "http_error", "message": "HTTP 503 from the page", "retryable": True}
     assert done["attempts"] == 3
     assert worker.jobs_retried == 2
     hits = [path for path, _ in site.requests if path == "/status/503"]
     assert len(hits) >= 3
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("/not-http", "the page sent a malformed HTTP response"),
+        ("/header-flood", "the page sent a malformed HTTP response"),
+        ("/no-such-page", "HTTP 404 from the page"),
+        ("/corrupt-gzip", "the page's compressed body is corrupt"),
+        ("/json", "the page is application/json, not HTML"),
+    ],
+)
+async def test_what_cannot_succeed_is_fetched_once(
+    client: httpx.AsyncClient, hostile: Hostile, make_worker: MakeWorker, settings: Settings, path: str, message: str
+) -> None:
+    target = f"{path}?scan={uuid.uuid4()}"  # the server counts requests per target
+    scan_id = await submit(client, hostile.url(target))
+    worker = await drain(make_worker, settings.with_(max_tries=3))
+    done = await status(client, scan_id)
+    assert done["status"] == "FAILED", done
+    assert done["error"]["message"] == message and done["error"]["retryable"] is False, done["error"]
+    assert done["attempts"] == 1 and worker.jobs_retried == 0
+    assert hostile.hits(target) == 1
 
 
 async def test_retry_replays_a_dead_scan(
@@ -208,7 +233,7 @@ async def test_corrupt_row_fails_with_internal_error(
     row, _ = await scans.create(pool, scans.NewScan(Kind.DOCUMENT, document="text " * 50, options={"topN": "many"}))
     await queue.enqueue_scan(redis, settings.queue_name, str(row["id"]))
     await drain(make_worker)
-    done = await scans.get(pool, row["id"])
+    done = await scans.get(pool, row["id"], "default")
     assert done is not None
     assert done["status"] == "FAILED" and done["error"]["type"] == "internal"
 
@@ -218,11 +243,11 @@ async def test_duplicate_delivery_does_nothing(
 ) -> None:
     scan_id = await submit(client, site.url("/pages/article.html"))
     await drain(make_worker)
-    before = await scans.get(pool, uuid.UUID(scan_id))
+    before = await scans.get(pool, uuid.UUID(scan_id), "default")
     assert before is not None and before["status"] == "FULL_READY"
     # arq delivers at least once: the same job arriving again must change nothing.
     assert await run_scan({**worker_ctx, "job_try": 1, "score": 0}, scan_id) == "skipped"
-    after = await scans.get(pool, uuid.UUID(scan_id))
+    after = await scans.get(pool, uuid.UUID(scan_id), "default")
     assert after is not None
     assert (after["attempts"], after["updated_at"], after["report"]) == (
         before["attempts"],
@@ -248,7 +273,7 @@ async def test_sweeper_enqueues_stranded_scans(
     assert await sweep_stranded(worker_ctx) >= 1
     assert await sweep_stranded(worker_ctx) == 0, "a queued job is not enqueued twice"
     await drain(make_worker)
-    done = await scans.get(pool, row["id"])
+    done = await scans.get(pool, row["id"], "default")
     assert done is not None and done["status"] == "FULL_READY"
 
 
@@ -263,9 +288,9 @@ async def test_retention_deletes_only_old_finished_scans(pool: asyncpg.Pool, wor
     await pool.execute("UPDATE scans SET created_at = now() - interval '400 days' WHERE id = $1", old_queued["id"])
     await pool.execute("UPDATE scans SET status = 'FULL_READY' WHERE id = $1", recent["id"])
     assert await delete_expired_scans(worker_ctx) >= 1
-    assert await scans.get(pool, old_done["id"]) is None
-    assert await scans.get(pool, old_queued["id"]) is not None
-    assert await scans.get(pool, recent["id"]) is not None
+    assert await scans.get(pool, old_done["id"], "default") is None
+    assert await scans.get(pool, old_queued["id"], "default") is not None
+    assert await scans.get(pool, recent["id"], "default") is not None
     await pool.execute("DELETE FROM scans WHERE id = $1", old_queued["id"])
 
 

@@ -290,6 +290,7 @@ async def live(
                 *("-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(ports["api"])),
             ]
             processes["api"] = start_process("api", api_command, process_env(**common), logs)
+            # The plain arq worker (polling): `arq worker.WorkerSettings` must keep working as deployed.
             worker_command = [sys.executable, "-m", "arq", "worker.WorkerSettings"]
             processes["worker"] = start_process("worker", worker_command, process_env(**common), logs)
             pg_bin, redis_bin = exporter_bins["postgres-exporter"], exporter_bins["redis-exporter"]

@@ -50,8 +50,8 @@ async def test_happy_path_maps_the_fields_and_sends_key_and_strategy(
 ) -> None:
     result = await fetch_psi(client, redis, settings_for(fake), url, strategy="desktop")
     assert result.outcome == "ok" and not result.cache_hit
-    scores = result.scores
-    assert scores is not None
+    assert result.scores is not None
+    scores = result.scores.to_json()
     fetched_at = dt.datetime.fromisoformat(scores.pop("fetchedAt"))
     assert fetched_at.tzinfo is not None
     assert scores == {
@@ -96,7 +96,7 @@ async def test_second_call_is_a_cache_hit(fake: FakePsi, client: httpx.AsyncClie
 
 async def test_psi_scores_returns_the_dict(fake: FakePsi, client: httpx.AsyncClient, redis: ArqRedis, url: str) -> None:
     scores = await psi_scores(client, redis, settings_for(fake), url)
-    assert scores is not None and scores["performanceScore"] == 87 and scores["strategy"] == "mobile"
+    assert scores is not None and scores.performance_score == 87 and scores.strategy == "mobile"
     fake.set_reply(status=500)
     assert await psi_scores(client, redis, settings_for(fake), url + "/other") is None
 
@@ -110,7 +110,7 @@ async def test_unset_key_makes_no_request(fake: FakePsi, client: httpx.AsyncClie
 async def test_missing_field_data_is_null(fake: FakePsi, client: httpx.AsyncClient, redis: ArqRedis, url: str) -> None:
     fake.set_reply(body=lighthouse_document(url, "mobile", field_data=False))
     result = await fetch_psi(client, redis, settings_for(fake), url)
-    assert result.scores is not None and result.scores["fieldData"] is None
+    assert result.scores is not None and result.scores.field_data is None
 
 
 @pytest.mark.parametrize(

@@ -1,77 +1,249 @@
-"""`make run`'s command end to end: embedded servers, migrations, API and a worker, then Ctrl-C."""
+"""`make run`'s command end to end: servers, migrations, the API and workers under a supervisor that
+restarts whatever crashes, until Ctrl-C, or until one child keeps crashing."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from app.cli.embedded import free_port, port_answers
+from app.core.settings import ROOT
+from tests.processes import POLL, Proc, process_env, start_process, wait_api_ready
 from tests.site import Site
 
 pytestmark = pytest.mark.slow
 
+IN_FLIGHT = 60
+START_POLLS = 900  # x POLL: up to ~180 s for first-time initdb and the worker's model load
+EVENT_POLLS = 600  # x POLL: a restart, or the worker being ready again after one
+DONE_POLLS = 1500  # x POLL: ~300 s for all the scans, a worker restart and leases running out included
+EXIT_TIMEOUT = 120.0  # s: `pagelens run` stopping everything (the worker drains first)
+WORKER_TIMEOUT = "30"  # s, PAGELENS_JOB_TIMEOUT: scans held by a killed worker are free again soon after
 
-async def test_pagelens_run_with_embedded_servers(tmp_path: Path, site: Site) -> None:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
-    env |= {
-        "PAGELENS_DATA_DIR": str(tmp_path / "data"),
-        "PAGELENS_FETCH_ALLOW_HOSTS": f"127.0.0.1:{site.port}",
-        "PAGELENS_QUEUE": "pagelens:run-test",
-    }
-    # tmp_path must be reachable by the unprivileged user pgserver runs PostgreSQL as under root.
-    for parent in (tmp_path, *tmp_path.parents):
+
+def open_to_everyone(path: Path) -> None:
+    # The data directory must be reachable by the unprivileged user pgserver runs PostgreSQL as under root.
+    for parent in (path, *path.parents):
         if parent == Path("/"):
             break
         parent.chmod(parent.stat().st_mode | 0o005)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli.main", "run", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+
+
+class Run:
+    """A `pagelens run` process, its output in files, and what its supervisor logged."""
+
+    def __init__(self, proc: Proc, port: int) -> None:
+        self.proc, self.port = proc, port
+        self.base = f"http://127.0.0.1:{port}"
+
+    @property
+    def stdout(self) -> str:
+        return self.proc.stderr_path.with_suffix(".stdout").read_text(errors="replace")
+
+    def events(self, child: str | None = None) -> list[dict[str, Any]]:
+        """The supervisor's JSON log lines (the children log to the same stderr)."""
+        return [
+            e
+            for e in self.proc.log()
+            if e.get("logger") == "pagelens.run" and (child is None or e.get("child") == child)
+        ]
+
+    def pid(self, child: str) -> int:
+        started = [e for e in self.events(child) if "pid" in e]
+        assert started, f"no start of {child} logged\n{self.proc.tail()}"
+        pid: int = started[-1]["pid"]
+        return pid
+
+    async def until(self, what: str, check: Callable[[], bool], polls: int = EVENT_POLLS) -> None:
+        for _ in range(polls):
+            if check():
+                return
+            assert self.proc.process.poll() is None, f"pagelens run exited while waiting for {what}\n{self.proc.tail()}"
+            await asyncio.sleep(POLL)
+        pytest.fail(f"timed out waiting for {what}\n{self.stdout[-3000:]}\n{self.proc.tail()}")
+
+    def workers_ready(self) -> int:
+        return sum(1 for e in self.proc.log() if e.get("message") == "worker ready")
+
+    async def restarted(self, child: str, pid: int) -> None:
+        """After `pid` of `child` is killed: its exit and the restart are said and logged."""
+        await self.until(f"{child} to be restarted", lambda: self.pid(child) != pid)
+        exited = [e for e in self.events(child) if e.get("exit_code") == -signal.SIGKILL]
+        assert exited and exited[-1]["level"] == "warning" and exited[-1]["backoff_seconds"] > 0, self.events(child)
+        assert f"pagelens: {child} exited (killed by SIGKILL); restarting it in" in self.stdout
+        assert f"pagelens: {child} restarted (pid {self.pid(child)})" in self.stdout
+
+    def stop(self) -> int:
+        """Ctrl-C, then its exit code."""
+        if self.proc.process.poll() is None:
+            self.proc.process.send_signal(signal.SIGINT)
+        try:
+            return self.proc.process.wait(EXIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.process.kill()
+            self.proc.process.wait()
+            pytest.fail(f"pagelens run did not stop on Ctrl-C\n{self.proc.tail()}")
+
+
+@asynccontextmanager
+async def pagelens_run(logs: Path, env: dict[str, str], *args: str, cwd: Path = ROOT) -> AsyncIterator[Run]:
+    port = free_port()
+    command = [sys.executable, "-m", "app.cli.main", "run", "--port", str(port), *args]
+    # PYTHONPATH, if the suite runs with one, keeps the children on the code under test whatever
+    # their working directory.
+    run = Run(start_process("run", command, process_env(PYTHONPATH=str(ROOT), **env), logs, cwd=cwd), port)
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
-            for _ in range(600):  # bounded: up to ~120 s for first-time initdb and model load
-                if process.poll() is not None:
-                    break
-                try:
-                    if (await client.get("/readyz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.2)
-            assert process.poll() is None, "pagelens run exited early"
-            created = await client.post("/api/v1/scan-jobs", json={"url": site.url("/pages/article.html")})
-            assert created.status_code == 202
-            status_url = created.json()["statusUrl"]
-            status = {}
-            for _ in range(600):
-                status = (await client.get(status_url)).json()
-                if status["status"] in {"FULL_READY", "FAILED"}:
-                    break
-                await asyncio.sleep(0.2)
-            assert status["status"] == "FULL_READY", status
-        env_file = (tmp_path / "data" / "env").read_text()
+        yield run
+    finally:
+        if run.proc.process.poll() is None:
+            run.stop()
+        print(run.stdout[-3000:], run.proc.tail(60))  # pytest shows it when the test fails
+
+
+async def status_counts(client: httpx.AsyncClient) -> dict[str, int]:
+    items = (await client.get("/api/v1/scan-jobs", params={"limit": "100"})).json()["items"]
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item["status"]] = counts.get(item["status"], 0) + 1
+    return counts
+
+
+async def test_embedded_servers_stay_up_while_the_api_is_restarted(tmp_path: Path, site: Site) -> None:
+    data = tmp_path / "data"  # made by `pagelens run`
+    open_to_everyone(tmp_path)
+    env = {
+        "PAGELENS_DATA_DIR": str(data),
+        "PAGELENS_FETCH_ALLOW_HOSTS": f"127.0.0.1:{site.port}",
+        "PAGELENS_QUEUE": "pagelens:run-test",
+        "PAGELENS_WORKER_METRICS_PORT": "0",
+    }
+    async with pagelens_run(tmp_path, env) as run, httpx.AsyncClient(base_url=run.base, timeout=5) as client:
+        await run.until("the API", lambda: port_answers("127.0.0.1", run.port), START_POLLS)
+        await wait_api_ready(run.proc, run.base)
+        assert "pagelens is starting (embedded: postgres, redis)" in run.stdout
+        assert f"export PAGELENS_API_URL={run.base}" in run.stdout
+        env_file = (data / "env").read_text()
         assert "DATABASE_URL=postgresql://" in env_file and "REDIS_URL=redis://127.0.0.1:" in env_file
         redis_port = int(env_file.split("REDIS_URL=redis://127.0.0.1:")[1].split("/")[0])
-        assert port_answers("127.0.0.1", redis_port)
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            output = process.communicate(timeout=60)[0].decode(errors="replace")
-        except subprocess.TimeoutExpired:
-            process.kill()
-            output = process.communicate()[0].decode(errors="replace")
-        print(output[-5000:])  # pytest shows it when the test fails
-    assert process.returncode == 0, output[-3000:]
-    assert "pagelens is starting (embedded: postgres, redis)" in output
-    assert not port_answers("127.0.0.1", port), "the API stopped"
+
+        api = run.pid("api")
+        os.kill(api, signal.SIGKILL)
+        await run.restarted("api", api)
+        await wait_api_ready(run.proc, run.base)
+        assert port_answers("127.0.0.1", redis_port), "the embedded Redis stayed up"
+
+        created = await client.post("/api/v1/scan-jobs", json={"url": site.url("/pages/article.html")})
+        assert created.status_code == 202, created.text
+        status_url = created.json()["statusUrl"]
+        status: dict[str, Any] = {}
+        for _ in range(START_POLLS):
+            status = (await client.get(status_url)).json()
+            if status["status"] in {"FULL_READY", "FAILED"}:
+                break
+            await asyncio.sleep(POLL)
+        assert status["status"] == "FULL_READY", status
+        assert run.stop() == 0
+    assert "pagelens: stopping" in run.stdout
+    assert not port_answers("127.0.0.1", run.port), "the API stopped"
     assert not port_answers("127.0.0.1", redis_port), "the embedded Redis stopped"
+
+
+async def test_a_killed_worker_is_restarted_and_every_scan_finishes(
+    tmp_path: Path, migrated_database: Callable[[], Awaitable[str]], redis_url: str
+) -> None:
+    env = {
+        "DATABASE_URL": await migrated_database(),
+        "REDIS_URL": redis_url,
+        "PAGELENS_QUEUE": f"pagelens:run-kill:{os.getpid()}",
+        "PAGELENS_JOB_TIMEOUT": WORKER_TIMEOUT,
+        "PAGELENS_WORKER_METRICS_PORT": "0",
+        "PAGELENS_DATA_DIR": str(tmp_path / "data"),
+    }
+    async with (
+        pagelens_run(tmp_path, env, "--workers", "1") as run,
+        httpx.AsyncClient(base_url=run.base, timeout=10) as client,
+    ):
+        await run.until("the worker", lambda: run.workers_ready() == 1, START_POLLS)
+        await wait_api_ready(run.proc, run.base)
+        texts = [f"Note {i}: compost heaps need air, water and {i} kinds of green waste." for i in range(IN_FLIGHT)]
+        for text in texts:
+            created = await client.post("/api/v1/documents", json={"text": text})
+            assert created.status_code == 202, created.text
+
+        async def some_running() -> bool:
+            counts = await status_counts(client)
+            return counts.get("RUNNING", 0) + counts.get("TEASER_READY", 0) > 0
+
+        for _ in range(EVENT_POLLS):
+            if await some_running():
+                break
+            await asyncio.sleep(POLL / 4)
+        worker = run.pid("worker-1")
+        os.kill(worker, signal.SIGKILL)  # with scans in flight: claimed, not finished
+        in_flight = await status_counts(client)
+        await run.restarted("worker-1", worker)
+
+        counts: dict[str, int] = {}
+        for _ in range(DONE_POLLS):
+            counts = await status_counts(client)
+            if counts.get("FULL_READY", 0) == IN_FLIGHT:
+                break
+            assert run.proc.process.poll() is None, run.proc.tail()
+            await asyncio.sleep(POLL)
+        assert counts == {"FULL_READY": IN_FLIGHT}, (counts, in_flight)
+        items = (await client.get("/api/v1/scan-jobs", params={"limit": "100"})).json()["items"]
+        assert any(item["attempts"] > 1 for item in items), "a scan held by the killed worker ran again"
+        assert run.workers_ready() == 2, "no manual step: the supervisor started the worker again"
+        assert run.stop() == 0
+
+
+async def test_a_child_that_keeps_crashing_stops_everything(
+    tmp_path: Path, migrated_database: Callable[[], Awaitable[str]], redis_url: str
+) -> None:
+    # A worker that exits at once: the working directory comes first on a child's sys.path, so this
+    # `worker` package stands in for the real one (the API never imports it).
+    broken = tmp_path / "cwd"
+    (broken / "worker").mkdir(parents=True)
+    (broken / "worker" / "__init__.py").write_text("raise SystemExit(3)\n")
+    env = {
+        "DATABASE_URL": await migrated_database(),
+        "REDIS_URL": redis_url,
+        "PAGELENS_QUEUE": f"pagelens:run-loop:{os.getpid()}",
+        "PAGELENS_WORKER_METRICS_PORT": "0",
+        "PAGELENS_DATA_DIR": str(tmp_path / "data"),
+    }
+    async with pagelens_run(tmp_path, env, "--workers", "1", cwd=broken) as run:
+        try:
+            code = await asyncio.to_thread(run.proc.process.wait, EXIT_TIMEOUT + 60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"no crash loop detected\n{run.stdout[-3000:]}")
+        assert code == 1, run.proc.tail()
+        said = run.proc.stderr_path.read_text(errors="replace")
+        assert "pagelens: worker-1 kept failing: it exited 5 times within 60 s (the last time: exit code 3)" in said
+        assert "pagelens: worker-1 exited (exit code 3); restarting it in 0.5 s" in run.stdout
+        loop = [e for e in run.events("worker-1") if e["level"] == "error"]
+        assert loop and loop[-1]["exit_code"] == 3 and loop[-1]["restarts"] == 5, run.events()
+        assert not run.events("api") or all(e["level"] == "info" for e in run.events("api")), "the API never failed"
+    assert not port_answers("127.0.0.1", run.port), "the API was stopped too"
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_run_passes_port_and_workers_through() -> None:
+    def command(*overrides: str) -> str:
+        dry = subprocess.run(["make", "-n", "run", *overrides], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert dry.returncode == 0, dry.stderr
+        return dry.stdout.strip().splitlines()[-1]
+
+    assert command("PORT=8123", "WORKERS=3").endswith("/pagelens run --port 8123 --workers 3")
+    assert command().endswith("/pagelens run --port 8000 --workers 1")

@@ -196,7 +196,8 @@ def test_compose_healthchecks_and_start_order(compose: dict[str, Any]) -> None:
     services = compose["services"]
     without = [name for name, s in services.items() if name != "migrate" and "healthcheck" not in s]
     assert not without, f"services without a healthcheck: {without}"
-    assert services["worker"]["healthcheck"]["test"][1:] == ["arq", "--check", "worker.WorkerSettings"]
+    assert services["worker"]["healthcheck"]["test"][1:] == ["pagelens", "worker", "--check"]
+    assert services["worker"]["command"] == ["pagelens", "worker"]
     assert services["migrate"]["command"] == ["pagelens", "migrate"]
     for app in ("api", "worker"):
         conditions = {dep: spec["condition"] for dep, spec in services[app]["depends_on"].items()}
@@ -350,7 +351,7 @@ def test_deployments_use_real_settings_routes_and_grace() -> None:
     worker = deployments["pagelens-worker"]["spec"]["template"]["spec"]
     paths = {api["containers"][0][probe]["httpGet"]["path"] for probe in ("livenessProbe", "readinessProbe")}
     assert paths == {"/healthz", "/readyz"}
-    assert worker["containers"][0]["command"] == ["arq", "worker.WorkerSettings"]
+    assert worker["containers"][0]["command"] == ["pagelens", "worker"]
     for spec in (api, worker):
         assert [c["command"] for c in spec["initContainers"]] == [["pagelens", "migrate"]]
         for container in spec["containers"] + spec["initContainers"]:

@@ -1,8 +1,9 @@
 """Waking workers on enqueue (worker/wake.py), and arq's bookkeeping kept quiet (worker/quiet.py).
 
-Real Redis, real arq workers running their main loop (not burst): the picker claims jobs through
-the same Redis keys arq's own poll uses, so every test here also checks that the two never run a
-job twice or more jobs than `max_jobs`. Each test has its own queue name and deletes its keys.
+Real Redis, real `PagelensWorker`s running arq's main loop (not burst): the picker and arq's own
+poll claim jobs through the same Redis keys, so every test here also checks that the two never run
+a job twice or more jobs than `max_jobs`. Each test has its own queue name and deletes its keys.
+tests/test_arq_contract.py checks the claim and the enqueue against the installed arq itself.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import asyncpg
 import pytest
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
-from arq.worker import Worker, func
+from arq.worker import func
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from redis.asyncio.client import PubSub
@@ -31,9 +32,10 @@ from app.core.models import Kind
 from app.core.queue import redis_settings
 from app.core.settings import Settings
 from tests import waiting
-from worker import quiet, wake
+from worker import quiet
 from worker.hooks import observed
-from worker.settings import queue_options, take_jobs, worker_options
+from worker.settings import queue_options, worker_options
+from worker.wake import PagelensWorker
 
 if TYPE_CHECKING:
     from worker.keyphrases import KeyphraseExtractor
@@ -66,9 +68,9 @@ def queue_name() -> str:
 
 
 @pytest.fixture
-async def workers(redis: ArqRedis, queue_name: str) -> AsyncIterator[list[Worker]]:
+async def workers(redis: ArqRedis, queue_name: str) -> AsyncIterator[list[PagelensWorker]]:
     """Workers to start with `run`; closed afterwards, and the queue's keys deleted."""
-    made: list[Worker] = []
+    made: list[PagelensWorker] = []
     yield made
     for worker in made:
         # close() cancels a job still writing its result, and then raises before on_shutdown runs.
@@ -78,43 +80,37 @@ async def workers(redis: ArqRedis, queue_name: str) -> AsyncIterator[list[Worker
         try:
             await worker.close()
         finally:
-            await wake.stop(worker.ctx)  # a no-op when on_shutdown stopped it already
+            await worker.stop_waking()  # a no-op when its main loop's end stopped it already
     keys = [queue_name, queue_name + ":health-check"]
     async for key in redis.scan_iter(match=f"*{queue_name}*", count=1000):
         keys.append(key)
     await redis.delete(*keys)
 
 
-def pagelens_worker(settings: Settings, function: Job, *, poll_delay: float, **options: Any) -> Worker:
-    """A worker as the production one takes jobs (`queue_options`, `take_jobs`), running `function`."""
-    return Worker(
+def pagelens_worker(settings: Settings, function: Job, *, poll_delay: float, **options: Any) -> PagelensWorker:
+    """The production worker class taking jobs as in production (`queue_options`), running `function`."""
+    return PagelensWorker(
         functions=[func(observed(function), name="job")],
         redis_settings=redis_settings(settings.require_redis_url()),
         burst=False,
         poll_delay=poll_delay,
         handle_signals=False,
-        **{**queue_options(settings), "on_startup": _take_jobs, "on_shutdown": wake.stop, **options},
+        **{**queue_options(settings), **options},
     )
 
 
-async def _take_jobs(ctx: dict[str, Any]) -> None:
-    take_jobs(ctx)
-
-
-async def run(worker: Worker, redis: ArqRedis, made: list[Worker]) -> wake.Waker:
-    """Start the worker's main loop; return its Waker once it listens and arq has polled once
-    (from then on, with a long poll delay, only a wake-up starts a job)."""
+async def run(worker: PagelensWorker, redis: ArqRedis, made: list[PagelensWorker]) -> PagelensWorker:
+    """Start the worker's main loop; return it once it listens and arq has polled once (from then
+    on, with a long poll delay, only a wake-up starts a job)."""
     made.append(worker)
     task = asyncio.create_task(worker.async_run())
     _main_tasks.add(task)
     task.add_done_callback(_main_tasks.discard)
-    await until(lambda: wake.WAKER in worker.ctx, "the worker's start-up")
-    waker: wake.Waker = worker.ctx[wake.WAKER]
     # Bounded: the listener retries for ever while it cannot subscribe.
-    await asyncio.wait_for(waker.listening.wait(), POLL * POLLS)
+    await asyncio.wait_for(worker.listening.wait(), POLL * POLLS)
     # The worker's health-check key is written at the end of each of its polls.
     await until(lambda: redis.exists(worker.health_check_key), "the worker's first poll")
-    return waker
+    return worker
 
 
 async def next_message(pubsub: PubSub, timeout: float) -> bytes | None:
@@ -130,13 +126,13 @@ async def next_message(pubsub: PubSub, timeout: float) -> bytes | None:
 
 
 async def woken_worker(
-    redis: ArqRedis, settings: Settings, queue_name: str, workers: list[Worker]
-) -> tuple[list[str], Worker, wake.Waker]:
-    """A running worker whose poll never comes round (only a wake-up starts a job on it), its
-    Waker, and the ids of the jobs it ran."""
+    redis: ArqRedis, settings: Settings, queue_name: str, workers: list[PagelensWorker]
+) -> tuple[list[str], PagelensWorker]:
+    """A running worker whose poll never comes round (only a wake-up starts a job on it), and the
+    ids of the jobs it ran."""
     ran, job = recorder()
     worker = pagelens_worker(settings.with_(queue_name=queue_name), job, poll_delay=NEVER)
-    return ran, worker, await run(worker, redis, workers)
+    return ran, await run(worker, redis, workers)
 
 
 async def enqueue(redis: ArqRedis, queue_name: str, count: int) -> list[str]:
@@ -147,29 +143,29 @@ async def enqueue(redis: ArqRedis, queue_name: str, count: int) -> list[str]:
 
 
 async def test_an_enqueue_starts_its_job_without_waiting_for_the_poll(
-    redis: ArqRedis, settings: Settings, queue_name: str, workers: list[Worker]
+    redis: ArqRedis, settings: Settings, queue_name: str, workers: list[PagelensWorker]
 ) -> None:
     ran, job = recorder()
-    waker = await run(pagelens_worker(settings.with_(queue_name=queue_name), job, poll_delay=NEVER), redis, workers)
+    worker = await run(pagelens_worker(settings.with_(queue_name=queue_name), job, poll_delay=NEVER), redis, workers)
     ids = await enqueue(redis, queue_name, 3)
     await until(lambda: len(ran) == 3, "the jobs")
     assert sorted(ran) == sorted(ids)
-    assert waker.wakes >= 1 and waker.claimed == 3
+    assert worker.wakes >= 1 and worker.picked == 3
 
 
 async def test_a_job_nobody_announced_is_still_found_by_polling(
-    redis: ArqRedis, settings: Settings, queue_name: str, workers: list[Worker]
+    redis: ArqRedis, settings: Settings, queue_name: str, workers: list[PagelensWorker]
 ) -> None:
     ran, job = recorder()
-    waker = await run(pagelens_worker(settings.with_(queue_name=queue_name), job, poll_delay=0.05), redis, workers)
+    worker = await run(pagelens_worker(settings.with_(queue_name=queue_name), job, poll_delay=0.05), redis, workers)
     # Plain arq, as any other producer would enqueue: no wake-up is published.
     assert await redis.enqueue_job("job", _job_id=f"{queue_name}:plain", _queue_name=queue_name) is not None
     await until(lambda: ran == [f"{queue_name}:plain"], "the poll to run the job")
-    assert waker.wakes == 0 and waker.claimed == 0
+    assert worker.wakes == 0 and worker.picked == 0
 
 
 async def test_two_workers_run_every_job_once_and_never_more_than_max_jobs(
-    redis: ArqRedis, settings: Settings, queue_name: str, workers: list[Worker]
+    redis: ArqRedis, settings: Settings, queue_name: str, workers: list[PagelensWorker]
 ) -> None:
     # A short poll, so arq's own poll competes with both pickers for the same jobs all along.
     max_jobs, jobs = 3, 60
@@ -188,18 +184,18 @@ async def test_two_workers_run_every_job_once_and_never_more_than_max_jobs(
         return job
 
     s = settings.with_(queue_name=queue_name, max_jobs=max_jobs)
-    wakers = [await run(pagelens_worker(s, make(i), poll_delay=0.01), redis, workers) for i in range(2)]
+    pickers = [await run(pagelens_worker(s, make(i), poll_delay=0.01), redis, workers) for i in range(2)]
     ids = await enqueue(redis, queue_name, jobs)
     await until(lambda: sum(runs.values()) >= jobs, "all jobs")
     await asyncio.sleep(0.2)  # a duplicate start would land by now
     assert runs == Counter(ids)
     assert max(peak.values()) <= max_jobs
-    assert sum(w.claimed for w in wakers) > 0
-    assert sum(w.worker.jobs_complete for w in wakers) == jobs
+    assert sum(w.picked for w in pickers) > 0
+    assert sum(w.jobs_complete for w in pickers) == jobs
 
 
 async def test_a_full_worker_takes_the_next_job_when_a_slot_frees(
-    redis: ArqRedis, settings: Settings, queue_name: str, workers: list[Worker]
+    redis: ArqRedis, settings: Settings, queue_name: str, workers: list[PagelensWorker]
 ) -> None:
     release = asyncio.Event()
     started: list[str] = []
@@ -210,7 +206,7 @@ async def test_a_full_worker_takes_the_next_job_when_a_slot_frees(
             await release.wait()
 
     s = settings.with_(queue_name=queue_name, max_jobs=2)
-    waker = await run(pagelens_worker(s, job, poll_delay=NEVER), redis, workers)
+    worker = await run(pagelens_worker(s, job, poll_delay=NEVER), redis, workers)
     ids = await enqueue(redis, queue_name, 3)
     await until(lambda: len(started) == 2, "the first two jobs")
     await asyncio.sleep(0.1)
@@ -219,33 +215,33 @@ async def test_a_full_worker_takes_the_next_job_when_a_slot_frees(
     await until(lambda: len(started) == 3, "the third job once a slot freed")
     # The first two start concurrently (either may reach its first line first); the third is the
     # one left waiting.
-    assert sorted(started[:2]) == sorted(ids[:2]) and started[2] == ids[2] and waker.claimed == 3
+    assert sorted(started[:2]) == sorted(ids[:2]) and started[2] == ids[2] and worker.picked == 3
 
 
 async def test_a_draining_worker_takes_no_new_job(
-    redis: ArqRedis, settings: Settings, queue_name: str, workers: list[Worker]
+    redis: ArqRedis, settings: Settings, queue_name: str, workers: list[PagelensWorker]
 ) -> None:
-    ran, worker, waker = await woken_worker(redis, settings, queue_name, workers)
+    ran, worker = await woken_worker(redis, settings, queue_name, workers)
     worker.allow_pick_jobs = False  # what arq's SIGTERM handler does before waiting for running jobs
     await enqueue(redis, queue_name, 1)
-    await until(lambda: waker.wakes == 1, "the wake-up")
+    await until(lambda: worker.wakes == 1, "the wake-up")
     await asyncio.sleep(0.1)
-    assert ran == [] and waker.claimed == 0
+    assert ran == [] and worker.picked == 0
     assert await redis.zcard(queue_name) == 1  # still queued for another worker
 
 
 async def test_jobs_claimed_as_the_worker_stops_go_back_to_the_queue(
-    redis: ArqRedis, settings: Settings, queue_name: str, workers: list[Worker]
+    redis: ArqRedis, settings: Settings, queue_name: str, workers: list[PagelensWorker]
 ) -> None:
-    ran, worker, waker = await woken_worker(redis, settings, queue_name, workers)
-    claim = waker._claim
+    ran, worker = await woken_worker(redis, settings, queue_name, workers)
+    claim = worker._claim
 
-    async def claim_then_stop(count: int) -> tuple[list[tuple[str, int]], bool]:
-        found = await claim(count)
+    async def claim_then_stop(count: int, candidates: list[str]) -> tuple[list[tuple[str, int]], bool]:
+        found = await claim(count, candidates)
         worker.allow_pick_jobs = False  # a SIGTERM arriving while the claim was on its way
         return found
 
-    waker._claim = claim_then_stop  # type: ignore[method-assign]
+    worker._claim = claim_then_stop  # type: ignore[method-assign]
     [job_id] = await enqueue(redis, queue_name, 1)
     await until(lambda: not worker.allow_pick_jobs, "the claim")
     for _ in range(POLLS):
@@ -254,7 +250,7 @@ async def test_jobs_claimed_as_the_worker_stops_go_back_to_the_queue(
         await asyncio.sleep(POLL)
     assert not await redis.exists(in_progress_key_prefix + job_id)  # handed back at once
     await until(lambda: worker.job_counter == 0, "the slot to be free again")
-    assert ran == [] and waker.claimed == 0
+    assert ran == [] and worker.picked == 0
     assert await redis.zscore(queue_name, job_id) is not None  # still queued for another worker
 
 
@@ -264,28 +260,28 @@ async def test_the_production_worker_is_woken_and_runs_a_scan(
     queue_name: str,
     pool: asyncpg.Pool,
     extractor: KeyphraseExtractor,
-    workers: list[Worker],
+    workers: list[PagelensWorker],
 ) -> None:
     s = settings.with_(queue_name=queue_name)
     options = worker_options(s)
     options.update(ctx={"settings": s, "pool": pool, "keyphrases": extractor, "configure_logging": False}, cron_jobs=[])
-    worker = Worker(
+    worker = PagelensWorker(
         **options,
         redis_settings=redis_settings(s.require_redis_url()),
         burst=False,
         poll_delay=NEVER,
         handle_signals=False,
     )
-    waker = await run(worker, redis, workers)
+    worker = await run(worker, redis, workers)
     row, _ = await scans.create(pool, scans.NewScan(Kind.DOCUMENT, document="Compost heaps need air and water. " * 40))
     await queue.enqueue_scan(redis, queue_name, str(row["id"]))
     for _ in range(POLLS):
-        done = await scans.get(pool, row["id"])
+        done = await scans.get(pool, row["id"], "default")
         if done is not None and done["status"] == "FULL_READY":
             break
         await asyncio.sleep(POLL)
     assert done is not None and done["status"] == "FULL_READY", done
-    assert waker.claimed == 1
+    assert worker.picked == 1
 
 
 async def test_enqueue_publishes_the_job_and_refuses_a_taken_id(redis: ArqRedis, queue_name: str) -> None:
@@ -317,7 +313,7 @@ async def test_jobs_are_traced_and_logged_while_arq_bookkeeping_is_not(
     redis: ArqRedis,
     settings: Settings,
     queue_name: str,
-    workers: list[Worker],
+    workers: list[PagelensWorker],
     spans: InMemorySpanExporter,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -358,10 +354,7 @@ def test_arq_warnings_and_errors_pass_the_filter() -> None:
     assert keep.filter(record(logging.INFO, "Starting worker for %d functions: %s"))
 
 
-async def test_outside_a_worker_nothing_is_started_or_suppressed() -> None:
-    ctx: dict[str, Any] = {}
-    assert wake.running_worker() is None
-    assert wake.start(ctx) is None and ctx == {}
-    assert quiet.quiet_arq() is False
+async def test_quieting_outside_the_main_task_suppresses_nothing() -> None:
+    quiet.quiet_arq()  # what a plain `arq worker.WorkerSettings` worker's on_startup does
     assert is_instrumentation_enabled()  # this task's own spans are still recorded
-    await wake.stop(ctx)  # nothing to stop
+    assert any(isinstance(f, quiet.ArqJobLines) for f in logging.getLogger(quiet.ARQ_WORKER_LOGGER).filters)

@@ -19,13 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from playwright.async_api import ConsoleMessage, Page, async_playwright
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
-from app.core.settings import ROOT
+from app.core import keys
+from app.core.settings import ROOT, Settings
 from tests import binaries
+from tests.conftest import serve_api
 from tests.live import Live, live_stack
 from tests.otlp import Span
 from tests.site import PAGES_DIR, Site
@@ -244,3 +247,52 @@ async def test_error_states_and_a_text_scan(live: Live, tab: Tab, site: Site, tm
     # The browser logs the refused and failed requests it made; nothing else went wrong.
     unexpected = [e for e in tab.errors if "Failed to load resource" not in e]
     assert not unexpected, unexpected
+
+
+async def test_the_page_asks_for_a_new_key_after_a_401(
+    settings: Settings, migrated_database: Any, tmp_path: Path
+) -> None:
+    """No worker needed: an API of its own whose database holds a key. The page asks for a key at
+    the first 401, works with it, and asks again once that key is revoked."""
+    dsn = await migrated_database()
+    conn = await asyncpg.connect(dsn)
+    try:
+        key = await keys.create(conn, "browser user", "acme")
+    finally:
+        await conn.close()
+    own = settings.with_(database_url=dsn, queue_name=f"{settings.queue_name}:web-keys")
+    async with serve_api(own) as base, async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS, headless=True)
+        try:
+            tab = Tab(await (await browser.new_context()).new_page())
+            tab.page.set_default_timeout(15_000)
+            tab.page.on("pageerror", lambda error: tab.errors.append(str(error)))
+            await tab.page.goto(f"{base}/")
+            await wait_for(tab, "#key-dialog[open]", tmp_path)  # the recent list got a 401
+            await tab.page.fill("#key-input", key.secret)
+            await tab.page.click("#key-form button[value=save]")
+            await wait_for(tab, "#recent-list li.empty", tmp_path)
+            assert not await tab.page.locator("#key-dialog").evaluate("d => d.open")
+            assert "No scans yet" in await tab.page.locator("#recent-list").inner_text()
+            assert await tab.page.evaluate("sessionStorage.getItem('pagelens.apiKey')") == key.secret
+
+            async with httpx.AsyncClient(base_url=base, timeout=10) as admin_side:
+                conn = await asyncpg.connect(dsn)
+                try:
+                    await keys.revoke(conn, key.row["id"])
+                finally:
+                    await conn.close()
+                for _ in range(50):  # the API drops the key within seconds
+                    listing = await admin_side.get(
+                        "/api/v1/scan-jobs", headers={"Authorization": f"Bearer {key.secret}"}
+                    )
+                    if listing.status_code == 401:
+                        break
+                    await asyncio.sleep(0.1)
+                assert listing.status_code == 401
+            await tab.page.click("#refresh")
+            await wait_for(tab, "#key-dialog[open]", tmp_path)
+            assert not await tab.page.locator("#key-button").is_hidden(), "the key can be changed from the header"
+            assert tab.errors == []
+        finally:
+            await browser.close()

@@ -1,4 +1,5 @@
-"""What a worker process holds for its lifetime: pools, clients and the keyphrase extractor."""
+"""What a worker process holds for its lifetime: pools, clients, and the child-process pools that
+parse pages and extract keyphrases."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from app.core import db
 from app.core.settings import Settings
 from worker.keyphrases import KeyphraseExtractor
+from worker.parse_pool import ParsePool
 
 
 @dataclass
@@ -22,6 +24,7 @@ class Resources:
     redis: ArqRedis
     http: httpx.AsyncClient  # for services pagelens is configured to call (PSI, LLM), never user URLs
     keyphrases: KeyphraseExtractor
+    parser: ParsePool
     owned: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
     @classmethod
@@ -32,6 +35,7 @@ class Resources:
         *,
         pool: asyncpg.Pool | None = None,
         keyphrases: KeyphraseExtractor | None = None,
+        parser: ParsePool | None = None,
     ) -> Resources:
         """Create what was not handed in; only what is created here is closed by `close`."""
         stack = contextlib.AsyncExitStack()
@@ -43,12 +47,16 @@ class Resources:
             # Load the model now so the first scan does not pay for it.
             await keyphrases.start()
             stack.push_async_callback(keyphrases.close)
+        if parser is None:
+            parser = ParsePool(settings.parse_processes)
+            await parser.start()
+            stack.push_async_callback(parser.close)
         http = httpx.AsyncClient(timeout=settings.external_timeout, trust_env=False)
         # Only this client (PSI, LLM: services pagelens is configured to call) is instrumented and
         # propagates trace context; user URLs are fetched by worker.fetch, which never does.
         HTTPXClientInstrumentor.instrument_client(http)
         stack.push_async_callback(http.aclose)
-        return cls(settings, pool, redis, http, keyphrases, stack)
+        return cls(settings, pool, redis, http, keyphrases, parser, stack)
 
     async def close(self) -> None:
         await self.owned.aclose()

@@ -46,7 +46,13 @@ class FetchedPage:
 
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-RETRYABLE_4XX = frozenset({408, 425, 429})
+# The 4xx a later try can get past: a request timeout and rate limiting. Every other 4xx is the
+# page's answer to this request, and the same request gets it again.
+RETRYABLE_4XX = frozenset({408, 429})
+# What httpcore and h11 say when the connection ends before the response is complete: the network
+# may be at fault, so another try can help. Every other protocol error is a response that breaks
+# HTTP (no status line, endless headers...), which the same server sends again.
+CONNECTION_ENDED = ("server disconnected", "peer closed connection", "peer unexpectedly closed")
 # Only encodings we can inflate with a bound on the output of each step. No brotli decoder is a
 # dependency (and older bindings inflate a whole chunk at once), so "br" is not advertised.
 ACCEPT_ENCODING = "gzip, deflate"
@@ -128,7 +134,9 @@ def _transport_error(exc: httpx.HTTPError) -> ScanError:
     if isinstance(exc, httpx.NetworkError):
         return ScanError(ErrorType.CONNECT_ERROR, "the connection to the page was lost", retryable=True)
     if isinstance(exc, httpx.RemoteProtocolError):
-        return ScanError(ErrorType.HTTP_ERROR, "the page sent a malformed HTTP response", retryable=True)
+        if str(exc).lower().startswith(CONNECTION_ENDED):
+            return ScanError(ErrorType.HTTP_ERROR, "the page's response ended before it was complete", retryable=True)
+        return ScanError(ErrorType.HTTP_ERROR, "the page sent a malformed HTTP response")
     return ScanError(ErrorType.INTERNAL, "fetching the page failed unexpectedly")
 
 

@@ -1,19 +1,15 @@
-"""Rule-based insights: deterministic checks over the teaser (page facts) and lab performance facts.
-
-Inputs are JSON dicts written by other stages and possibly by older versions of them, so every
-lookup is defensive: a missing or mistyped key means "absent", never an exception.
-"""
+"""Rule-based insights: deterministic checks over the teaser (page facts) and lab performance facts."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Final, get_args
 
-Insight = dict[str, Any]
+from app.core.report import Category, Insight, Performance, Severity, Teaser
 
-SEVERITIES: Final = ("high", "medium", "low", "info")
-CATEGORIES: Final = ("seo", "content", "accessibility", "performance")
+SEVERITIES: Final = get_args(Severity)
+CATEGORIES: Final = get_args(Category)
 SEVERITY_RANK: Final = {severity: rank for rank, severity in enumerate(SEVERITIES)}
 
 TITLE_MIN, TITLE_MAX = 10, 60
@@ -31,71 +27,44 @@ _WORD = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)*")
 _SUFFIXES = ("ing", "ed", "es", "s")
 
 
-def insight(id: str, severity: str, category: str, message: str, *, source: str = "rules") -> Insight:
-    return {"id": id, "severity": severity, "category": category, "message": message, "source": source}
+def insight(id: str, severity: Severity, category: Category, message: str) -> Insight:
+    return Insight(id=id, severity=severity, category=category, message=message)
 
 
 def sort_insights(insights: Iterable[Insight]) -> list[Insight]:
     """Most severe first; the sort is stable, so rules keep their declaration order within a severity."""
-    return sorted(insights, key=lambda i: SEVERITY_RANK.get(str(i.get("severity")), len(SEVERITIES)))
+    return sorted(insights, key=lambda i: SEVERITY_RANK[i.severity])
 
 
 def rule_insights(
-    teaser: dict[str, Any], lab: dict[str, Any] | None, keyphrases: list[tuple[str, float]], *, kind: str
+    teaser: Teaser, lab: Performance | None, keyphrases: list[tuple[str, float]], *, kind: str
 ) -> list[Insight]:
     """All rules that fire for this page, most severe first. `kind` is "url" or "document"."""
-    teaser = teaser if isinstance(teaser, dict) else {}
     if kind == "document":
         # A raw-text document has no markup: no meta tags, headings, images or transfer to judge.
         found = [*_content_rules(teaser), *_keyphrase_rules(teaser, keyphrases, check_h1=False)]
     else:
         found = [
-            *_title_rules(_text(teaser, "title")),
-            *_description_rules(_text(teaser, "description")),
+            *_title_rules(_text(teaser.title)),
+            *_description_rules(_text(teaser.description)),
             *_h1_rules(teaser),
             *_content_rules(teaser),
             *_image_rules(teaser),
             *_head_rules(teaser),
             *_keyphrase_rules(teaser, keyphrases, check_h1=True),
-            *_performance_rules(lab if isinstance(lab, dict) else {}),
+            *(_performance_rules(lab) if lab is not None else ()),
         ]
     return sort_insights(found)
 
 
-# --- defensive accessors ---------------------------------------------------------------------------
+def _text(value: str | None) -> str | None:
+    """The text with its whitespace collapsed; None when there is none."""
+    collapsed = " ".join((value or "").split())
+    return collapsed or None
 
 
-def _text(data: dict[str, Any], key: str) -> str | None:
-    value = data.get(key)
-    if not isinstance(value, str) or not value.strip():
-        return None
-    return " ".join(value.split())
-
-
-def _number(data: dict[str, Any], key: str) -> float | None:
-    value = data.get(key)
-    # bool is an int subclass; a True here is a bug upstream, not a count.
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
-
-
-def _section(data: dict[str, Any], key: str) -> dict[str, Any]:
-    value = data.get(key)
-    return value if isinstance(value, dict) else {}
-
-
-def _h1_texts(teaser: dict[str, Any]) -> list[str]:
-    headings = teaser.get("headings")
-    if not isinstance(headings, list):
-        return []
-    texts = (_text(h, "text") for h in headings if isinstance(h, dict) and h.get("level") == 1)
-    return [t for t in texts if t]
-
-
-def _h1_count(teaser: dict[str, Any]) -> int:
-    count = _number(teaser, "h1Count")
-    return int(count) if count is not None else len(_h1_texts(teaser))
+def _h1_texts(teaser: Teaser) -> list[str]:
+    return [text for h in teaser.headings if h.level == 1 and (text := _text(h.text))]
 
 
 # --- rules -------------------------------------------------------------------------------------------
@@ -133,45 +102,36 @@ def _description_rules(description: str | None) -> Iterable[Insight]:
         )
 
 
-def _h1_rules(teaser: dict[str, Any]) -> Iterable[Insight]:
-    count = _h1_count(teaser)
+def _h1_rules(teaser: Teaser) -> Iterable[Insight]:
+    count = teaser.h1_count
     if count == 0:
         yield insight("h1-missing", "medium", "seo", "The page has no <h1> heading.")
     elif count > 1:
         yield insight("h1-multiple", "low", "seo", f"The page has {count} <h1> headings; use one for the main topic.")
 
 
-def _content_rules(teaser: dict[str, Any]) -> Iterable[Insight]:
-    words = _number(teaser, "wordCount")
-    if words is not None and words < THIN_CONTENT_WORDS:
-        yield insight(
-            "content-thin", "medium", "content", f"Only {int(words)} words of main text; under 300 reads as thin."
-        )
+def _content_rules(teaser: Teaser) -> Iterable[Insight]:
+    words = teaser.word_count
+    if words < THIN_CONTENT_WORDS:
+        yield insight("content-thin", "medium", "content", f"Only {words} words of main text; under 300 reads as thin.")
 
 
-def _image_rules(teaser: dict[str, Any]) -> Iterable[Insight]:
-    images = _section(teaser, "images")
-    missing = _number(images, "withoutAlt")
-    if missing is None or missing <= 0:
+def _image_rules(teaser: Teaser) -> Iterable[Insight]:
+    missing, total = teaser.images.without_alt, teaser.images.total
+    if missing <= 0:
         return
-    total = _number(images, "total")
-    of_total = f" of {int(total)}" if total is not None and total >= missing else ""
-    samples = images.get("withoutAltSamples")
-    sample_text = ""
-    if isinstance(samples, list) and (names := [s for s in samples if isinstance(s, str) and s][:3]):
-        sample_text = f" (e.g. {', '.join(names)})"
+    of_total = f" of {total}" if total >= missing else ""
+    names = [s for s in teaser.images.without_alt_samples if s][:3]
+    sample_text = f" (e.g. {', '.join(names)})" if names else ""
     yield insight(
-        "images-missing-alt",
-        "medium",
-        "accessibility",
-        f"{int(missing)}{of_total} images have no alt text{sample_text}.",
+        "images-missing-alt", "medium", "accessibility", f"{missing}{of_total} images have no alt text{sample_text}."
     )
 
 
-def _head_rules(teaser: dict[str, Any]) -> Iterable[Insight]:
-    if _text(teaser, "canonical") is None:
+def _head_rules(teaser: Teaser) -> Iterable[Insight]:
+    if _text(teaser.canonical) is None:
         yield insight("canonical-missing", "low", "seo", "The page declares no canonical URL.")
-    if _text(teaser, "language") is None:
+    if _text(teaser.language) is None:
         yield insight(
             "language-missing",
             "low",
@@ -180,15 +140,13 @@ def _head_rules(teaser: dict[str, Any]) -> Iterable[Insight]:
         )
 
 
-def _keyphrase_rules(
-    teaser: dict[str, Any], keyphrases: list[tuple[str, float]], *, check_h1: bool
-) -> Iterable[Insight]:
+def _keyphrase_rules(teaser: Teaser, keyphrases: list[tuple[str, float]], *, check_h1: bool) -> Iterable[Insight]:
     top = [p for p in _top_phrases(keyphrases) if _words(p)]
     if not top:
         return
     quoted = ", ".join(f'"{p}"' for p in top)
     # Missing title/H1 already has its own insight; only judge text that exists.
-    title = _text(teaser, "title")
+    title = _text(teaser.title)
     if title is not None and not any(phrase_in_text(p, title) for p in top):
         yield insight(
             "keyphrase-not-in-title", "medium", "seo", f"The title does not mention the top keyphrase(s): {quoted}."
@@ -198,54 +156,41 @@ def _keyphrase_rules(
         yield insight("keyphrase-not-in-h1", "low", "seo", f"The <h1> does not mention the top keyphrase(s): {quoted}.")
 
 
-def _performance_rules(lab: dict[str, Any]) -> Iterable[Insight]:
-    html_bytes = _number(lab, "htmlBytes")
-    if html_bytes is not None and html_bytes > HEAVY_HTML_BYTES:
+def _performance_rules(lab: Performance) -> Iterable[Insight]:
+    html_bytes = lab.html_bytes
+    if html_bytes > HEAVY_HTML_BYTES:
         yield insight(
             "html-heavy", "medium", "performance", f"The HTML is {html_bytes / 1024:.0f} KB; keep it under 500 KB."
         )
-    compressed = _text(lab, "compression") is not None
-    if not compressed and html_bytes is not None and html_bytes > COMPRESSIBLE_HTML_BYTES:
+    if _text(lab.compression) is None and html_bytes > COMPRESSIBLE_HTML_BYTES:
         yield insight(
             "compression-missing",
             "medium",
             "performance",
             f"The {html_bytes / 1024:.0f} KB HTML is served uncompressed; enable gzip or brotli.",
         )
-    ttfb = _number(lab, "ttfbMs")
-    if ttfb is not None and ttfb > SLOW_TTFB_MS:
+    if lab.ttfb_ms > SLOW_TTFB_MS:
         yield insight(
-            "ttfb-slow", "medium", "performance", f"Time to first byte was {ttfb:.0f} ms; aim for under 800 ms."
+            "ttfb-slow", "medium", "performance", f"Time to first byte was {lab.ttfb_ms:.0f} ms; aim for under 800 ms."
         )
-    blocking = _number(lab, "renderBlocking")
-    if blocking is not None and blocking > MAX_RENDER_BLOCKING:
+    if lab.render_blocking > MAX_RENDER_BLOCKING:
         yield insight(
             "render-blocking-many",
             "low",
             "performance",
-            f"{int(blocking)} render-blocking scripts/stylesheets in <head>; defer or inline what you can.",
+            f"{lab.render_blocking} render-blocking scripts/stylesheets in <head>; defer or inline what you can.",
         )
-    redirects = _number(lab, "redirects")
-    if redirects is not None and redirects > MAX_REDIRECTS:
+    if lab.redirects > MAX_REDIRECTS:
         yield insight(
-            "redirects-many", "low", "performance", f"The URL went through {int(redirects)} redirects before the page."
+            "redirects-many", "low", "performance", f"The URL went through {lab.redirects} redirects before the page."
         )
 
 
 # --- keyphrase matching ------------------------------------------------------------------------------
 
 
-def _top_phrases(keyphrases: object) -> list[str]:
-    if not isinstance(keyphrases, list | tuple):
-        return []
-    phrases = []
-    for item in keyphrases:
-        phrase = item[0] if isinstance(item, list | tuple) and item else item
-        if isinstance(phrase, str) and phrase.strip():
-            phrases.append(phrase.strip())
-        if len(phrases) == TOP_KEYPHRASES:
-            break
-    return phrases
+def _top_phrases(keyphrases: list[tuple[str, float]]) -> list[str]:
+    return [phrase.strip() for phrase, _ in keyphrases if phrase.strip()][:TOP_KEYPHRASES]
 
 
 def _words(text: str) -> list[str]:

@@ -7,8 +7,8 @@ so they describe the server and the HTML, not the rendering on a user's device.
 from __future__ import annotations
 
 import math
-from typing import Any
 
+from app.core.report import Performance
 from worker.fetch import FetchedPage
 from worker.parse import ParsedPage
 
@@ -16,22 +16,23 @@ from worker.parse import ParsedPage
 _NOT_COMPRESSED = frozenset({"", "identity"})
 
 
-def lab_metrics(page: FetchedPage, parsed: ParsedPage) -> dict[str, Any]:
+def lab_metrics(page: FetchedPage, parsed: ParsedPage) -> Performance:
+    """The lab half of the performance section; PSI's scores are added by the caller."""
     html_bytes = len(page.body)
     compression = _compression(page.content_encoding)
-    return {
-        "ttfbMs": _millis(page.ttfb_ms),
-        "totalMs": _millis(page.total_ms),
-        "htmlBytes": html_bytes,
-        "transferBytes": max(page.transfer_bytes, 0),
-        "compression": compression,
-        "compressionRatio": _ratio(page.transfer_bytes, html_bytes) if compression is not None else None,
-        "scripts": parsed.scripts,
-        "stylesheets": parsed.stylesheets,
-        "images": parsed.images,
-        "renderBlocking": parsed.render_blocking,
-        "redirects": len(page.redirects),
-    }
+    return Performance(
+        ttfb_ms=_millis(page.ttfb_ms),
+        total_ms=_millis(page.total_ms),
+        html_bytes=html_bytes,
+        transfer_bytes=max(page.transfer_bytes, 0),
+        compression=compression,
+        compression_ratio=_ratio(page.transfer_bytes, html_bytes) if compression is not None else None,
+        scripts=parsed.scripts,
+        stylesheets=parsed.stylesheets,
+        images=parsed.images,
+        render_blocking=parsed.render_blocking,
+        redirects=len(page.redirects),
+    )
 
 
 def _compression(content_encoding: str | None) -> str | None:

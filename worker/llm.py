@@ -5,7 +5,8 @@ LLM insights are an extra, so a failing or misbehaving LLM never fails a scan: `
 the same call returning only the insights):
 
 - "ok":      the reply was well formed; `insights` holds the entries that passed validation
-             (`dropped` counts the ones that did not, e.g. an unknown severity or an over-long message);
+             (`dropped` counts the ones that did not, e.g. an unknown severity or an over-long message:
+             each entry must make an `Insight`, the model every stored insight is);
 - "skipped": no LLM is configured (LLM_BASE_URL unset), no request was made;
 - "error":   transport failure, timeout or a non-200 status;
 - "invalid": a 200 whose body or assistant message is not the JSON we asked for.
@@ -23,12 +24,14 @@ import logging
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 import httpx
+from pydantic import ValidationError
 
+from app.core.report import Insight, Teaser
 from app.core.settings import Settings
-from worker.insights import CATEGORIES, SEVERITIES, Insight, insight, sort_insights
+from worker.insights import sort_insights
 
 logger = logging.getLogger("pagelens.llm")
 
@@ -78,7 +81,7 @@ async def llm_insights(
     client: httpx.AsyncClient,
     settings: Settings,
     *,
-    teaser: dict[str, Any],
+    teaser: Teaser,
     keyphrases: list[tuple[str, float]],
     text: str,
 ) -> list[Insight]:
@@ -91,7 +94,7 @@ async def run_llm(
     client: httpx.AsyncClient,
     settings: Settings,
     *,
-    teaser: dict[str, Any],
+    teaser: Teaser,
     keyphrases: list[tuple[str, float]],
     text: str,
 ) -> LlmResult:
@@ -113,14 +116,14 @@ async def run_llm(
     return LlmResult(insights, "ok", dropped=dropped)
 
 
-def build_messages(teaser: dict[str, Any], keyphrases: list[tuple[str, float]], text: str) -> list[dict[str, str]]:
+def build_messages(teaser: Teaser, keyphrases: list[tuple[str, float]], text: str) -> list[dict[str, str]]:
     page = {
-        "title": _field(teaser.get("title")),
-        "description": _field(teaser.get("description")),
-        "language": _field(teaser.get("language")),
-        "headings": _headings(teaser.get("headings")),
-        "keyphrases": [p[0] for p in keyphrases if isinstance(p, tuple | list) and p and isinstance(p[0], str)],
-        "text": " ".join(text.split()[:MAX_TEXT_WORDS]) if isinstance(text, str) else "",
+        "title": _field(teaser.title),
+        "description": _field(teaser.description),
+        "language": _field(teaser.language),
+        "headings": [f"h{h.level}: {h.text[:MAX_FIELD_CHARS]}" for h in teaser.headings[:MAX_HEADINGS]],
+        "keyphrases": [phrase for phrase, _ in keyphrases],
+        "text": " ".join(text.split()[:MAX_TEXT_WORDS]),
     }
     data = json.dumps(page, ensure_ascii=False, indent=1)
     # The page must not be able to close the block early; the markers hold no JSON syntax, so
@@ -135,18 +138,8 @@ def build_messages(teaser: dict[str, Any], keyphrases: list[tuple[str, float]], 
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
-def _field(value: object) -> str | None:
-    return value[:MAX_FIELD_CHARS] if isinstance(value, str) else None
-
-
-def _headings(headings: object) -> list[str]:
-    if not isinstance(headings, list):
-        return []
-    out = []
-    for h in headings[:MAX_HEADINGS]:
-        if isinstance(h, dict) and isinstance(h.get("text"), str):
-            out.append(f"h{h.get('level', '?')}: {h['text'][:MAX_FIELD_CHARS]}")
-    return out
+def _field(value: str | None) -> str | None:
+    return value[:MAX_FIELD_CHARS] if value is not None else None
 
 
 async def _complete(
@@ -200,23 +193,25 @@ def parse_reply(content: str) -> tuple[list[Insight], int]:
         raise _Failure("invalid", 'reply has no "insights" list')
     insights: list[Insight] = []
     for entry in entries:
-        checked = _validate(entry)
+        checked = _validate(entry, len(insights) + 1)
         if checked is not None and len(insights) < MAX_INSIGHTS:
-            severity, category, message = checked
-            insights.append(insight(f"llm-{len(insights) + 1}", severity, category, message, source="llm"))
+            insights.append(checked)
     return sort_insights(insights), len(entries) - len(insights)
 
 
-def _validate(entry: object) -> tuple[str, str, str] | None:
+def _validate(entry: object, number: int) -> Insight | None:
+    """The entry as the `Insight` it claims to be (its severity, category and message; anything else
+    it holds is ignored), or None when it is not one."""
     if not isinstance(entry, dict):
         return None
-    severity, category, message = entry.get("severity"), entry.get("category"), entry.get("message")
-    if severity not in SEVERITIES or category not in CATEGORIES or not isinstance(message, str):
+    try:
+        found = Insight.model_validate({**entry, "id": f"llm-{number}", "source": "llm"})
+    except ValidationError:
         return None
-    message = clean_text(message)
+    message = clean_text(found.message)
     if not message or len(message) > MAX_MESSAGE_CHARS:
         return None
-    return str(severity), str(category), message
+    return found.model_copy(update={"message": message})
 
 
 def clean_text(text: str) -> str:

@@ -1,4 +1,4 @@
-"""Turning fetched HTML into page facts (PARSE stage) and the teaser JSON the API serves.
+"""Turning fetched HTML into page facts (PARSE stage) and the teaser the API serves.
 
 The HTML is parsed once, by lexbor (a browser-grade HTML5 parser), and every fact is read from that
 one tree. Everything taken from the page is attacker-controlled, so text is cleaned of control
@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import SplitResult, urljoin, urlsplit
 
 from selectolax.lexbor import LexborHTMLParser, LexborNode
+
+from app.core.report import Heading, Images, Links, Teaser
 
 TITLE_MAX = 300
 DESCRIPTION_MAX = 500
@@ -331,45 +332,33 @@ def _blocks_render_sheet(link: LexborNode) -> bool:
     return (link.attrs.get("media") or "").strip().lower() in ("", "all", "screen")
 
 
-# --- teaser JSON -----------------------------------------------------------------------------------
+# --- teaser ----------------------------------------------------------------------------------------
 
 
-def teaser_json(page: ParsedPage, final_url: str) -> dict[str, Any]:
-    return {
-        "url": final_url,
-        "title": page.title,
-        "description": page.description,
-        "canonical": page.canonical,
-        "language": page.language,
-        "headings": [{"level": level, "text": text} for level, text in page.headings],
-        "h1Count": sum(1 for level, _ in page.headings if level == 1),
-        "wordCount": page.word_count,
-        "links": {"internal": page.internal_links, "external": page.external_links},
-        "images": {
-            "total": page.images,
-            "withoutAlt": page.images_without_alt_count,
-            "withoutAltSamples": list(page.images_without_alt),
-        },
-        "excerpt": excerpt(page.main_text),
-    }
+def build_teaser(page: ParsedPage, final_url: str) -> Teaser:
+    return Teaser(
+        url=final_url,
+        title=page.title,
+        description=page.description,
+        canonical=page.canonical,
+        language=page.language,
+        headings=[Heading(level=level, text=text) for level, text in page.headings],
+        h1_count=sum(1 for level, _ in page.headings if level == 1),
+        word_count=page.word_count,
+        links=Links(internal=page.internal_links, external=page.external_links),
+        images=Images(
+            total=page.images,
+            without_alt=page.images_without_alt_count,
+            without_alt_samples=list(page.images_without_alt),
+        ),
+        excerpt=excerpt(page.main_text),
+    )
 
 
-def document_teaser_json(text: str, title: str | None) -> dict[str, Any]:
-    """The teaser for a raw-text document: same keys, and what only HTML can tell is null/0/empty."""
+def document_teaser(text: str, title: str | None) -> Teaser:
+    """The teaser for a raw-text document: what only HTML can tell keeps its null/0/empty default."""
     clean = _CONTROL.sub(" ", text.encode("utf-8", "replace").decode("utf-8"))
-    return {
-        "url": None,
-        "title": clean_line(title, TITLE_MAX),
-        "description": None,
-        "canonical": None,
-        "language": None,
-        "headings": [],
-        "h1Count": 0,
-        "wordCount": count_words(clean),
-        "links": {"internal": 0, "external": 0},
-        "images": {"total": 0, "withoutAlt": 0, "withoutAltSamples": []},
-        "excerpt": excerpt(clean),
-    }
+    return Teaser(title=clean_line(title, TITLE_MAX), word_count=count_words(clean), excerpt=excerpt(clean))
 
 
 def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:

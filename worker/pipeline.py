@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -20,11 +21,15 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from app.core import scans
 from app.core.backing import UNAVAILABLE
-from app.core.models import ErrorType, Kind, ScanError, Stage
+from app.core.models import ErrorType, Kind, ScanError, Stage, retries_exhausted
+from app.core.page_audit import AuditReport
+from app.core.report import Findings, Insight, Keyphrase, Performance, ScanOptions, Teaser
 from app.core.settings import Settings
-from app.core.types import JSONDict, Record
+from app.core.types import Record
 from observability import metrics
-from worker.audit import PageContext, page_facts, run_audits
+from worker.audit.common import PageContext
+from worker.audit.facts import page_facts
+from worker.audit.run import run_audits
 from worker.context import Resources
 from worker.fetch import FetchedPage, fetch_page
 from worker.hooks import OUTCOME
@@ -32,7 +37,7 @@ from worker.insights import rule_insights
 from worker.keyphrases import cached_keyphrases
 from worker.lab import lab_metrics
 from worker.llm import run_llm
-from worker.parse import count_words, document_teaser_json, parse_html, teaser_json
+from worker.parse import build_teaser, count_words, document_teaser, parse_html
 from worker.psi import fetch_psi
 from worker.robots import site_files
 
@@ -57,10 +62,9 @@ class Run:
         scan_id: uuid.UUID = self.scan["id"]
         return scan_id
 
-    @property
-    def options(self) -> JSONDict:
-        options: JSONDict = self.scan["options"] or {}
-        return options
+    @functools.cached_property
+    def options(self) -> ScanOptions:
+        return ScanOptions.model_validate(self.scan["options"] or {})
 
     @asynccontextmanager
     async def stage(self, stage: Stage) -> AsyncIterator[None]:
@@ -192,11 +196,7 @@ async def _failed(ctx: dict[str, Any], run: Run, exc: ScanError, try_no: int) ->
         logger.info("transient failure, retrying", extra={"error_type": exc.type.value})
         raise Retry(defer=backoff(try_no, settings.retry_base_delay))
     if exc.retryable and settings.max_tries > 1:
-        exc = ScanError(
-            ErrorType.RETRIES_EXHAUSTED,
-            f"gave up after {try_no} attempts; last error ({exc.type.value}): {exc.message}",
-            retryable=True,
-        )
+        exc = retries_exhausted(try_no, exc)
     await scans.fail(run.res.pool, run.scan_id, run.attempt, exc)
     return _failure(ctx, exc.type, "scan failed")
 
@@ -209,21 +209,28 @@ def _failure(ctx: dict[str, Any], error_type: ErrorType, message: str) -> str:
     return "failed"
 
 
-async def _scan_url(run: Run) -> JSONDict:
+async def _scan_url(run: Run) -> Findings:
     res, url = run.res, run.scan["url"]
     async with run.stage(Stage.CRAWL):
         page = await _fetch(url, res)
     async with run.stage(Stage.PARSE):
-        # selectolax is fast, but a multi-megabyte page still takes tens of ms: keep it off the loop.
-        # The audit's facts (structured data, main content) come from their own pure pass over the HTML.
-        parsed, facts = await asyncio.gather(
-            asyncio.to_thread(parse_html, page.text, page.final_url),
-            asyncio.to_thread(page_facts, page.text, page.final_url),
+        # In child processes with a deadline (worker/parse_pool.py): some markup makes the parser
+        # quadratic, and only a process can be stopped when the scan ends or takes too long. The
+        # audit's own pass over the HTML (structured data, main content) runs beside the parse.
+        deadline = res.settings.parse_timeout
+        parse = asyncio.ensure_future(res.parser.run(parse_html, page.text, page.final_url, deadline=deadline))
+        read = asyncio.ensure_future(
+            res.parser.run(page_facts, page.text, page.final_url, deadline=deadline, task="audit the page")
         )
+        try:
+            parsed, facts = await asyncio.gather(parse, read)
+        finally:
+            for task in (parse, read):
+                task.cancel()  # a failed sibling's child is killed rather than left to its deadline
         # The main content without navigation and bylines is what keyphrases and the word count read.
         main_text = facts.main_text or parsed.main_text
-        teaser = teaser_json(parsed, page.final_url)
-        teaser["wordCount"] = count_words(main_text)
+        teaser = build_teaser(parsed, page.final_url)
+        teaser.word_count = count_words(main_text)
         if not await scans.save_teaser(res.pool, run.scan_id, run.attempt, teaser):
             raise Superseded
     async with run.stage(Stage.ANALYZE):
@@ -231,19 +238,18 @@ async def _scan_url(run: Run) -> JSONDict:
         site = asyncio.ensure_future(site_files(res.redis, res.settings, page.final_url))
         try:
             performance = lab_metrics(page, parsed)
-            performance["psi"] = None
-            if run.options.get("psi", True) and res.settings.psi_api_key:
-                strategy = run.options.get("strategy", "mobile")
+            if run.options.psi and res.settings.psi_api_key:
                 with external_call("psi") as call:
+                    strategy = run.options.strategy
                     psi = await fetch_psi(res.http, res.redis, res.settings, page.final_url, strategy=strategy)
                     call.outcome = "success" if psi.outcome in ("ok", "cached") else "error"
                 metrics.cache_requests_total.inc({"cache": "psi", "result": "hit" if psi.cache_hit else "miss"})
-                performance["psi"] = psi.scores
+                performance.psi = psi.scores
             origin_files = await site
         finally:
             site.cancel()  # only still running when the stage failed
 
-    def audit(insights: list[JSONDict]) -> JSONDict:
+    def audit(insights: list[Insight]) -> AuditReport:
         context = PageContext(
             url=page.final_url,
             requested_url=page.url,
@@ -251,37 +257,39 @@ async def _scan_url(run: Run) -> JSONDict:
             redirects=page.redirects,
             headers=page.headers,
             site=origin_files,
-            teaser=teaser,
-            performance=performance,
-            insights=insights,
+            teaser=teaser.to_json(),
+            performance=performance.to_json(),
+            insights=[insight.to_json() for insight in insights],
         )
-        return run_audits(facts, context).to_json()
+        return run_audits(facts, context)
 
     return await _generate(run, teaser, performance, main_text, Kind.URL, audit)
 
 
-async def _scan_document(run: Run) -> JSONDict:
+async def _scan_document(run: Run) -> Findings:
     text: str = run.scan["document"]
-    teaser = document_teaser_json(text, run.scan["title"])
-    if not await scans.save_teaser(run.res.pool, run.scan_id, run.attempt, teaser):
+    res = run.res
+    teaser = await res.parser.run(
+        document_teaser, text, run.scan["title"], deadline=res.settings.parse_timeout, task="read the document"
+    )
+    if not await scans.save_teaser(res.pool, run.scan_id, run.attempt, teaser):
         raise Superseded
     return await _generate(run, teaser, None, text, Kind.DOCUMENT)
 
 
 async def _generate(
     run: Run,
-    teaser: JSONDict,
-    performance: JSONDict | None,
+    teaser: Teaser,
+    performance: Performance | None,
     text: str,
     kind: Kind,
-    audit: Callable[[list[JSONDict]], JSONDict] | None = None,
-) -> JSONDict:
+    audit: Callable[[list[Insight]], AuditReport] | None = None,
+) -> Findings:
     res = run.res
     async with run.stage(Stage.GENERATE):
-        top_n = int(run.options.get("topN", 10))
         started = time.perf_counter()
         phrases, hit = await cached_keyphrases(
-            res.redis, res.keyphrases, text, top_n=top_n, ttl=res.settings.keyphrase_cache_ttl
+            res.redis, res.keyphrases, text, top_n=run.options.top_n, ttl=res.settings.keyphrase_cache_ttl
         )
         metrics.cache_requests_total.inc({"cache": "keyphrases", "result": "hit" if hit else "miss"})
         if not hit:
@@ -291,17 +299,13 @@ async def _generate(
         insights = rule_insights(teaser, performance, phrases, kind=kind.value)
         # Pure and quick, but robots.txt can be 500 KiB of rules to match: off the loop too.
         audited = await asyncio.to_thread(audit, insights) if audit is not None else None
-        if run.options.get("llm", True) and res.settings.llm_base_url:
+        if run.options.llm and res.settings.llm_base_url:
             with external_call("llm") as call:
                 llm = await run_llm(res.http, res.settings, teaser=teaser, keyphrases=phrases, text=text)
                 call.outcome = "success" if llm.outcome == "ok" else "error"
             insights += llm.insights
-    return {
-        "performance": performance,
-        "keyphrases": [{"phrase": p, "score": s} for p, s in phrases],
-        "insights": insights,
-        "audit": audited,
-    }
+    keyphrases = [Keyphrase(phrase=p, score=s) for p, s in phrases]
+    return Findings(performance=performance, keyphrases=keyphrases, insights=insights, audit=audited)
 
 
 class _Call:

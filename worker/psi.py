@@ -27,6 +27,7 @@ import httpx
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.core.report import FieldData, FieldMetric, Psi
 from app.core.settings import Settings
 from worker.cache import get_json, set_json
 
@@ -59,7 +60,7 @@ _GOOGLE_STATUS = re.compile(r"^[A-Z_]{1,40}$")
 
 @dataclass(frozen=True)
 class PsiResult:
-    scores: dict[str, Any] | None
+    scores: Psi | None
     outcome: Outcome
     detail: str | None = None  # short reason for "error"; safe to log, never holds the key
 
@@ -74,8 +75,8 @@ class _Failure(Exception):
 
 async def psi_scores(
     client: httpx.AsyncClient, redis: Redis, settings: Settings, url: str, *, strategy: str = "mobile"
-) -> dict[str, Any] | None:
-    """The scores dict, or None when PSI is not configured or failed. See `fetch_psi` for the outcome."""
+) -> Psi | None:
+    """The scores, or None when PSI is not configured or failed. See `fetch_psi` for the outcome."""
     return (await fetch_psi(client, redis, settings, url, strategy=strategy)).scores
 
 
@@ -138,7 +139,7 @@ def _google_status(response: httpx.Response) -> str:
     return f" {status}" if isinstance(status, str) and _GOOGLE_STATUS.match(status) else ""
 
 
-def parse_document(document: Any, strategy: str) -> dict[str, Any]:
+def parse_document(document: Any, strategy: str) -> Psi:
     """Map a PSI v5 response to our camelCase scores; raises _Failure without a performance score."""
     lighthouse = _dict(_dict(document).get("lighthouseResult"))
     score = _number(_dict(_dict(lighthouse.get("categories")).get("performance")).get("score"))
@@ -146,38 +147,43 @@ def parse_document(document: Any, strategy: str) -> dict[str, Any]:
         # A Lighthouse runtime error (e.g. the page did not load) comes back as a null score.
         raise _Failure("no performance score in the response")
     audits = _dict(lighthouse.get("audits"))
-    scores: dict[str, Any] = {"strategy": strategy, "performanceScore": max(0, min(100, round(score * 100)))}
+    lab: dict[str, float | None] = {}
     for name, audit_id in AUDITS.items():
         value = _number(_dict(audits.get(audit_id)).get("numericValue"))
-        scores[name] = None if value is None else round(value, 4 if name == "cls" else 1)
-    scores["fieldData"] = _field_data(_dict(document).get("loadingExperience"))
-    scores["fetchedAt"] = dt.datetime.now(dt.UTC).isoformat()
-    return scores
+        lab[name] = None if value is None else round(value, 4 if name == "cls" else 1)
+    return Psi.model_validate(
+        {
+            **lab,
+            "strategy": strategy,
+            "performanceScore": max(0, min(100, round(score * 100))),
+            "fieldData": _field_data(_dict(document).get("loadingExperience")),
+            "fetchedAt": dt.datetime.now(dt.UTC).isoformat(),
+        }
+    )
 
 
-def _field_data(experience: Any) -> dict[str, Any] | None:
+def _field_data(experience: Any) -> FieldData | None:
     """Real-user (CrUX) p75 values; None when Google has no field data for the page or origin."""
     experience = _dict(experience)
     raw = _dict(experience.get("metrics"))
-    metrics: dict[str, Any] = {}
+    metrics: dict[str, FieldMetric] = {}
     for crux_name, name in FIELD_METRICS.items():
         metric = _dict(raw.get(crux_name))
         p75 = _number(metric.get("percentile"))
         if p75 is None:
             continue
         category = metric.get("category")
-        metrics[name] = {
-            "p75": p75 / 100 if name == "cls" else p75,
-            "category": category if isinstance(category, str) else None,
-        }
+        metrics[name] = FieldMetric(
+            p75=p75 / 100 if name == "cls" else p75, category=category if isinstance(category, str) else None
+        )
     if not metrics:
         return None
     overall = experience.get("overall_category")
-    return {
-        "overallCategory": overall if isinstance(overall, str) else None,
-        "originFallback": experience.get("origin_fallback") is True,
-        "metrics": metrics,
-    }
+    return FieldData(
+        overall_category=overall if isinstance(overall, str) else None,
+        origin_fallback=experience.get("origin_fallback") is True,
+        metrics=metrics,
+    )
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -188,22 +194,20 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-async def _cache_get(redis: Redis, url: str, strategy: str) -> dict[str, Any] | None:
+async def _cache_get(redis: Redis, url: str, strategy: str) -> Psi | None:
     # Redis trouble (or a value we cannot read) is a cache miss: PSI still answers without it.
     try:
         value = await get_json(redis, CACHE, url, strategy)
-    except (RedisError, OSError, ValueError) as exc:
+        return Psi.model_validate(value) if value is not None else None
+    except (RedisError, OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
         logger.warning("PSI cache read failed, treating as a miss: %s", type(exc).__name__)
         return None
-    if isinstance(value, dict) and "performanceScore" in value:
-        return value
-    return None
 
 
-async def _cache_set(redis: Redis, ttl: int, url: str, strategy: str, scores: dict[str, Any]) -> None:
+async def _cache_set(redis: Redis, ttl: int, url: str, strategy: str, scores: Psi) -> None:
     if ttl <= 0:
         return  # caching disabled (Redis refuses a zero expiry)
     try:
-        await set_json(redis, CACHE, scores, ttl, url, strategy)
+        await set_json(redis, CACHE, scores.to_json(), ttl, url, strategy)
     except (RedisError, OSError, TypeError, ValueError) as exc:
         logger.warning("PSI cache write failed: %s", type(exc).__name__)

@@ -1,7 +1,9 @@
-"""arq worker configuration: `arq worker.WorkerSettings`."""
+"""Worker configuration: `pagelens worker` (`python -m worker`) runs `PagelensWorker` from it, and
+`arq worker.WorkerSettings` runs a plain, polling arq worker from the same settings."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -15,11 +17,13 @@ from observability.logs import setup_logging
 from observability.metrics_server import MetricsServer, observe_pool, start_metrics_server
 from observability.sampler import QueueSampler
 from observability.tracing import flush, setup_tracing
-from worker import quiet, wake
+from worker import quiet
 from worker.context import Resources
 from worker.hooks import make_hooks, observed
 from worker.maintenance import delete_expired_scans, sweep_stranded
 from worker.pipeline import hard_timeout, run_scan
+from worker.recovery import Recovery
+from worker.wake import WORKER_ID
 
 logger = logging.getLogger("pagelens.worker")
 
@@ -31,15 +35,26 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         setup_logging(settings.log_level)
     setup_tracing(settings, "pagelens-worker")
     ctx["resources"] = await Resources.open(
-        settings, ctx["redis"], pool=ctx.get("pool"), keyphrases=ctx.get("keyphrases")
+        settings, ctx["redis"], pool=ctx.get("pool"), keyphrases=ctx.get("keyphrases"), parser=ctx.get("parser")
     )
     pool = ctx["resources"].pool
-    # Queue-depth candidate (one elected process samples) and this worker's liveness heartbeat.
+    # Queue-depth candidate (one elected process samples) and this worker's liveness heartbeat,
+    # under the id PagelensWorker marks its jobs with (worker/recovery.py).
     sampler = QueueSampler(
-        ctx["redis"], pool, settings.queue_name, interval=settings.queue_sample_interval, heartbeat=True
+        ctx["redis"],
+        pool,
+        settings.queue_name,
+        interval=settings.queue_sample_interval,
+        instance_id=ctx.get(WORKER_ID),
+        heartbeat=True,
     )
+    with contextlib.suppress(Exception):  # if it fails, the loop below says so and tries again
+        await sampler.beat()  # alive before the first job is claimed, or a peer would think it dead
     sampler.start()
     ctx["queue_sampler"] = sampler
+    recovery = Recovery(ctx["redis"], pool, settings.queue_name)
+    recovery.start()
+    ctx["recovery"] = recovery
     ctx["metrics_server"] = (
         await start_metrics_server(
             settings.worker_metrics_host, settings.worker_metrics_port, before_render=lambda: observe_pool(pool)
@@ -48,12 +63,14 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         else None
     )
     freeze_startup_heap()  # the model lives in the pool's processes; this is the worker's own heap
-    take_jobs(ctx)
+    quiet.quiet_arq()
     logger.info("worker ready", extra={"queue": settings.queue_name})
 
 
 async def on_shutdown(ctx: dict[str, Any]) -> None:
-    await wake.stop(ctx)
+    recovery: Recovery | None = ctx.pop("recovery", None)
+    if recovery is not None:
+        await recovery.stop()
     sampler: QueueSampler | None = ctx.pop("queue_sampler", None)
     if sampler is not None:
         await sampler.stop()  # before the pool it samples with closes
@@ -64,13 +81,6 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
     if resources is not None:
         await resources.close()
     flush()
-
-
-def take_jobs(ctx: dict[str, Any]) -> None:
-    """The end of on_startup, once the worker can run jobs: quiet arq's own bookkeeping, then start
-    the wake-up, from which an enqueue starts its job at once. (The queue-hop benchmark runs this.)"""
-    quiet.quiet_arq()
-    wake.start(ctx)
 
 
 def functions(settings: Settings) -> list[Function]:
@@ -84,11 +94,11 @@ def functions(settings: Settings) -> list[Function]:
 
 def queue_options(settings: Settings) -> dict[str, Any]:
     """How a worker takes jobs off the queue and observes them; the queue-hop benchmark runs its
-    no-op job with exactly these (plus `take_jobs` and `wake.stop` as its start-up and shutdown)."""
+    no-op job on a PagelensWorker with exactly these."""
     on_job_start, on_job_end = make_hooks(settings.queue_name)
     return {
         "queue_name": settings.queue_name,
-        "on_job_start": wake.waking(on_job_start),
+        "on_job_start": on_job_start,
         "on_job_end": on_job_end,
         "job_serializer": serialize,
         "job_deserializer": deserialize,
@@ -110,7 +120,8 @@ def worker_options(settings: Settings) -> dict[str, Any]:
                 timeout=hard_timeout(settings),
             ),
             # arq holds a job of a killed worker for the longest timeout of all its functions before
-            # running it again, so no cron job may have a longer one than the scan job.
+            # running it again (unless worker/recovery.py hands it back sooner), so no cron job may
+            # have a longer one than the scan job.
             cron(
                 observed(delete_expired_scans),
                 name="delete_expired_scans",
@@ -131,7 +142,8 @@ def worker_options(settings: Settings) -> dict[str, Any]:
 
 
 class WorkerSettings:
-    """Read by `arq worker.WorkerSettings`; values come from the environment via Settings."""
+    """Read by `python -m worker` and `arq worker.WorkerSettings`; values come from the environment
+    via Settings."""
 
     _settings = get_settings()
     _options = worker_options(_settings)

@@ -1,94 +1,122 @@
-"""API keys: when PAGELENS_API_KEYS is set, /api/* requires `Authorization: Bearer <key>`.
+"""API keys: who is asking, and whether they may.
 
-So does /v1/traces (browser spans): otherwise anyone could write into the trace store. The web
-page at / stays open; it holds no data and asks for a key when the API answers 401.
+Keys live in the api_keys table (`pagelens keys create`, or POST /api/v1/keys), each with a tenant
+and a role; PAGELENS_API_KEYS adds bootstrap keys, admins of the `default` tenant. As soon as any
+key exists, either way, /api/* and /v1/traces (browser spans: otherwise anyone could write into the
+trace store) require `Authorization: Bearer <key>`. Before that the API is open and every request
+acts as an admin of the one `default` tenant, as pagelens always worked. The web page at / stays
+open; it holds no data and asks for a key when the API answers 401.
 
-Each request with a valid key is then held to the key's rate limit (app/api/limits.py), and the key's
-short id is left in the request state for the cap on open scans.
+Each request with a key is then held to the key's rate limit (app/api/limits.py), and its identity
+(app/api/keyring.py) is left in the request state for the routes to scope by.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api import limits
-from app.api.problems import Problem, problem_response
+from app.api.keyring import OPEN, Identity, digest
+from app.api.problems import Problem, problem_response, unavailable
 from app.api.state import State
+from app.core.backing import UNAVAILABLE
+from app.core.keys import TENANT_PATTERN
 
-KEY_ID_STATE = "api_key_id"
-
-
-def _digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()
-
-
+IDENTITY_STATE = "pagelens_identity"
 PROTECTED = ("/api/", "/v1/traces")
 
 
-def _presented(header: str | None) -> bytes | None:
-    """The digest of the bearer token an Authorization header presents."""
+def _token(header: str | None) -> str | None:
     if not header or not header.lower().startswith("bearer "):
         return None
-    return _digest(header[7:].strip())
+    return header[7:].strip() or None
 
 
 def bearer_matches(header: str | None, secret: str) -> bool:
     """Whether an Authorization header presents `secret` as a bearer token (constant time)."""
-    presented = _presented(header)
-    return presented is not None and hmac.compare_digest(presented, _digest(secret))
-
-
-def key_id(digest: bytes) -> str:
-    """What identifies a key in Redis, in the scans table and in logs: 16 hex digits of its SHA-256.
-    Not the key, and no use for finding it."""
-    return digest.hex()[:16]
+    token = _token(header)
+    return token is not None and hmac.compare_digest(digest(token), digest(secret))
 
 
 class APIKeyAuth:
-    def __init__(self, app: ASGIApp, keys: tuple[str, ...], rate_limit: int = 0) -> None:
+    def __init__(self, app: ASGIApp, rate_limit: int = 0) -> None:
         self.app = app
-        # Only digests are kept, and compared in constant time, so neither a memory dump nor
-        # response timing gives a key away.
-        self.digests = [_digest(k) for k in keys]
-        self.rate_limit = rate_limit  # requests per minute per key; 0 = unlimited
-
-    def identify(self, header: str | None) -> str | None:
-        """The id of the key the header presents, or None when it presents no valid key."""
-        presented = _presented(header)
-        if presented is None:
-            return None
-        found: bytes | None = None
-        for digest in self.digests:  # no early exit: the time does not depend on which key matched
-            if hmac.compare_digest(presented, digest):
-                found = digest
-        return key_id(found) if found is not None else None
+        self.limiter = limits.RateLimiter(rate_limit) if rate_limit else None  # per minute per key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self.digests or scope["type"] != "http" or not scope["path"].startswith(PROTECTED):
+        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED):
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        identity = self.identify(headers.get("authorization"))
+        state = State.of_app(scope["app"])
+        try:
+            identity = await self._identify(state, scope)
+        except UNAVAILABLE as exc:  # the key cannot be checked: never let the request through
+            await problem_response(unavailable(exc), scope["path"])(scope, receive, send)
+            return
         if identity is None:
             problem = Problem(401, "a valid API key is required", headers={"WWW-Authenticate": "Bearer"})
             await problem_response(problem, scope["path"])(scope, receive, send)
             return
-        if self.rate_limit:
-            redis = State.of_app(scope["app"]).redis
-            wait = await limits.rate_limit_wait(redis, identity, self.rate_limit)
+        if self.limiter is not None and identity.key_id is not None:
+            wait = await self.limiter.wait(state.redis, identity.key_id)
             if wait is not None:
-                problem = limits.rate_limited(wait, self.rate_limit)
-                await problem_response(problem, scope["path"])(scope, receive, send)
+                await problem_response(self.limiter.limited(wait), scope["path"])(scope, receive, send)
                 return
-        scope.setdefault("state", {})[KEY_ID_STATE] = identity
+        scope.setdefault("state", {})[IDENTITY_STATE] = identity
+        await state.keys.touch(identity)
         await self.app(scope, receive, send)
+
+    async def _identify(self, state: State, scope: Scope) -> Identity | None:
+        if not await state.keys.enabled():
+            return OPEN
+        for name, value in scope["headers"]:
+            if name.lower() == b"authorization":
+                token = _token(value.decode("latin-1"))
+                return None if token is None else await state.keys.identify(token)
+        return None
+
+
+def request_identity(scope: Scope) -> Identity:
+    """Who made this request, as the middleware established. Fails closed: a route reached without
+    the middleware having run is refused, never treated as the open API."""
+    state = scope.get("state") or {}
+    value = state.get(IDENTITY_STATE)
+    if not isinstance(value, Identity):
+        raise Problem(401, "a valid API key is required", headers={"WWW-Authenticate": "Bearer"})
+    return value
 
 
 def request_key_id(scope: Scope) -> str | None:
     """The id of the API key that made this request (None when the API runs without keys)."""
-    state = scope.get("state") or {}
-    value = state.get(KEY_ID_STATE)
-    return value if isinstance(value, str) else None
+    return request_identity(scope).key_id
+
+
+def require_admin(connection: HTTPConnection) -> Identity:
+    """The caller, when an admin; else 403 (about the route, never about whether a scan exists)."""
+    identity = request_identity(connection.scope)
+    if not identity.admin:
+        raise Problem(403, "this needs an admin API key", code="forbidden")
+    return identity
+
+
+def scope_tenant(connection: HTTPConnection) -> str:
+    """The tenant whose scans a request reads or acts on: the caller's own, or with `?tenant=` any
+    tenant for an admin. A member naming another tenant gets 403 whatever the scan id, so the
+    answer tells nothing about the scan."""
+    identity = request_identity(connection.scope)
+    asked = connection.query_params.get("tenant")
+    if asked is None or asked == identity.tenant:
+        return identity.tenant
+    if not TENANT_PATTERN.fullmatch(asked):
+        raise Problem(
+            422,
+            "invalid query parameter",
+            code="validation",
+            errors=[{"field": "tenant", "message": "1-63 characters: lower-case letters, digits, '-' and '_'"}],
+        )
+    if not identity.admin:
+        raise Problem(403, "only an admin API key may name another tenant", code="forbidden")
+    return asked

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 import zlib
 from collections.abc import MutableSequence
 from typing import Any
@@ -22,6 +21,8 @@ from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+from app.api.params import InvalidNumber, ascii_integer
 
 BROWSER_SERVICE = "pagelens-web"
 PROTOBUF = "application/x-protobuf"
@@ -34,6 +35,10 @@ MAX_LINKS = 16
 MAX_STRING = 2048
 MAX_TRACE_STATE = 512  # the W3C limit for a tracestate header
 ID_FIELDS = ("traceId", "spanId", "parentSpanId")
+# 64-bit integers, which OTLP/JSON may send as strings: protobuf's parser would take any str int()
+# takes ("٣" as 3), so they are checked here first.
+INT64_FIELDS = frozenset({"timeUnixNano", "startTimeUnixNano", "endTimeUnixNano", "intValue"})
+UINT64_MAX = 2**64 - 1
 
 
 class InvalidSpans(ValueError):
@@ -77,12 +82,23 @@ def decode(body: bytes, media_type: str) -> ExportTraceServiceRequest:
 
 def _ids_to_base64(value: Any) -> Any:
     if isinstance(value, dict):
-        return {
-            k: _hex_to_base64(v) if k in ID_FIELDS and isinstance(v, str) else _ids_to_base64(v)
-            for k, v in value.items()
-        }
+        return {k: _field(k, v) for k, v in value.items()}
     if isinstance(value, list):
         return [_ids_to_base64(v) for v in value]
+    return value
+
+
+def _field(key: str, value: Any) -> Any:
+    if not isinstance(value, str):
+        return _ids_to_base64(value)
+    if key in ID_FIELDS:
+        return _hex_to_base64(value)
+    if key in INT64_FIELDS:
+        digits = value[1:] if key == "intValue" and value.startswith("-") else value
+        try:
+            ascii_integer(digits, low=0, high=UINT64_MAX)
+        except InvalidNumber:
+            raise InvalidSpans(f"{key} must be an integer in ASCII digits, got {value[:40]!r}") from None
     return value
 
 
@@ -167,35 +183,3 @@ def _value(value: AnyValue) -> AnyValue | None:
             out.array_value.values.extend(i for i in items if i is not None)
             return out
     return None
-
-
-class RateLimit:
-    """A token bucket per client address: `per_minute` requests a minute, bursts of as many.
-
-    In process memory and per API process: a browser sends a batch every few seconds, so this only
-    has to stop a runaway or hostile client. At most `max_clients` buckets are kept; full ones go first.
-    """
-
-    def __init__(self, per_minute: int, max_clients: int = 10_000) -> None:
-        self.capacity = float(per_minute)
-        self.rate = per_minute / 60.0
-        self.max_clients = max_clients
-        self.buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, at)
-
-    def wait(self, client: str, now: float | None = None) -> float:
-        """0 when the request may go ahead (and it is counted), else the seconds until it may."""
-        now = time.monotonic() if now is None else now
-        tokens, at = self.buckets.get(client, (self.capacity, now))
-        tokens = min(self.capacity, tokens + (now - at) * self.rate)
-        if tokens < 1:
-            self.buckets[client] = (tokens, now)
-            return (1 - tokens) / self.rate
-        if client not in self.buckets and len(self.buckets) >= self.max_clients:
-            self._prune(now)
-        self.buckets[client] = (tokens - 1, now)
-        return 0.0
-
-    def _prune(self, now: float) -> None:
-        refilled = [c for c, (t, at) in self.buckets.items() if t + (now - at) * self.rate >= self.capacity]
-        for client in refilled or list(self.buckets)[: len(self.buckets) // 2]:
-            del self.buckets[client]

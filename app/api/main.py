@@ -15,14 +15,16 @@ from starlette.routing import BaseRoute, Route
 
 from app.api import openapi
 from app.api.auth import APIKeyAuth, bearer_matches
+from app.api.keyring import KeyRing
 from app.api.middleware import HeaderLimits, HTTPMetrics, span_details
 from app.api.problems import Problem, exception_handlers
-from app.api.routes import documents, events, health, queues, scans, traces, web
+from app.api.routes import documents, events, health, keys, queues, scans, traces, web
 from app.api.scan_events import ScanEvents
 from app.api.span_forwarding import BrowserTraces
 from app.api.state import State
 from app.core import db, queue
 from app.core.heap import freeze_startup_heap
+from app.core.keys import CHANNEL as KEYS_CHANNEL
 from app.core.settings import Settings, get_settings
 from observability import metrics
 from observability.logs import setup_logging
@@ -43,10 +45,21 @@ def create_app(settings: Settings | None = None, *, configure_logging: bool = Tr
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         pool = await db.create_pool(settings.require_database_url())
         redis = await queue.connect(settings.require_redis_url(), outage_seconds=queue.API_REDIS_OUTAGE)
-        hub = ScanEvents(settings.require_database_url(), pool, max_streams=settings.sse_max_streams)
+        ring = KeyRing(pool, settings.api_keys, settings.key_cache_seconds)
+        hub = ScanEvents(
+            settings.require_database_url(),
+            pool,
+            max_streams=settings.sse_max_streams,
+            tenant_share=settings.sse_tenant_share,
+            # The same listener connection drops the key cache whenever api_keys changes (and after
+            # every reconnect, when a change may have been missed).
+            also={KEYS_CHANNEL: ring.invalidate},
+        )
         hub.start()
         browser = BrowserTraces.from_settings(settings)
-        app.state.pagelens = State(settings=settings, pool=pool, redis=redis, events=hub, browser_traces=browser)
+        app.state.pagelens = State(
+            settings=settings, pool=pool, redis=redis, events=hub, keys=ring, browser_traces=browser
+        )
         # A leadership candidate: at most one process per queue samples and exports queue depth.
         sampler = QueueSampler(redis, pool, settings.queue_name, interval=settings.queue_sample_interval)
         sampler.start()
@@ -93,6 +106,7 @@ def create_app(settings: Settings | None = None, *, configure_logging: bool = Tr
         *documents.routes,
         *health.routes,
         *queues.routes,
+        *keys.routes,
         Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
@@ -101,7 +115,7 @@ def create_app(settings: Settings | None = None, *, configure_logging: bool = Tr
         middleware=[
             Middleware(HTTPMetrics, routes=routes, enabled=settings.enable_metrics),
             Middleware(HeaderLimits, max_bytes=settings.max_header_bytes),
-            Middleware(APIKeyAuth, keys=settings.api_keys, rate_limit=settings.rate_limit),
+            Middleware(APIKeyAuth, rate_limit=settings.rate_limit),
         ],
         exception_handlers=exception_handlers(),
         lifespan=lifespan,

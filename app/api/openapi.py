@@ -1,196 +1,300 @@
 """The OpenAPI 3.1 document served at /openapi.json.
 
-Request schemas come from the pydantic models that validate them, so the document cannot drift from
-what the API accepts; response schemas are written out here next to the shapes the routes return.
+Every schema in it is generated from the pydantic models the API validates requests with and builds
+its answers from (app/core/report.py, app/api/schemas.py, app/api/problems.py), so the document
+cannot drift from what the API accepts and returns; this module only lists the operations.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import uuid
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, TypeAdapter
+from pydantic.json_schema import models_json_schema
 
 from app import __version__
-from app.api.schemas import CreateDocument, CreateScan
-from app.core.audit import AuditReport
-from app.core.models import ErrorType, Stage, Status
-from observability.sampler import STATES as QUEUE_STATES
+from app.api.problems import ProblemDetails
+from app.api.routes.keys import ApiKey, ApiKeyList, NewApiKey
+from app.api.routes.queues import Queues
+from app.api.schemas import CreateDocument, CreateKey, CreateScan
+from app.core.keys import TENANT_PATTERN
+from app.core.models import Status
+from app.core.report import Accepted, Report, ScanList, ScanRef, ScanStatus, TeaserResponse
 
 JSON = "application/json"
 PROBLEM = "application/problem+json"
+REF = "#/components/schemas/{model}"
+SECURITY: list[dict[str, list[str]]] = [
+    {"bearer": []},
+    {},
+]  # a bearer API key once any key exists (`pagelens keys`, PAGELENS_API_KEYS); none otherwise
 
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"anyOf": [schema, {"type": "null"}]}
-
-
-def _problem(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {PROBLEM: {"schema": _ref("Problem")}}}
-
-
-def _ok(description: str, schema: str, status: str = "200") -> dict[str, Any]:
-    return {status: {"description": description, "content": {JSON: {"schema": _ref(schema)}}}}
-
-
-SCAN_ID = {"name": "scanId", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
-IDEMPOTENCY = {
-    "name": "Idempotency-Key",
-    "in": "header",
-    "required": False,
-    "description": "Repeat a request with the same key to get the same scan back instead of a new one.",
-    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+PROBLEMS = {
+    400: "Malformed JSON or Content-Length",
+    401: "An API key is required (keys exist) and none, a revoked or a wrong one was sent",
+    403: "Needs an admin API key",
+    404: "No such scan",
+    409: "The scan is not in a state that allows this",
+    413: "Body too large",
+    415: "Not JSON",
+    422: "Invalid field",
+    429: "Too many requests for this API key (or open scans of its tenant); retry after Retry-After seconds",
+    503: "A backing service is down; retry after Retry-After seconds",
 }
-BAD_BODY = {
-    "400": _problem("Malformed JSON"),
-    "413": _problem("Body too large"),
-    "415": _problem("Not JSON"),
-    "422": _problem("Invalid field"),
-}
-UNAVAILABLE = {"503": _problem("A backing service is down; retry after Retry-After seconds")}
+# Every /api/* operation may answer these: the key check and rate limit run before any route.
+API_PROBLEMS = (401, 429, 503)
+BODY_PROBLEMS = (400, 413, 415, 422)
 
 
-def _response_models() -> dict[str, Any]:
-    """Response schemas generated from their pydantic models, nested models as components of their own."""
-    schema = AuditReport.model_json_schema(
-        by_alias=True, mode="serialization", ref_template="#/components/schemas/{model}"
-    )
-    nested: dict[str, Any] = schema.pop("$defs", {})
-    return {"AuditReport": schema, **nested}
+def _param(name: str, where: str, schema: Any, description: str = "", required: bool = False) -> dict[str, Any]:
+    param = {"name": name, "in": where, "required": required, "schema": TypeAdapter(schema).json_schema()}
+    return param | ({"description": description} if description else {})
 
 
-def _schemas() -> dict[str, Any]:
-    error = {
-        "type": "object",
-        "required": ["type", "message", "retryable"],
-        "properties": {
-            "type": {"type": "string", "enum": [e.value for e in ErrorType]},
-            "message": {"type": "string"},
-            "retryable": {"type": "boolean"},
-        },
-    }
-    status = {
-        "type": "object",
-        "required": ["scanId", "status", "progress", "attempts", "createdAt", "updatedAt", "timings"],
-        "properties": {
-            "scanId": {"type": "string", "format": "uuid"},
-            "url": _nullable({"type": "string"}),
-            "status": {"type": "string", "enum": [s.value for s in Status]},
-            "stage": _nullable({"type": "string", "enum": [s.value for s in Stage]}),
-            "progress": {"type": "integer", "minimum": 0, "maximum": 100},
-            "error": _nullable(_ref("ScanError")),
-            "traceId": _nullable({"type": "string"}),
-            "attempts": {"type": "integer"},
-            "createdAt": {"type": "string", "format": "date-time"},
-            "updatedAt": {"type": "string", "format": "date-time"},
-            "timings": {"type": "object", "additionalProperties": {"type": "number"}},
-        },
-    }
-    return {
-        "CreateScan": CreateScan.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}"),
-        "CreateDocument": CreateDocument.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}"),
-        "ScanOptions": CreateScan.model_json_schema(by_alias=True)["$defs"]["ScanOptions"],
-        "Accepted": {
-            "type": "object",
-            "required": ["scanId", "status", "statusUrl"],
-            "properties": {
-                "scanId": {"type": "string", "format": "uuid"},
-                "status": {"type": "string"},
-                "statusUrl": {"type": "string"},
-            },
-        },
-        "ScanError": error,
-        "ScanStatus": status,
-        "ScanList": {
-            "type": "object",
-            "properties": {
-                "items": {"type": "array", "items": _ref("ScanStatus")},
-                "nextCursor": _nullable({"type": "string"}),
-            },
-        },
-        "Teaser": {
-            "type": "object",
-            "properties": {"scanId": {"type": "string"}, "status": {"type": "string"}, "teaser": {"type": "object"}},
-        },
-        "Report": {
-            "type": "object",
-            "properties": {
-                "scanId": {"type": "string"},
-                "status": {"type": "string"},
-                "teaser": {"type": "object"},
-                "performance": _nullable({"type": "object"}),
-                "keyphrases": {"type": "array", "items": {"type": "object"}},
-                "insights": {"type": "array", "items": {"type": "object"}},
-                "audit": _nullable(_ref("AuditReport")),  # null for documents
-                "timings": {"type": "object"},
-            },
-        },
-        **_response_models(),
-        "Queues": {
-            "type": "object",
-            "required": ["queues", "workers"],
-            "properties": {
-                "queues": {"type": "array", "items": _ref("QueueDepth")},
-                "workers": {"type": "object", "properties": {"live": {"type": "integer", "minimum": 0}}},
-            },
-        },
-        "QueueDepth": {
-            "type": "object",
-            "required": [*QUEUE_STATES, "name", "oldestPendingAgeSeconds", "sampledAt"],
-            "properties": {
-                "name": {"type": "string"},
-                **{state: {"type": "integer", "minimum": 0} for state in QUEUE_STATES},
-                "oldestPendingAgeSeconds": {"type": "number", "minimum": 0},
-                "sampledAt": {"type": "string", "format": "date-time"},
-            },
-        },
-        "Problem": {
-            "type": "object",
-            "required": ["type", "title", "status"],
-            "properties": {
-                "type": {"type": "string"},
-                "title": {"type": "string"},
-                "status": {"type": "integer"},
-                "detail": {"type": "string"},
-                "instance": {"type": "string"},
-                "errors": {"type": "array", "items": {"type": "object"}},
-            },
-        },
-    }
+SCAN_ID = _param("scanId", "path", uuid.UUID, required=True)
+IDEMPOTENCY = _param(
+    "Idempotency-Key",
+    "header",
+    Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$")],
+    "Repeat a request with the same key to get the same scan back instead of a new one.",
+)
+LIST = [
+    _param("status", "query", Status, "Only scans in this status."),
+    _param("limit", "query", Annotated[int, Field(ge=1, le=100)], "Page size (default 20)."),
+    _param("cursor", "query", str, "nextCursor of the previous page."),
+]
+TENANT = _param(
+    "tenant",
+    "query",
+    Annotated[str, Field(pattern=TENANT_PATTERN.pattern)],
+    "Admins only: act on this tenant's scans (without it, every caller acts on its own tenant's).",
+)
+KEY_ID = _param("keyId", "path", uuid.UUID, required=True)
+# Scan routes answer 403 when a member names another tenant; another tenant's scan is a 404, like an
+# unknown id.
+TENANT_PROBLEMS = {403: "Only an admin API key may name another tenant", 422: "Invalid query"}
+LAST_EVENT_ID = _param("Last-Event-ID", "header", str, "The last event id (version) the client has seen.")
 
 
-def _create(summary: str, body: str) -> dict[str, Any]:
-    return {
-        "post": {
-            "summary": summary,
-            "parameters": [IDEMPOTENCY],
-            "requestBody": {"required": True, "content": {JSON: {"schema": _ref(body)}}},
-            "responses": {**_ok("Accepted; poll statusUrl", "Accepted", "202"), **BAD_BODY, **UNAVAILABLE},
+@dataclass(frozen=True)
+class Op:
+    method: str
+    path: str
+    operation_id: str
+    summary: str
+    answer: type[BaseModel] | None = None  # the JSON body of the success answer
+    status: int = 200
+    request: type[BaseModel] | None = None
+    problems: dict[int, str] = field(default_factory=dict)  # status -> description ("" for the usual one)
+    params: list[dict[str, Any]] = field(default_factory=list)
+    description: str | None = None
+    more: dict[str, Any] = field(default_factory=dict)  # responses besides the success and the problems
+    body: dict[str, Any] | None = None  # a request body that is not one of our models
+
+    @property
+    def api(self) -> bool:
+        return self.path.startswith(("/api/", "/v1/"))
+
+    def document(self, refs: dict[type[BaseModel], Any]) -> dict[str, Any]:
+        codes = dict.fromkeys((*API_PROBLEMS, *BODY_PROBLEMS) if self.request else API_PROBLEMS, "")
+        problems = {**(codes if self.api else {}), **self.problems}
+        responses: dict[str, Any] = {
+            str(self.status): {"description": self.summary}
+            | ({"content": {JSON: {"schema": refs[self.answer]}}} if self.answer else {}),
+            **{
+                str(code): {
+                    "description": text or PROBLEMS[code],
+                    "content": {PROBLEM: {"schema": refs[ProblemDetails]}},
+                }
+                for code, text in sorted(problems.items())
+            },
         }
-    }
+        operation: dict[str, Any] = {"operationId": self.operation_id, "summary": self.summary}
+        if self.description:
+            operation["description"] = self.description
+        if self.params:
+            operation["parameters"] = self.params
+        if self.request:
+            operation["requestBody"] = {"required": True, "content": {JSON: {"schema": refs[self.request]}}}
+        if self.body:
+            operation["requestBody"] = self.body
+        if self.api:
+            operation["security"] = SECURITY
+        return operation | {"responses": responses | self.more}
 
 
-def _read(summary: str, schema: str, *, conflict: bool = False) -> dict[str, Any]:
-    responses = {**_ok(summary, schema), "404": _problem("No such scan"), **UNAVAILABLE}
-    if conflict:
-        responses["409"] = _problem("Not ready yet")
-    return {"get": {"summary": summary, "parameters": [SCAN_ID], "responses": responses}}
+SCANS = "/api/v1/scan-jobs"
+SCAN = SCANS + "/{scanId}"
+OPERATIONS = [
+    Op("post", SCANS, "createScan", "Create a scan of a URL", Accepted, 202, CreateScan, params=[IDEMPOTENCY]),
+    Op(
+        "get",
+        SCANS,
+        "listScans",
+        "List scans, newest first",
+        ScanList,
+        params=[*LIST, TENANT],
+        problems=TENANT_PROBLEMS,
+    ),
+    Op(
+        "post",
+        "/api/v1/documents",
+        "createDocument",
+        "Create a scan of raw text",
+        Accepted,
+        202,
+        CreateDocument,
+        params=[IDEMPOTENCY],
+    ),
+    Op(
+        "get",
+        SCAN + "/status",
+        "getScanStatus",
+        "Progress of a scan",
+        ScanStatus,
+        params=[SCAN_ID, TENANT],
+        problems={**TENANT_PROBLEMS, 404: ""},
+    ),
+    Op(
+        "get",
+        SCAN + "/teaser",
+        "getScanTeaser",
+        "Page facts, once TEASER_READY",
+        TeaserResponse,
+        params=[SCAN_ID, TENANT],
+        problems={**TENANT_PROBLEMS, 404: "", 409: "Not ready yet"},
+    ),
+    Op(
+        "get",
+        SCAN + "/full",
+        "getScanReport",
+        "The full report, once FULL_READY",
+        Report,
+        params=[SCAN_ID, TENANT],
+        problems={**TENANT_PROBLEMS, 404: "", 409: "Not ready yet"},
+    ),
+    Op(
+        "get",
+        SCAN + "/events",
+        "streamScanEvents",
+        "Status changes as server-sent events, until a terminal state",
+        params=[SCAN_ID, TENANT, LAST_EVENT_ID],
+        problems={
+            **TENANT_PROBLEMS,
+            404: "",
+            429: "This server streams to as many clients as it may (or rate limited); poll the status",
+        },
+        description=(
+            "Each event is `event: status`, `id:` the scan's version and `data:` the status document "
+            "(ScanStatus). The current state comes first unless Last-Event-ID already names it; the "
+            "stream ends after a terminal state, or after PAGELENS_SSE_MAX_SECONDS, when a client "
+            "reconnects with Last-Event-ID. Idle streams carry keep-alive comments."
+        ),
+        more={
+            "200": {"description": "The event stream", "content": {"text/event-stream": {}}},
+            "204": {"description": "Last-Event-ID is the scan's final state: nothing more will come"},
+        },
+    ),
+    Op(
+        "post",
+        SCAN + "/retry",
+        "retryScan",
+        "Replay a FAILED scan under the same id",
+        Accepted,
+        202,
+        params=[SCAN_ID, TENANT],
+        problems={**TENANT_PROBLEMS, 404: "", 409: "Not FAILED"},
+    ),
+    Op(
+        "delete",
+        SCAN,
+        "cancelScan",
+        "Cancel a queued or running scan",
+        ScanRef,
+        202,
+        params=[SCAN_ID, TENANT],
+        problems={**TENANT_PROBLEMS, 404: "", 409: "Already finished"},
+    ),
+    Op(
+        "get",
+        "/api/v1/queues",
+        "getQueues",
+        "Queue depth by state, oldest pending age, live workers (admins)",
+        Queues,
+        problems={403: ""},
+    ),
+    Op(
+        "post",
+        "/api/v1/keys",
+        "createKey",
+        "Create an API key (admins); its secret is in this answer only",
+        NewApiKey,
+        201,
+        CreateKey,
+        problems={403: ""},
+    ),
+    Op(
+        "get", "/api/v1/keys", "listKeys", "List API keys, never their secrets (admins)", ApiKeyList, problems={403: ""}
+    ),
+    Op(
+        "delete",
+        "/api/v1/keys/{keyId}",
+        "revokeKey",
+        "Revoke an API key (admins); every API process refuses it within seconds",
+        ApiKey,
+        params=[KEY_ID],
+        problems={403: "", 404: "No such key"},
+    ),
+    Op("get", "/healthz", "getHealth", "Liveness"),
+    Op(
+        "get",
+        "/readyz",
+        "getReadiness",
+        "Readiness of PostgreSQL and Redis",
+        more={"503": {"description": "Not ready"}},
+    ),
+    Op(
+        "get",
+        "/metrics",
+        "getMetrics",
+        "Prometheus metrics",
+        problems={401: "A metrics token is required", 404: "Served on another port, or disabled"},
+    ),
+    Op("get", "/", "getWebPage", "The web page", more={"200": {"description": "HTML", "content": {"text/html": {}}}}),
+    Op(
+        "post",
+        "/v1/traces",
+        "exportBrowserTraces",
+        "OTLP/HTTP trace export for the web page's spans, forwarded to the collector",
+        problems={
+            400: "Not a valid OTLP ExportTraceServiceRequest",
+            404: "Browser traces are not collected: no OTLP endpoint",
+            413: "",
+            415: "Not OTLP JSON or protobuf, or an unknown encoding",
+            429: "Too many exports from this client",
+        },
+        body={
+            "required": True,
+            # OTLP's own protobuf messages (opentelemetry-proto), in their JSON or binary encoding.
+            "content": {JSON: {}, "application/x-protobuf": {"schema": TypeAdapter(bytes).json_schema()}},
+        },
+        more={"200": {"description": "Accepted (an empty ExportTraceServiceResponse)"}},
+    ),
+]
 
 
 def document() -> dict[str, Any]:
-    list_params = [
-        {"name": "status", "in": "query", "schema": {"type": "string", "enum": [s.value for s in Status]}},
-        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}},
-        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
-    ]
-    scans = _create("Create a scan of a URL", "CreateScan")
-    scans["get"] = {
-        "summary": "List scans, newest first",
-        "parameters": list_params,
-        "responses": {**_ok("A page of scans", "ScanList"), "422": _problem("Invalid query"), **UNAVAILABLE},
-    }
-    plain = {"200": {"description": "OK"}}
+    models: list[type[BaseModel]] = [CreateScan, CreateDocument, CreateKey, ProblemDetails]
+    models += [op.answer for op in OPERATIONS if op.answer is not None and op.answer not in models]
+    modes = {CreateScan: "validation", CreateDocument: "validation", CreateKey: "validation"}
+    keys = [(m, modes.get(m, "serialization")) for m in models]
+    refs, defs = models_json_schema(keys, ref_template=REF)  # type: ignore[arg-type]
+    by_model = {model: refs[(model, mode)] for model, mode in keys}  # type: ignore[index]
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPERATIONS:
+        paths.setdefault(op.path, {})[op.method] = op.document(by_model)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -198,102 +302,16 @@ def document() -> dict[str, Any]:
             "version": __version__,
             "description": "Scan web pages and documents in the background.",
         },
-        "paths": {
-            "/api/v1/scan-jobs": scans,
-            "/api/v1/documents": _create("Create a scan of raw text", "CreateDocument"),
-            "/api/v1/scan-jobs/{scanId}/status": _read("Progress of a scan", "ScanStatus"),
-            "/api/v1/scan-jobs/{scanId}/teaser": _read("Page facts, once TEASER_READY", "Teaser", conflict=True),
-            "/api/v1/scan-jobs/{scanId}/full": _read("The full report, once FULL_READY", "Report", conflict=True),
-            "/api/v1/scan-jobs/{scanId}/events": {
-                "get": {
-                    "summary": "Status changes as server-sent events, until a terminal state",
-                    "description": (
-                        "Each event is `event: status`, `id:` the scan's version and `data:` the status document "
-                        "(ScanStatus). The current state comes first unless Last-Event-ID already names it; the "
-                        "stream ends after a terminal state, or after PAGELENS_SSE_MAX_SECONDS, when a client "
-                        "reconnects with Last-Event-ID. Idle streams carry keep-alive comments."
-                    ),
-                    "parameters": [
-                        SCAN_ID,
-                        {
-                            "name": "Last-Event-ID",
-                            "in": "header",
-                            "required": False,
-                            "description": "The last event id (version) the client has seen.",
-                            "schema": {"type": "string"},
-                        },
-                    ],
-                    "responses": {
-                        "200": {
-                            "description": "The event stream",
-                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
-                        },
-                        "204": {"description": "Last-Event-ID is the scan's final state: nothing more will come"},
-                        "404": _problem("No such scan"),
-                        "429": _problem("This server streams to as many clients as it may; poll the status"),
-                        **UNAVAILABLE,
-                    },
-                }
-            },
-            "/api/v1/scan-jobs/{scanId}/retry": {
-                "post": {
-                    "summary": "Replay a FAILED scan under the same id",
-                    "parameters": [SCAN_ID],
-                    "responses": {
-                        **_ok("Queued again", "Accepted", "202"),
-                        "404": _problem("No such scan"),
-                        "409": _problem("Not FAILED"),
-                        **UNAVAILABLE,
-                    },
-                }
-            },
-            "/api/v1/scan-jobs/{scanId}": {
-                "delete": {
-                    "summary": "Cancel a queued or running scan",
-                    "parameters": [SCAN_ID],
-                    "responses": {
-                        "202": {"description": "Cancelled"},
-                        "404": _problem("No such scan"),
-                        "409": _problem("Already finished"),
-                        **UNAVAILABLE,
-                    },
-                }
-            },
-            "/api/v1/queues": {
-                "get": {
-                    "summary": "Queue depth by state, oldest pending age, live workers",
-                    "responses": {**_ok("Queue depth", "Queues"), **UNAVAILABLE},
-                }
-            },
-            "/healthz": {"get": {"summary": "Liveness", "responses": plain}},
-            "/readyz": {
-                "get": {
-                    "summary": "Readiness of PostgreSQL and Redis",
-                    "responses": {**plain, "503": {"description": "Not ready"}},
-                }
-            },
-            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": plain}},
-            "/": {"get": {"summary": "The web page", "responses": {"200": {"description": "HTML"}}}},
-            "/v1/traces": {
-                "post": {
-                    "summary": "OTLP/HTTP trace export for the web page's spans, forwarded to the collector",
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {"schema": {"type": "object"}},
-                            "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
-                        },
-                    },
-                    "responses": {
-                        "200": {"description": "Accepted (an empty ExportTraceServiceResponse)"},
-                        "400": _problem("Not a valid OTLP ExportTraceServiceRequest"),
-                        "404": _problem("Browser traces are not collected: no OTLP endpoint"),
-                        "413": _problem("Body too large"),
-                        "415": _problem("Not OTLP JSON or protobuf, or an unknown encoding"),
-                        "429": _problem("Too many exports from this client"),
-                    },
+        "paths": paths,
+        "components": {
+            "schemas": defs["$defs"],
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A pl_… API key (`pagelens keys create`, or PAGELENS_API_KEYS); the API is "
+                    "open while no key exists.",
                 }
             },
         },
-        "components": {"schemas": _schemas()},
     }

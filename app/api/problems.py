@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from app.core.backing import UNAVAILABLE
+from app.core.models import Status
+from app.core.report import ErrorInfo
 
 logger = logging.getLogger("pagelens.api")
 
@@ -17,6 +22,7 @@ MEDIA_TYPE = "application/problem+json"
 TITLES = {
     400: "Bad Request",
     401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     409: "Conflict",
@@ -48,17 +54,43 @@ class Problem(Exception):
         self.extra = extra
 
 
+class FieldError(BaseModel):
+    field: str
+    message: str
+    type: str | None = None
+
+
+class ProblemDetails(BaseModel):
+    """The body of every error answer; members that are not set are left out."""
+
+    model_config = ConfigDict(alias_generator=to_camel, validate_by_name=True, serialize_by_alias=True, extra="forbid")
+
+    type: str  # urn:pagelens:problem:<code>
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None  # the request path
+    errors: list[FieldError] | None = None  # 422: which field is invalid and why
+    scan_id: uuid.UUID | None = None  # 409 about a scan: its id, status and error
+    scan_status: Status | None = None
+    error: ErrorInfo | None = None
+
+
 def problem_response(problem: Problem, instance: str | None = None) -> Response:
-    body: dict[str, Any] = {
-        "type": f"urn:pagelens:problem:{problem.code}",
-        "title": TITLES.get(problem.status, "Error"),
-        "status": problem.status,
-        "detail": problem.detail,
-    }
-    if instance:
-        body["instance"] = instance
-    body.update(problem.extra)
-    return JSONResponse(body, status_code=problem.status, headers=problem.headers, media_type=MEDIA_TYPE)
+    body = ProblemDetails(
+        type=f"urn:pagelens:problem:{problem.code}",
+        title=TITLES.get(problem.status, "Error"),
+        status=problem.status,
+        detail=problem.detail,
+        **({"instance": instance} if instance else {}),
+        **problem.extra,
+    )
+    return JSONResponse(
+        body.model_dump(mode="json", exclude_unset=True),
+        status_code=problem.status,
+        headers=problem.headers,
+        media_type=MEDIA_TYPE,
+    )
 
 
 async def on_problem(request: Request, exc: Exception) -> Response:
@@ -78,15 +110,19 @@ RETRY_AFTER_UNAVAILABLE = "5"
 
 # A backing service being down is the one case where the API answers 5xx on purpose: 503 and a hint
 # when to come back, so clients and load balancers back off instead of treating it as a bug.
-async def on_unavailable(request: Request, exc: Exception) -> Response:
+def unavailable(exc: BaseException) -> Problem:
+    """503 with Retry-After for a backing service that is down (logged, with the error's type)."""
     logger.warning("backing service unavailable: %s", type(exc).__name__)
-    problem = Problem(
+    return Problem(
         503,
         "a backing service is unavailable, try again shortly",
         code="unavailable",
         headers={"Retry-After": RETRY_AFTER_UNAVAILABLE},
     )
-    return problem_response(problem, request.url.path)
+
+
+async def on_unavailable(request: Request, exc: Exception) -> Response:
+    return problem_response(unavailable(exc), request.url.path)
 
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:

@@ -6,6 +6,11 @@ it. This hub listens on one dedicated connection and fans changes out to the str
 those scans. For each batch of notifications it reads the changed rows once, in one query, for
 all of their watchers; a stream never queries the database on its own after it opens.
 
+A change reaches only streams of the scan's own tenant: the notification names it, the rows read
+carry it, and a watcher takes a row only when the tenants match. Streams are capped per process
+and, when requests come with keys, per tenant (a share of the process's cap), so one tenant cannot
+hold every slot.
+
 Each watcher holds only the newest row (a slow client skips intermediate states instead of
 buffering them), and stream ids are versions, so a client can always tell what it has seen. When
 the listener connection drops, the hub reconnects with backoff and re-reads every watched scan:
@@ -18,7 +23,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import uuid
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import asyncpg
@@ -35,18 +42,31 @@ LISTENER_NAME = "pagelens-events"
 
 
 class TooManyStreams(Exception):
-    """The process already serves its maximum number of concurrent streams."""
+    """The process already serves its maximum number of concurrent streams (`tenant` False), or
+    the requesting tenant its share of them (`tenant` True)."""
+
+    def __init__(self, limit: int, *, tenant: bool) -> None:
+        super().__init__(limit)
+        self.limit = limit
+        self.tenant = tenant
 
 
 class Watcher:
-    """One stream's view of one scan: the newest row the hub has read, and a flag that it changed."""
+    """One stream's view of one scan: the newest row the hub has read, and a flag that it changed.
 
-    def __init__(self, scan_id: uuid.UUID) -> None:
+    `tenant` is the scan's tenant as the stream asked for it: rows of any other tenant are never
+    taken. `holder` is the tenant whose share of streams it counts against (None: uncapped)."""
+
+    def __init__(self, scan_id: uuid.UUID, tenant: str, holder: str | None = None) -> None:
         self.scan_id = scan_id
+        self.tenant = tenant
+        self.holder = holder
         self.latest: Record | None = None
         self.changed = asyncio.Event()
 
     def offer(self, row: Record) -> None:
+        if row["tenant"] != self.tenant:
+            return
         if self.latest is None or row["version"] > self.latest["version"]:
             self.latest = row
             self.changed.set()
@@ -69,6 +89,8 @@ class ScanEvents:
         pool: Pool,
         *,
         max_streams: int,
+        tenant_share: float = 1.0,
+        also: Mapping[str, Callable[[], None]] | None = None,
         health_interval: float = 10.0,
         retry_delay: float = 0.2,
         max_backoff: float = 5.0,
@@ -76,6 +98,11 @@ class ScanEvents:
         self.dsn = dsn
         self.pool = pool
         self.max_streams = max_streams
+        self.max_tenant_streams = max(1, math.floor(max_streams * tenant_share))
+        # Other channels on the same listener connection: each callback runs on every notification
+        # and after every (re)connect, when notifications may have been missed.
+        self.also = dict(also or {})
+        self._held: dict[str, int] = {}  # streams per holding tenant
         self.health_interval = health_interval
         self.retry_delay = retry_delay
         self.max_backoff = max_backoff
@@ -106,20 +133,35 @@ class ScanEvents:
         await cancel_all(self._tasks)
         self._tasks = []
 
-    def subscribe(self, scan_id: uuid.UUID) -> Watcher:
-        """Register a stream for `scan_id`; TooManyStreams at the cap. Pair with `unsubscribe`."""
+    def subscribe(self, scan_id: uuid.UUID, tenant: str, holder: str | None = None) -> Watcher:
+        """Register a stream for `scan_id` of `tenant`, counted against `holder`'s share (None: only
+        against the process's cap); TooManyStreams at either cap. Pair with `unsubscribe`."""
         if self.streams >= self.max_streams:
-            raise TooManyStreams
-        watcher = Watcher(scan_id)
+            raise TooManyStreams(self.max_streams, tenant=False)
+        if holder is not None:
+            if self._held.get(holder, 0) >= self.max_tenant_streams:
+                raise TooManyStreams(self.max_tenant_streams, tenant=True)
+            self._held[holder] = self._held.get(holder, 0) + 1
+        watcher = Watcher(scan_id, tenant, holder)
         self.watchers.setdefault(scan_id, set()).add(watcher)
         return watcher
 
     def unsubscribe(self, watcher: Watcher) -> None:
         group = self.watchers.get(watcher.scan_id)
-        if group is not None:
-            group.discard(watcher)
-            if not group:
-                del self.watchers[watcher.scan_id]
+        if group is None or watcher not in group:
+            return
+        group.discard(watcher)
+        if not group:
+            del self.watchers[watcher.scan_id]
+        if watcher.holder is not None:
+            left = self._held.get(watcher.holder, 0) - 1
+            if left > 0:
+                self._held[watcher.holder] = left
+            else:
+                self._held.pop(watcher.holder, None)
+
+    def tenant_streams(self, holder: str) -> int:
+        return self._held.get(holder, 0)
 
     # --- the listener --------------------------------------------------------------------------
 
@@ -128,11 +170,17 @@ class ScanEvents:
             data: Any = json.loads(str(payload))
             scan_id = uuid.UUID(data["id"])
             version = int(data["version"])
-        except (ValueError, KeyError, TypeError):
+            tenant = data.get("tenant")
+        except (ValueError, KeyError, TypeError, AttributeError):
             logger.warning("ignoring a malformed %s notification", CHANNEL)
             return
         group = self.watchers.get(scan_id)
-        if not group or all(w.latest is not None and w.latest["version"] >= version for w in group):
+        if not group:
+            return
+        # Only this tenant's streams care (a notification without one, from before the tenant
+        # column, is checked against the row when it is read).
+        wanting = [w for w in group if tenant is None or w.tenant == tenant]
+        if all(w.latest is not None and w.latest["version"] >= version for w in wanting):
             return
         self._dirty.add(scan_id)
         self._wake.set()
@@ -147,6 +195,9 @@ class ScanEvents:
                 conn = await asyncpg.connect(self.dsn, server_settings={"application_name": LISTENER_NAME})
                 conn.add_termination_listener(lambda _, lost=lost: lost.set())
                 await conn.add_listener(CHANNEL, self._on_notify)
+                for channel, callback in self.also.items():
+                    await conn.add_listener(channel, lambda *_, callback=callback: callback())
+                    callback()
                 self._conn = conn
                 self.connections += 1
                 self.connected.set()

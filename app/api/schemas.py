@@ -1,4 +1,4 @@
-"""Request bodies: reading them within limits and validating every field."""
+"""Request bodies, read within limits with every field validated; answers, as JSON of their models."""
 
 from __future__ import annotations
 
@@ -6,12 +6,15 @@ import hashlib
 import json
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
-from pydantic.alias_generators import to_camel
+from pydantic import BaseModel, Field, StringConstraints, ValidationError, field_validator
 from starlette.requests import Request
+from starlette.responses import JSONResponse
 
+from app.api.params import BIGINT_MAX, header_integer
 from app.api.problems import Problem
+from app.core import keys
 from app.core.models import ScanError
+from app.core.report import STRICT, ScanOptions, Wire
 from app.core.settings import Settings
 from app.core.urlpolicy import check_url
 
@@ -19,15 +22,7 @@ Model = TypeVar("Model", bound=BaseModel)
 
 
 class Strict(BaseModel):
-    # Unknown fields are refused so a typo in a client ("otpions") is an error, not silently ignored.
-    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True)
-
-
-class ScanOptions(Strict):
-    top_n: int = Field(10, ge=1, le=30, description="How many keyphrases to extract.")
-    llm: bool = Field(True, description="Add LLM insights when an LLM is configured.")
-    psi: bool = Field(True, description="Add PageSpeed Insights scores when PSI is configured.")
-    strategy: Literal["mobile", "desktop"] = Field("mobile", description="PageSpeed Insights strategy.")
+    model_config = STRICT
 
 
 class CreateScan(Strict):
@@ -48,13 +43,22 @@ class CreateDocument(Strict):
         return value
 
 
+class CreateKey(Strict):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=keys.MAX_NAME_CHARS)]
+    tenant: Annotated[str, StringConstraints(pattern=keys.TENANT_PATTERN.pattern)] | None = Field(
+        None, description="The key's tenant; without one, the admin's own."
+    )
+    role: Literal["member", "admin"] = "member"
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """Read the body, refusing with 413 as soon as it exceeds `limit` (before buffering it all)."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
+    raw = request.headers.get("content-length")
+    if raw is not None:
+        declared = header_integer(raw, low=0, high=BIGINT_MAX)
+        if declared is None:
             raise Problem(400, "invalid Content-Length header")
-        if int(declared) > limit:
+        if declared > limit:
             raise Problem(413, f"request body is larger than {limit} bytes", code="body-too-large")
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -118,3 +122,7 @@ def validated_idempotency_key(request: Request) -> str | None:
             errors=[{"field": "Idempotency-Key", "message": "invalid header", "type": "value_error"}],
         )
     return raw
+
+
+def reply(body: Wire, status_code: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(body.to_json(), status_code=status_code, headers=headers)

@@ -23,7 +23,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceS
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.util.re import parse_env_headers
 
-from app.api.browser_spans import PROTOBUF, RateLimit
+from app.api.browser_spans import PROTOBUF
+from app.api.limits import RateLimit
 from app.core.settings import Settings
 
 logger = logging.getLogger("pagelens.browser_traces")
@@ -91,11 +92,11 @@ class BrowserTraces:
         compress = _env("COMPRESSION").strip().lower() == "gzip"
         if settings.browser_traces_endpoint:
             transport = _over_http(settings.browser_traces_endpoint, headers, compress)
-        elif settings.otel_exporter_otlp_protocol == "grpc":
-            transport = _over_grpc(_env("ENDPOINT", "http://localhost:4317"), headers, compress)
+        elif settings.otlp_traces_protocol == "grpc":
+            transport = _over_grpc(settings.otlp_traces_endpoint or "http://localhost:4317", headers, compress)
         else:
-            traces = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            base = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318")
+            traces = settings.otel_exporter_otlp_traces_endpoint
+            base = settings.otel_exporter_otlp_endpoint or "http://localhost:4318"
             transport = _over_http(traces or base.rstrip("/") + "/v1/traces", headers, compress)
         return cls(*transport, settings.browser_traces_per_minute)
 

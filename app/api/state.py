@@ -9,6 +9,7 @@ from arq.connections import ArqRedis
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection
 
+from app.api.keyring import KeyRing
 from app.api.scan_events import ScanEvents
 from app.api.span_forwarding import BrowserTraces
 from app.core.settings import Settings
@@ -20,6 +21,7 @@ class State:
     pool: asyncpg.Pool
     redis: ArqRedis
     events: ScanEvents
+    keys: KeyRing
     browser_traces: BrowserTraces | None = None
 
     @staticmethod

@@ -7,15 +7,19 @@ answer that is not the API's, or the API failing: unreachable, timeouts, 401/429
 
 from __future__ import annotations
 
-import json
 import time
+import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+from pydantic import ValidationError
 
 from app.core.models import TERMINAL
+from app.core.report import Accepted, Report, ScanList, ScanStatus, Wire
 from app.core.types import JSONDict
+
+Answer = TypeVar("Answer", bound=Wire)
 
 SCANS = "/api/v1/scan-jobs"
 # Statuses the API uses for "your request was wrong"; anything else is the service's problem.
@@ -58,7 +62,7 @@ class Client:
     def close(self) -> None:
         self.http.close()
 
-    def _check(self, response: httpx.Response) -> JSONDict:
+    def _check(self, response: httpx.Response, answer: type[Answer]) -> Answer:
         if response.status_code in REFUSALS:
             raise Refused(_problem_text(response))
         if response.status_code == 401:
@@ -66,43 +70,42 @@ class Client:
         if response.status_code >= 400:
             raise Unavailable(f"the API answered {response.status_code}: {_problem_text(response)}")
         try:
-            body: JSONDict = response.json()
-        except ValueError:
-            raise Unavailable(f"{self.base_url} did not answer like a pagelens API (no JSON)") from None
-        return body
+            return answer.model_validate_json(response.content)
+        except ValidationError:
+            raise Unavailable(f"{self.base_url} did not answer like a pagelens API") from None
 
-    def request(self, method: str, path: str, **kwargs: Any) -> JSONDict:
+    def request(self, method: str, path: str, answer: type[Answer], **kwargs: Any) -> Answer:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise Unreachable(f"cannot reach the API at {self.base_url} ({type(exc).__name__}: {exc})") from None
-        return self._check(response)
+        return self._check(response, answer)
 
-    def create_scan(self, url: str, top_n: int) -> JSONDict:
-        return self.request("POST", SCANS, json={"url": url, "options": {"topN": top_n}})
+    def create_scan(self, url: str, top_n: int) -> Accepted:
+        return self.request("POST", SCANS, Accepted, json={"url": url, "options": {"topN": top_n}})
 
-    def create_document(self, text: str, title: str | None, top_n: int) -> JSONDict:
+    def create_document(self, text: str, title: str | None, top_n: int) -> Accepted:
         body: JSONDict = {"text": text, "options": {"topN": top_n}}
         if title:
             body["title"] = title
-        return self.request("POST", "/api/v1/documents", json=body)
+        return self.request("POST", "/api/v1/documents", Accepted, json=body)
 
-    def status(self, scan_id: str) -> JSONDict:
-        return self.request("GET", f"{SCANS}/{scan_id}/status")
+    def status(self, scan_id: str) -> ScanStatus:
+        return self.request("GET", f"{SCANS}/{scan_id}/status", ScanStatus)
 
-    def report(self, scan_id: str) -> JSONDict:
-        return self.request("GET", f"{SCANS}/{scan_id}/full")
+    def report(self, scan_id: uuid.UUID) -> Report:
+        return self.request("GET", f"{SCANS}/{scan_id}/full", Report)
 
-    def retry(self, scan_id: str) -> JSONDict:
-        return self.request("POST", f"{SCANS}/{scan_id}/retry")
+    def retry(self, scan_id: str) -> Accepted:
+        return self.request("POST", f"{SCANS}/{scan_id}/retry", Accepted)
 
-    def scans(self, status: str | None, limit: int) -> JSONDict:
+    def scans(self, status: str | None, limit: int) -> ScanList:
         params: dict[str, str | int] = {"limit": limit}
         if status:
             params["status"] = status
-        return self.request("GET", SCANS, params=params)
+        return self.request("GET", SCANS, ScanList, params=params)
 
-    def follow(self, scan_id: str) -> Iterator[JSONDict]:
+    def follow(self, scan_id: str) -> Iterator[ScanStatus]:
         """Each status change (the current state first) until a terminal state, over the event
         stream. The server ends a stream after a while and a network can drop it: both are resumed
         with Last-Event-ID, and only failures in a row count against STREAM_RECONNECTS."""
@@ -118,14 +121,17 @@ class Client:
                         return
                     if response.status_code != 200:
                         response.read()
-                        self._check(response)
+                        self._check(response, ScanStatus)
                         raise Unavailable(f"the event stream answered {response.status_code}")
                     failures = 0  # the API answered: a stream ending from here on is a rotation
                     for event_id, data in _events(response.iter_lines()):
                         last_id = event_id or last_id
-                        status: JSONDict = json.loads(data)
+                        try:
+                            status = ScanStatus.model_validate_json(data)
+                        except ValidationError:
+                            raise Unavailable(f"{self.base_url} sent an event that is not a scan status") from None
                         yield status
-                        if status.get("status") in TERMINAL:
+                        if status.status in TERMINAL:
                             return
             except httpx.HTTPError as exc:
                 failures += 1

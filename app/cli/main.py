@@ -2,7 +2,7 @@
 
 Exit codes, for scripts:
   0  done: the scan is FULL_READY (with --wait), or the command did what it was asked
-  1  the scan FAILED or was CANCELLED
+  1  the scan FAILED or was CANCELLED; for `pagelens run`, a child kept crashing
   2  usage: bad arguments or settings, or the API refused the request (invalid URL, unknown scan…)
   3  the API is unreachable or failing (connection refused, timeout, 401, 429, 5xx)
 """
@@ -13,23 +13,20 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from rich.console import Console
 
+from app.cli import keys
 from app.cli.client import Client, Refused, Unavailable, Unreachable
-from app.cli.embedded import backing_servers
 from app.cli.report import ProgressView, render_list, render_report, render_status
+from app.cli.run import API_HOST, API_PORT, cmd_run, port_number, worker_command, worker_count
 from app.core import migrate
 from app.core.models import TERMINAL
-from app.core.settings import ConfigError, Settings, child_env
-from app.core.types import JSONDict
+from app.core.report import Accepted, ScanStatus, Wire
+from app.core.settings import ConfigError, Settings
 
-API_HOST, API_PORT = "127.0.0.1", 8000
 DONE, SCAN_FAILED, USAGE, UNAVAILABLE = 0, 1, 2, 3
 
 
@@ -43,7 +40,10 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     # exec, not a child process: SIGTERM and Ctrl-C reach the worker itself, which drains gracefully.
-    os.execv(sys.executable, [sys.executable, "-m", "arq", "worker.WorkerSettings"])  # noqa: S606 (fixed argv)
+    # (A module run, not an import: the CLI must not import the worker.)
+    flags = [flag for flag, on in (("--burst", args.burst), ("--check", args.check)) if on]
+    command = [*worker_command(), *flags]
+    os.execv(command[0], command)  # noqa: S606 (fixed argv)
 
 
 # --- a client of a running API ----------------------------------------------------------------
@@ -53,16 +53,20 @@ def _client(settings: Settings, args: argparse.Namespace) -> Client:
     return Client((args.api or settings.api_url).rstrip("/"), args.api_key or settings.api_key)
 
 
-def _outcome(status: JSONDict) -> int:
-    return SCAN_FAILED if status["status"] in ("FAILED", "CANCELLED") else DONE
+def _outcome(status: ScanStatus) -> int:
+    return SCAN_FAILED if status.status in ("FAILED", "CANCELLED") else DONE
 
 
-def _finish(client: Client, status: JSONDict, args: argparse.Namespace) -> int:
+def _print_json(answer: Wire) -> None:
+    print(json.dumps(answer.to_json(), indent=2, ensure_ascii=False))
+
+
+def _finish(client: Client, status: ScanStatus, args: argparse.Namespace) -> int:
     """Print the scan as it now is: the report once FULL_READY, else its status."""
     out = Console()
-    report = client.report(status["scanId"]) if status["status"] == "FULL_READY" else None
+    report = client.report(status.scan_id) if status.status == "FULL_READY" else None
     if args.json:
-        print(json.dumps(report if report is not None else status, indent=2, ensure_ascii=False))
+        _print_json(report if report is not None else status)
     elif report is not None:
         render_report(out, report, status)
     else:
@@ -72,25 +76,25 @@ def _finish(client: Client, status: JSONDict, args: argparse.Namespace) -> int:
 
 def _wait(client: Client, scan_id: str, args: argparse.Namespace) -> int:
     status = client.status(scan_id)
-    if status["status"] not in TERMINAL:
+    if status.status not in TERMINAL:
         with ProgressView(Console(stderr=True)).running(scan_id) as view:
             for status in client.follow(scan_id):
                 view.update(status)
-        if status["status"] not in TERMINAL:  # the stream ended without showing the end (a 204)
+        if status.status not in TERMINAL:  # the stream ended without showing the end (a 204)
             status = client.status(scan_id)
     return _finish(client, status, args)
 
 
-def _accepted(client: Client, accepted: JSONDict, args: argparse.Namespace) -> int:
-    scan_id = accepted["scanId"]
+def _accepted(client: Client, accepted: Accepted, args: argparse.Namespace) -> int:
+    scan_id = str(accepted.scan_id)
     if args.wait:
         return _wait(client, scan_id, args)
     if args.json:
-        print(json.dumps(accepted, indent=2))
+        _print_json(accepted)
     else:
-        print(f"scan {scan_id} {accepted['status']}")
+        print(f"scan {scan_id} {accepted.status}")
         print(f"  follow it:  pagelens status {scan_id} --wait")
-        print(f"  status:     {client.base_url}{accepted['statusUrl']}")
+        print(f"  status:     {client.base_url}{accepted.status_url}")
     return DONE
 
 
@@ -110,7 +114,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         return _wait(client, args.scan_id, args)
     status = client.status(args.scan_id)
     if args.json:
-        print(json.dumps(status, indent=2, ensure_ascii=False))
+        _print_json(status)
     else:
         render_status(Console(), status)
     return _outcome(status)
@@ -119,92 +123,15 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
     page = _client(settings, args).scans(args.status, args.limit)
     if args.json:
-        print(json.dumps(page, indent=2, ensure_ascii=False))
+        _print_json(page)
     else:
-        render_list(Console(), page["items"])
+        render_list(Console(), page.items)
     return DONE
 
 
 def cmd_retry(settings: Settings, args: argparse.Namespace) -> int:
     client = _client(settings, args)
     return _accepted(client, client.retry(args.scan_id), args)
-
-
-def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
-    for p in processes:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    # Longer than the worker's shutdown grace, so running scans can finish.
-    deadline = time.monotonic() + 40
-    for p in processes:
-        try:
-            p.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    """Everything for a developer: backing servers (embedded when not configured), migrations,
-    the API and one worker, until Ctrl-C."""
-    data_dir: Path = settings.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with backing_servers(data_dir, settings.database_url, settings.redis_url, probe_local=False) as (
-        database_url,
-        redis_url,
-        started,
-    ):
-        env_file = data_dir / "env"
-        env_file.write_text(f"DATABASE_URL={database_url}\nREDIS_URL={redis_url}\n")
-        applied = asyncio.run(migrate.apply(database_url, settings.migrations_dir))
-        env = child_env(DATABASE_URL=database_url, REDIS_URL=redis_url)
-        bin_dir = Path(sys.executable).parent
-        processes = [
-            subprocess.Popen(
-                [
-                    str(bin_dir / "uvicorn"),
-                    "app.main:app",
-                    "--host",
-                    API_HOST,
-                    "--port",
-                    str(args.port),
-                    "--no-access-log",
-                ],
-                env=env,
-            ),
-            subprocess.Popen([str(bin_dir / "arq"), "worker.WorkerSettings"], env=env),
-        ]
-        embedded = f" (embedded: {', '.join(started)})" if started else ""
-        print(
-            f"""
-pagelens is starting{embedded}; {len(applied)} migration(s) applied.
-  web page      http://{API_HOST}:{args.port}/
-  API           http://{API_HOST}:{args.port}/api/v1/scan-jobs   (OpenAPI: /openapi.json)
-  API metrics   http://{API_HOST}:{args.port}/metrics
-  worker        http://127.0.0.1:{settings.worker_metrics_port}/metrics
-  servers       {env_file}   (more workers: set -a; . {env_file}; .venv/bin/arq worker.WorkerSettings)
-Scan a page:  curl -s -XPOST localhost:{args.port}/api/v1/scan-jobs -H 'content-type: application/json' \\
-                -d '{{"url": "https://example.com/"}}'
-Ctrl-C stops everything.
-""",
-            flush=True,
-        )
-        signal.signal(signal.SIGTERM, _interrupt)
-        # A shell starts background jobs with SIGINT ignored; `kill -INT` should stop them too.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        try:
-            while all(p.poll() is None for p in processes):
-                time.sleep(0.5)
-            print("a child process exited; stopping", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            return 0
-        finally:
-            _stop(processes)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -215,9 +142,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(handler=cmd_migrate)
-    sub.add_parser("worker", help="run one arq worker").set_defaults(handler=cmd_worker)
-    run = sub.add_parser("run", help="start servers, API and a worker for local use")
-    run.add_argument("--port", type=int, default=API_PORT)
+    worker = sub.add_parser("worker", help="run one worker")
+    worker.add_argument("--burst", action="store_true", help="run the queued jobs, then exit")
+    worker.add_argument("--check", action="store_true", help="exit 0 when a worker of the queue is alive, else 1")
+    worker.set_defaults(handler=cmd_worker)
+    run = sub.add_parser("run", help="start servers, the API and workers for local use, restarting any that crash")
+    run.add_argument("--port", type=port_number, default=API_PORT, help=f"the API's port (default {API_PORT})")
+    run.add_argument("--workers", type=worker_count, default=1, metavar="N", help="how many workers (default 1)")
     run.set_defaults(handler=cmd_run)
 
     api = argparse.ArgumentParser(add_help=False)
@@ -247,6 +178,7 @@ def _parser() -> argparse.ArgumentParser:
     retry = sub.add_parser("retry", parents=[api, waits], help="replay a FAILED scan")
     retry.add_argument("scan_id", metavar="ID")
     retry.set_defaults(handler=cmd_retry)
+    keys.add_parser(sub)
     return parser
 
 
@@ -256,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env()
         code: int = args.handler(settings, args)
         return code
-    except (ConfigError, migrate.MigrationError, Refused, OSError) as exc:
+    except (ConfigError, migrate.MigrationError, keys.KeyCommandError, Refused, OSError) as exc:
         print(f"pagelens: {exc}", file=sys.stderr)
         return USAGE
     except Unavailable as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 from rich.console import Console, Group
@@ -16,7 +17,8 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from rich.table import Table
 from rich.text import Text
 
-from app.core.types import JSONDict
+from app.core.page_audit import AuditCategory, AuditReport, AuditResult
+from app.core.report import Report, ScanStatus
 
 STATUS_STYLES = {
     "QUEUED": "dim",
@@ -58,12 +60,13 @@ class ProgressView:
         else:
             yield self
 
-    def update(self, status: JSONDict) -> None:
-        label = status["status"] + (f" · {status['stage']}" if status.get("stage") else "")
+    def update(self, status: ScanStatus) -> None:
+        stage = status.stage.value if status.stage else None
+        label = status.status.value + (f" · {stage}" if stage else "")
         if self.progress is not None and self.task is not None:
-            self.progress.update(self.task, completed=status.get("progress") or 0, description=label)
+            self.progress.update(self.task, completed=status.progress, description=label)
         else:
-            self.err.print(f"{status['status']:<12} {status.get('stage') or '-':<9} {status.get('progress', 0):>3}%")
+            self.err.print(f"{status.status.value:<12} {stage or '-':<9} {status.progress:>3}%")
 
 
 def _facts(rows: list[tuple[str, Any]]) -> Table:
@@ -76,150 +79,170 @@ def _facts(rows: list[tuple[str, Any]]) -> Table:
     return table
 
 
-def render_status(out: Console, status: JSONDict) -> None:
+def _iso(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def render_status(out: Console, status: ScanStatus) -> None:
     rows = [
-        ("scan", status["scanId"]),
-        ("url", status.get("url") or "(text document)"),
-        ("stage", status.get("stage")),
-        ("progress", f"{status.get('progress', 0)}%"),
-        ("attempts", status.get("attempts")),
-        ("trace", status.get("traceId")),
-        ("created", status.get("createdAt")),
+        ("scan", status.scan_id),
+        ("url", status.url or "(text document)"),
+        ("stage", status.stage.value if status.stage else None),
+        ("progress", f"{status.progress}%"),
+        ("attempts", status.attempts),
+        ("trace", status.trace_id),
+        ("created", _iso(status.created_at)),
     ]
-    out.print(Group(Text.assemble(("status  ", "dim"), status_text(status["status"])), _facts(rows)))
-    if status.get("error"):
-        error = status["error"]
-        out.print(Panel(error["message"], title=f"error: {error['type']}", border_style="red", expand=False))
+    out.print(Group(Text.assemble(("status  ", "dim"), status_text(status.status)), _facts(rows)))
+    if error := status.error:
+        out.print(Panel(error.message, title=f"error: {error.type.value}", border_style="red", expand=False))
 
 
-def render_report(out: Console, report: JSONDict, status: JSONDict) -> None:
-    teaser = report.get("teaser") or {}
-    title = teaser.get("title") or status.get("url") or "Text document"
-    out.print(Panel(Text(title, style="bold"), expand=False, border_style="green"))
-    links, images = teaser.get("links") or {}, teaser.get("images") or {}
+def render_report(out: Console, report: Report, status: ScanStatus) -> None:
+    teaser = report.teaser
+    out.print(
+        Panel(Text(teaser.title or status.url or "Text document", style="bold"), expand=False, border_style="green")
+    )
+    links, images = teaser.links, teaser.images
     page_rows = [
-        ("url", status.get("url")),
-        ("scan", status.get("scanId")),
-        ("trace", status.get("traceId")),
-        ("description", teaser.get("description")),
-        ("words", teaser.get("wordCount")),
-        ("language", teaser.get("language")),
-        ("links in/out", f"{links.get('internal')} / {links.get('external')}" if status.get("url") else None),
-        ("images w/o alt", f"{images.get('withoutAlt')} / {images.get('total')}" if status.get("url") else None),
+        ("url", status.url),
+        ("scan", status.scan_id),
+        ("trace", status.trace_id),
+        ("description", teaser.description),
+        ("words", teaser.word_count),
+        ("language", teaser.language),
+        ("links in/out", f"{links.internal} / {links.external}" if status.url else None),
+        ("images w/o alt", f"{images.without_alt} / {images.total}" if status.url else None),
     ]
     out.print(Text("Page", style="bold underline"))
     out.print(_facts(page_rows))
 
-    phrases = report.get("keyphrases") or []
+    phrases = report.keyphrases
     out.print(Text("\nKeyphrases", style="bold underline"))
     table = Table(show_header=False, box=None, padding=(0, 2))
-    top = max((p["score"] for p in phrases), default=1.0) or 1.0
+    top = max((p.score for p in phrases), default=1.0) or 1.0
     for phrase in phrases:
-        bar = "█" * max(1, round(phrase["score"] / top * 20))
-        table.add_row(phrase["phrase"], Text(bar, style="magenta"), f"{phrase['score']:.2f}")
+        bar = "█" * max(1, round(phrase.score / top * 20))
+        table.add_row(phrase.phrase, Text(bar, style="magenta"), f"{phrase.score:.2f}")
     out.print(table if phrases else Text("(too little text)", style="dim"))
 
-    perf = report.get("performance")
-    if perf:
+    if perf := report.performance:
         out.print(Text("\nPerformance", style="bold underline"))
         out.print(
             _facts(
                 [
-                    ("time to first byte", f"{perf.get('ttfbMs')} ms"),
-                    ("total fetch", f"{perf.get('totalMs')} ms"),
-                    ("HTML", f"{perf.get('htmlBytes')} bytes ({perf.get('transferBytes')} transferred)"),
-                    ("compression", perf.get("compression") or "none"),
-                    ("scripts / styles", f"{perf.get('scripts')} / {perf.get('stylesheets')}"),
-                    ("render-blocking", perf.get("renderBlocking")),
-                    ("redirects", perf.get("redirects")),
-                    ("PageSpeed", perf.get("psi")),
+                    ("time to first byte", f"{perf.ttfb_ms} ms"),
+                    ("total fetch", f"{perf.total_ms} ms"),
+                    ("HTML", f"{perf.html_bytes} bytes ({perf.transfer_bytes} transferred)"),
+                    ("compression", perf.compression or "none"),
+                    ("scripts / styles", f"{perf.scripts} / {perf.stylesheets}"),
+                    ("render-blocking", perf.render_blocking),
+                    ("redirects", perf.redirects),
+                    ("PageSpeed", perf.psi.to_json() if perf.psi else None),
                 ]
             )
         )
 
-    insights = report.get("insights") or []
     out.print(Text("\nInsights", style="bold underline"))
-    if not insights:
+    if not report.insights:
         out.print(Text("nothing to improve that the checks could find", style="dim"))
     for severity in SEVERITY_STYLES:
-        for insight in (i for i in insights if i.get("severity") == severity):
+        for insight in (i for i in report.insights if i.severity == severity):
             out.print(
                 Text.assemble(
                     (f"{severity.upper():<7}", SEVERITY_STYLES[severity]),
-                    (f"{insight.get('category', ''):<14}", "dim"),
-                    str(insight.get("message", "")),
+                    (f"{insight.category:<14}", "dim"),
+                    insight.message,
                 )
             )
 
-    audit = report.get("audit")
-    if isinstance(audit, dict):
-        render_audit(out, audit)
+    if report.audit is not None:
+        render_audit(out, report.audit)
 
 
-RESULT_STYLES = {"fail": ("FAIL", "bold red"), "warning": ("WARN", "yellow"), "pass": ("PASS", "green")}
+RESULT_STYLES = {
+    AuditResult.FAIL: ("FAIL", "bold red"),
+    AuditResult.WARNING: ("WARN", "yellow"),
+    AuditResult.PASS: ("PASS", "green"),
+}
 CATEGORY_NAMES = {
-    "indexability": "Indexability",
-    "structured_data": "Structured data",
-    "sharing": "Sharing",
-    "content": "Content",
-    "performance": "Performance",
+    AuditCategory.INDEXABILITY: "Indexability",
+    AuditCategory.STRUCTURED_DATA: "Structured data",
+    AuditCategory.SHARING: "Sharing",
+    AuditCategory.CONTENT: "Content",
+    AuditCategory.PERFORMANCE: "Performance",
 }
 EVIDENCE_SHOWN = 3
 
 
-def _score(value: Any) -> Text:
-    if not isinstance(value, int):
+def _score(value: int | None) -> Text:
+    if value is None:
         return Text("-", style="dim")
     style = "green" if value >= 90 else "yellow" if value >= 50 else "red"
     return Text(f"{value:>3}", style=f"bold {style}")
 
 
-def render_audit(out: Console, audit: JSONDict) -> None:
+def render_audit(out: Console, audit: AuditReport) -> None:
     """Scores per category, then each category's failing and warning audits with evidence and a fix."""
-    out.print(Text.assemble(("\nAudit", "bold underline"), "  score ", _score(audit.get("score")), "/100"))
+    out.print(Text.assemble(("\nAudit", "bold underline"), "  score ", _score(audit.score), "/100"))
     table = Table(box=None, padding=(0, 2), header_style="dim")
     for column in ("category", "score", "fail", "warn", "pass"):
         table.add_column(column)
-    for category in audit.get("categories") or []:
+    for summary in audit.categories:
         table.add_row(
-            CATEGORY_NAMES.get(category.get("category"), str(category.get("category"))),
-            _score(category.get("score")),
-            str(category.get("failed", 0)),
-            str(category.get("warnings", 0)),
-            str(category.get("passed", 0)),
+            CATEGORY_NAMES[summary.category],
+            _score(summary.score),
+            str(summary.failed),
+            str(summary.warnings),
+            str(summary.passed),
         )
     out.print(table)
-    audits = [a for a in audit.get("audits") or [] if isinstance(a, dict)]
     for category, name in CATEGORY_NAMES.items():
-        mine = [a for a in audits if a.get("category") == category]
-        open_items = [a for a in mine if a.get("result") in ("fail", "warning")]  # failing first already
-        passed = sum(1 for a in mine if a.get("result") == "pass")
+        mine = [a for a in audit.audits if a.category is category]
         if not mine:
             continue
+        open_items = [a for a in mine if a.result in (AuditResult.FAIL, AuditResult.WARNING)]  # failing first already
+        passed = sum(1 for a in mine if a.result is AuditResult.PASS)
         out.print(Text(f"\n{name}", style="bold"))
         for item in open_items:
-            label, style = RESULT_STYLES[item["result"]]
-            out.print(Text.assemble((f"{label:<6}", style), str(item.get("title", item.get("id", "")))))
-            for line in (item.get("evidence") or [])[:EVIDENCE_SHOWN]:
+            label, style = RESULT_STYLES[item.result]
+            out.print(Text.assemble((f"{label:<6}", style), item.title))
+            for line in item.evidence[:EVIDENCE_SHOWN]:
                 out.print(Text(f"      {line}", style="dim"))
-            if item.get("fix"):
-                out.print(Text.assemble(("      fix: ", "cyan"), str(item["fix"])))
+            if item.fix:
+                out.print(Text.assemble(("      fix: ", "cyan"), item.fix))
         if open_items or passed:
             out.print(Text(f"      {passed} passed", style="green" if passed else "dim"))
         else:
             out.print(Text("      nothing here applies to this page", style="dim"))
 
 
-def render_list(out: Console, items: list[JSONDict]) -> None:
-    table = Table(box=None, padding=(0, 2), header_style="bold")
-    for column in ("scan", "status", "progress", "url", "created"):
-        table.add_column(column)
+def render_list(out: Console, items: list[ScanStatus]) -> None:
+    """One scan per line. The id is always printed whole (it is what the other commands take); on a
+    narrow terminal the URL is what gets shortened."""
+    table = Table(box=None, padding=(0, 1, 0, 0), pad_edge=False, header_style="bold")
+    table.add_column("scan", no_wrap=True, min_width=36)
+    table.add_column("status", no_wrap=True)
+    table.add_column("%", no_wrap=True, justify="right")
+    table.add_column("created", no_wrap=True)
+    table.add_column("url", overflow="ellipsis")
     for item in items:
         table.add_row(
-            item["scanId"],
-            status_text(item["status"]),
-            f"{item.get('progress', 0)}%",
-            item.get("url") or "(text)",
-            item.get("createdAt") or "",
+            str(item.scan_id),
+            status_text(item.status),
+            str(item.progress),
+            _created(item.created_at),
+            _short_url(item.url),
         )
     out.print(table if items else Text("no scans", style="dim"))
+
+
+def _created(value: datetime) -> str:
+    """Local time, to the minute: month-day hour:minute (the full timestamp is in --json)."""
+    return value.astimezone().strftime("%m-%d %H:%M")
+
+
+def _short_url(url: str | None) -> str:
+    if not url:
+        return "(text)"
+    return url.removeprefix("https://").removeprefix("http://")

@@ -1,186 +1,60 @@
-"""The audit part of a scan's report: typed results, the preview and robots facts, and the scores.
+"""The audit trail: who created or revoked a key, cancelled, retried or replayed a scan.
 
-Every audit has a stable id, a result, a severity (how much a failure matters), capped evidence
-(the tag, header or robots.txt line it came from) and a one-line fix. Scores are 0-100 per
-category and overall:
-
-- an audit counts with the weight of its severity: high 3, medium 2, low 1, info 0 (info audits
-  are shown but never move a score);
-- it earns all of its weight on pass, half on warning, nothing on fail; not_applicable audits
-  are left out;
-- a category's score is the share of the weight its audits earned; a category with nothing to
-  weigh has no score (null);
-- the overall score is the mean of the category scores weighted by CATEGORY_WEIGHTS, over the
-  categories that have a score.
+Each action logs one JSON line on the `pagelens.audit` logger, with the acting key's id and tenant
+(never the secret), the scan or key acted on and the trace id (added by the log formatter), and
+counts in `pagelens_audit_events_total{action, outcome}`. Both label sets are closed enums, so the
+metric stays small whatever the traffic.
 """
 
 from __future__ import annotations
 
+import logging
 from enum import StrEnum
-from typing import Annotated, Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic.alias_generators import to_camel
+from observability import metrics
 
-EVIDENCE_ITEMS: Final = 10  # evidence lines kept per audit
-EVIDENCE_CHARS: Final = 300  # characters kept per evidence line
+logger = logging.getLogger("pagelens.audit")
 
 
-class AuditResult(StrEnum):
-    PASS = "pass"  # noqa: S105 (a result, not a password)
-    FAIL = "fail"
-    WARNING = "warning"
-    NOT_APPLICABLE = "not_applicable"
+class Action(StrEnum):
+    KEY_CREATE = "key_create"
+    KEY_REVOKE = "key_revoke"
+    SCAN_CANCEL = "scan_cancel"
+    SCAN_RETRY = "scan_retry"
 
 
-class Severity(StrEnum):
-    HIGH = "high"
-    MEDIUM = "medium"
-    LOW = "low"
-    INFO = "info"
+class Outcome(StrEnum):
+    OK = "ok"
+    NOT_FOUND = "not_found"  # unknown, or another tenant's (the same answer, deliberately)
+    CONFLICT = "conflict"  # the scan's state did not allow it (already finished, not FAILED)
+    REFUSED = "refused"  # a limit (open-scan cap) or a missing role
 
 
-class AuditCategory(StrEnum):
-    INDEXABILITY = "indexability"
-    STRUCTURED_DATA = "structured_data"
-    SHARING = "sharing"
-    CONTENT = "content"
-    PERFORMANCE = "performance"
-
-
-SEVERITY_WEIGHTS: Final = {Severity.HIGH: 3, Severity.MEDIUM: 2, Severity.LOW: 1, Severity.INFO: 0}
-RESULT_CREDIT: Final = {AuditResult.PASS: 1.0, AuditResult.WARNING: 0.5, AuditResult.FAIL: 0.0}
-CATEGORY_WEIGHTS: Final = {
-    AuditCategory.INDEXABILITY: 30,
-    AuditCategory.CONTENT: 25,
-    AuditCategory.PERFORMANCE: 20,
-    AuditCategory.STRUCTURED_DATA: 15,
-    AuditCategory.SHARING: 10,
-}
-# Failing first, then warnings; within a result the most severe first.
-RESULT_ORDER: Final = {AuditResult.FAIL: 0, AuditResult.WARNING: 1, AuditResult.PASS: 2, AuditResult.NOT_APPLICABLE: 3}
-SEVERITY_ORDER: Final = {Severity.HIGH: 0, Severity.MEDIUM: 1, Severity.LOW: 2, Severity.INFO: 3}
-
-
-class AuditModel(BaseModel):
-    """camelCase JSON both ways, like the rest of the report; unknown stored keys are ignored."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        validate_by_name=True,
-        validate_by_alias=True,
-        serialize_by_alias=True,
-        json_schema_serialization_defaults_required=True,
+def record(
+    action: Action,
+    outcome: Outcome,
+    *,
+    actor_key_id: str | None,
+    actor_tenant: str,
+    via: str,
+    scan_id: str | None = None,
+    target_key_id: str | None = None,
+    target_tenant: str | None = None,
+) -> None:
+    """`via`: "api" or "cli". `actor_key_id` is None for the open API (no keys) and for the CLI."""
+    metrics.audit_events_total.inc({"action": action.value, "outcome": outcome.value})
+    logger.info(
+        "%s %s",
+        action.value,
+        outcome.value,
+        extra={
+            "audit_action": action.value,
+            "outcome": outcome.value,
+            "key_id": actor_key_id,
+            "tenant": actor_tenant,
+            "via": via,
+            "scan_id": scan_id,
+            "target_key_id": target_key_id,
+            "target_tenant": target_tenant,
+        },
     )
-
-    def to_json(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
-
-
-def cap_text(value: str, limit: int = EVIDENCE_CHARS) -> str:
-    """One line of at most `limit` characters, marked with "…" when cut."""
-    flat = " ".join(value.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
-class Audit(AuditModel):
-    id: str
-    category: AuditCategory
-    title: str  # what is checked, e.g. "Page may be indexed"
-    result: AuditResult
-    severity: Severity
-    evidence: list[str] = []  # at most EVIDENCE_ITEMS lines of at most EVIDENCE_CHARS each
-    fix: str | None = None  # one line; set when the audit did not pass
-
-    @field_validator("evidence")
-    @classmethod
-    def _capped(cls, value: list[str]) -> list[str]:
-        return [cap_text(line) for line in value[:EVIDENCE_ITEMS]]
-
-
-class CategoryScore(AuditModel):
-    category: AuditCategory
-    score: Annotated[int, Field(ge=0, le=100)] | None  # null: no audit in it applied
-    passed: int = 0
-    warnings: int = 0
-    failed: int = 0
-
-
-class CrawlerAccess(AuditModel):
-    """What robots.txt says about this URL for one crawler."""
-
-    crawler: str  # the user-agent token, e.g. "GPTBot"
-    purpose: str  # "search" or "ai"
-    allowed: bool
-    rule: str | None = None  # the robots.txt line that decided it, when one did
-
-
-class SharePreview(AuditModel):
-    """What a link to the page shows when shared (Open Graph first, then Twitter, then the page)."""
-
-    title: str | None = None
-    description: str | None = None
-    image: str | None = None
-    site_name: str | None = None
-    card: str | None = None  # twitter:card
-
-
-class AuditFacts(AuditModel):
-    status_code: int | None = None
-    redirects: list[str] = []
-    robots_txt: str | None = None  # "found", "missing", "unreachable", or null when not fetched
-    crawlers: list[CrawlerAccess] = []
-    sitemaps: list[str] = []
-    llms_txt: bool | None = None  # null when not checked
-    structured_data_types: list[str] = []
-    preview: SharePreview = SharePreview()
-    main_content_words: int = 0
-    readability_grade: float | None = None  # Automated Readability Index (a US school grade)
-
-
-class AuditReport(AuditModel):
-    score: Annotated[int, Field(ge=0, le=100)] | None
-    categories: list[CategoryScore]
-    audits: list[Audit]
-    facts: AuditFacts = AuditFacts()
-
-
-def sort_audits(audits: list[Audit]) -> list[Audit]:
-    """Failing first, then warnings, passes, not applicable; most severe first within each."""
-    return sorted(audits, key=lambda a: (RESULT_ORDER[a.result], SEVERITY_ORDER[a.severity]))
-
-
-def category_scores(audits: list[Audit]) -> list[CategoryScore]:
-    scores = []
-    for category in AuditCategory:
-        mine = [a for a in audits if a.category is category]
-        earned = total = 0.0
-        for audit in mine:
-            if audit.result is AuditResult.NOT_APPLICABLE:
-                continue
-            weight = SEVERITY_WEIGHTS[audit.severity]
-            total += weight
-            earned += weight * RESULT_CREDIT[audit.result]
-        scores.append(
-            CategoryScore(
-                category=category,
-                score=round(100 * earned / total) if total else None,
-                passed=sum(1 for a in mine if a.result is AuditResult.PASS),
-                warnings=sum(1 for a in mine if a.result is AuditResult.WARNING),
-                failed=sum(1 for a in mine if a.result is AuditResult.FAIL),
-            )
-        )
-    return scores
-
-
-def overall_score(categories: list[CategoryScore]) -> int | None:
-    weighted = [(CATEGORY_WEIGHTS[c.category], c.score) for c in categories if c.score is not None]
-    total = sum(weight for weight, _ in weighted)
-    if not total:
-        return None
-    return round(sum(weight * score for weight, score in weighted) / total)
-
-
-def build_report(audits: list[Audit], facts: AuditFacts) -> AuditReport:
-    categories = category_scores(audits)
-    return AuditReport(score=overall_score(categories), categories=categories, audits=sort_audits(audits), facts=facts)

@@ -48,25 +48,55 @@ class ErrorType(StrEnum):
     HTTP_ERROR = "http_error"
     TOO_LARGE = "too_large"
     UNSUPPORTED_CONTENT = "unsupported_content"
+    # The page's parse or analysis passed its per-task deadline and was killed: the same page
+    # would take as long again, so it is never retried.
+    TOO_COMPLEX = "too_complex"
     RETRIES_EXHAUSTED = "retries_exhausted"
     INTERNAL = "internal"
+
+
+# Errors the same input meets again on every try (too_complex is the parser's verdict on a page,
+# where that type exists): never retried, whatever the code raising them says.
+PERMANENT = frozenset(
+    t
+    for t in ErrorType
+    if t.value in {"invalid_url", "ssrf_blocked", "too_large", "unsupported_content", "too_complex"}
+)
 
 
 class ScanError(Exception):
     """A failure with a type a client can act on.
 
-    `retryable` means the cause is transient: the worker retries it with backoff and a client may
-    replay the scan later; a permanent error fails the scan at once.
+    `retryable` means the cause is transient: the worker retries it with backoff, and a client's
+    replay of the scan later may succeed; a permanent error fails the scan at once. `cause` is the
+    last error behind a `retries_exhausted`.
     """
 
-    def __init__(self, type: ErrorType, message: str, *, retryable: bool = False) -> None:
+    def __init__(
+        self, type: ErrorType, message: str, *, retryable: bool = False, cause: ScanError | None = None
+    ) -> None:
         super().__init__(message)
         self.type = type
         self.message = message
-        self.retryable = retryable
+        self.retryable = retryable and type not in PERMANENT
+        self.cause = cause
 
     def to_json(self) -> JSONDict:
-        return {"type": self.type.value, "message": self.message, "retryable": self.retryable}
+        body: JSONDict = {"type": self.type.value, "message": self.message, "retryable": self.retryable}
+        if self.cause is not None:
+            body["cause"] = self.cause.to_json()
+        return body
 
     def __repr__(self) -> str:
         return f"ScanError({self.type.value!r}, {self.message!r}, retryable={self.retryable})"
+
+
+def retries_exhausted(tries: int, last: ScanError) -> ScanError:
+    """The end of a scan whose every try failed on `last`'s kind of error: as retryable as that
+    error (a client's replay later may get past a timeout or a 503), and carrying it as `cause`."""
+    return ScanError(
+        ErrorType.RETRIES_EXHAUSTED,
+        f"gave up after {tries} attempts; last error ({last.type.value}): {last.message}",
+        retryable=last.retryable,
+        cause=last,
+    )

@@ -32,9 +32,11 @@ tracer = trace.get_tracer("pagelens.queue")
 decoded_job: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("decoded_job", default=None)
 
 
-# What arq's `enqueue_job` does (refuse an id that has a job or a result, store the job, add it to the
-# queue), in one atomic round trip instead of three (WATCH, EXISTS, MULTI/EXEC), plus the PUBLISH
-# that wakes idle workers at once (worker/wake.py) instead of at their next poll.
+# Matches arq 0.28 `ArqRedis.enqueue_job` for a job that is due at once (checked by
+# tests/test_arq_contract.py against the installed arq): refuse an id that has a job or a result,
+# store the job with arq's expiry, add it to the queue scored by its enqueue time. One atomic round
+# trip instead of three (WATCH, EXISTS, MULTI/EXEC), plus the PUBLISH that wakes idle workers at
+# once (worker/wake.py) instead of at their next poll.
 _ENQUEUE_LUA = """
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
 redis.call('PSETEX', KEYS[1], ARGV[2], ARGV[1])

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-from app.core.audit import Audit, AuditCategory, AuditResult, Severity
+from app.core.page_audit import Audit, AuditCategory, AuditResult, Severity
 
 PASS, FAIL, WARNING, NA = AuditResult.PASS, AuditResult.FAIL, AuditResult.WARNING, AuditResult.NOT_APPLICABLE
 HIGH, MEDIUM, LOW, INFO = Severity.HIGH, Severity.MEDIUM, Severity.LOW, Severity.INFO

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 
-from app.core.audit import Audit, AuditCategory
+import textstat
+
+from app.core.page_audit import Audit, AuditCategory
 from worker.audit.common import FAIL, HIGH, LOW, MEDIUM, NA, PASS, WARNING, PageContext, make
 from worker.audit.facts import Anchor, PageFacts
 
@@ -12,6 +14,9 @@ CATEGORY = AuditCategory.CONTENT
 # Automated Readability Index is a US school grade; above 12 is harder than a general audience reads.
 HARD_GRADE = 12.0
 EXAMPLES = 10
+# Readability formulas need some prose to mean anything; a long text is scored on its start.
+READABILITY_MIN_WORDS = 100
+READABILITY_CHARS = 100_000
 
 # Link texts that say nothing about their target, by language (Lighthouse keeps similar lists).
 GENERIC_LINK_TEXT: dict[str, frozenset[str]] = {
@@ -56,11 +61,21 @@ def generic_phrases(language: str | None) -> frozenset[str]:
     return GENERIC_LINK_TEXT["en"] | GENERIC_LINK_TEXT.get(primary, frozenset())
 
 
-def audits(facts: PageFacts, ctx: PageContext) -> list[Audit]:
+def readability_grade(facts: PageFacts) -> float | None:
+    """The main text's Automated Readability Index (a US school grade), by textstat.
+
+    ARI counts characters, words and sentences only; textstat's syllable-based formulas need a
+    pronunciation dictionary it would download at run time."""
+    if facts.main_words < READABILITY_MIN_WORDS:
+        return None
+    return round(float(textstat.automated_readability_index(facts.main_text[:READABILITY_CHARS])), 1)
+
+
+def audits(facts: PageFacts, ctx: PageContext, grade: float | None) -> list[Audit]:
     return [
         _link_text(facts),
         _crawlable(facts),
-        _readability(facts),
+        _readability(facts, grade),
         _viewport(facts),
         _mixed_content(facts, ctx),
     ]
@@ -100,9 +115,8 @@ def _crawlable(facts: PageFacts) -> Audit:
     return make("crawlable-anchors", CATEGORY, "Links are crawlable", FAIL if bad else PASS, MEDIUM, evidence, fix)
 
 
-def _readability(facts: PageFacts) -> Audit:
+def _readability(facts: PageFacts, grade: float | None) -> Audit:
     title = "The main text is easy to read"
-    grade = facts.readability_grade
     if grade is None:
         evidence = [f"{facts.main_words} words of main text: too few to score"]
         if facts.main_text_skipped:

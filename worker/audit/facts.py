@@ -13,7 +13,6 @@ from dataclasses import dataclass, field, replace
 
 import lxml.etree
 import lxml.html
-import textstat
 import trafilatura
 
 from worker.audit.structured import StructuredData, structured_data
@@ -33,8 +32,6 @@ MAIN_TEXT_CHARS = 1_000_000  # main text handed on to keyphrases and readability
 # trafilatura's cost grows faster than the page (about a second per megabyte of HTML): larger
 # pages keep the PARSE stage's own main text instead.
 MAIN_CONTENT_MAX_HTML = 500_000
-# Readability formulas need some prose to mean anything.
-READABILITY_MIN_WORDS = 100
 
 # Elements whose URL the browser loads as part of the page (mixed content when http on https).
 _SUBRESOURCES = (
@@ -75,7 +72,6 @@ class PageFacts:
     structured: StructuredData = field(default_factory=StructuredData)
     main_text: str = ""  # main content without navigation, bylines or comments (trafilatura)
     main_words: int = 0
-    readability_grade: float | None = None  # Automated Readability Index of main_text
     main_text_skipped: bool = False  # the HTML was too large to extract the main content from
     parsed: bool = True  # False when the HTML could not be read at all
 
@@ -120,10 +116,7 @@ def page_facts(html: str, url: str) -> PageFacts:
     # Last: trafilatura prunes the tree it is given.
     main_text = _main_text(tree, url)
     words = count_words(main_text)  # counted as the teaser counts words
-    grade = None
-    if words >= READABILITY_MIN_WORDS:
-        grade = round(float(textstat.automated_readability_index(main_text[:100_000])), 1)
-    return replace(facts, main_text=main_text, main_words=words, readability_grade=grade)
+    return replace(facts, main_text=main_text, main_words=words)
 
 
 def _first_attr(tree: lxml.html.HtmlElement, xpath: str, attr: str) -> str | None:

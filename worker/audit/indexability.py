@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from app.core.audit import Audit, AuditCategory, CrawlerAccess
+from app.core.page_audit import Audit, AuditCategory, CrawlerAccess
 from worker.audit.common import FAIL, HIGH, INFO, LOW, MEDIUM, NA, PASS, WARNING, PageContext, SiteFiles, make
 from worker.audit.robots_txt import CRAWLERS, sitemaps
 

@@ -9,7 +9,7 @@ from collections import defaultdict
 
 import langcodes
 
-from app.core.audit import Audit, AuditCategory, AuditResult, Severity
+from app.core.page_audit import Audit, AuditCategory, AuditResult, Severity
 from worker.audit.common import FAIL, HIGH, LOW, MEDIUM, NA, PASS, WARNING, PageContext, host, make, resolve, same_page
 from worker.audit.facts import PageFacts
 from worker.audit.indexability import SEARCH_BOTS, Directive

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from protego import Protego
 
-from app.core.audit import CrawlerAccess, cap_text
+from app.core.page_audit import CrawlerAccess, cap_text
 from worker.audit.common import SiteFiles
 
 SITEMAPS_KEPT = 20

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.core.audit import Audit, AuditCategory, Severity
+from app.core.page_audit import Audit, AuditCategory, Severity
 from worker.audit.common import FAIL, HIGH, INFO, LOW, MEDIUM, NA, PASS, WARNING, make
 
 CONTENT, PERFORMANCE = AuditCategory.CONTENT, AuditCategory.PERFORMANCE

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.core.audit import Audit, AuditCategory
+from app.core.page_audit import Audit, AuditCategory
 from worker.audit.common import FAIL, HIGH, LOW, MEDIUM, NA, PASS, WARNING, make
 from worker.audit.structured import Item, StructuredData
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.core.audit import Audit, AuditCategory, Severity, SharePreview, cap_text
+from app.core.page_audit import Audit, AuditCategory, Severity, SharePreview, cap_text
 from worker.audit.common import FAIL, HIGH, LOW, MEDIUM, PASS, WARNING, PageContext, make, resolve
 from worker.audit.facts import PageFacts
 

@@ -25,12 +25,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from app.api.auth import request_identity, scope_tenant
+from app.api.params import BIGINT_MAX, header_integer
 from app.api.problems import Problem
-from app.api.routes.scans import PREFIX, scan_id_of, scan_not_found, status_json
+from app.api.routes.scans import PREFIX, scan_id_of, scan_not_found
 from app.api.scan_events import ScanEvents, TooManyStreams, Watcher
 from app.api.state import State
 from app.core import scans
 from app.core.models import TERMINAL
+from app.core.report import ScanStatus
 from app.core.settings import Settings
 from app.core.types import Record
 from observability import metrics
@@ -46,14 +49,17 @@ HEADERS = [
 
 
 def format_event(row: Record) -> bytes:
-    data = json.dumps(status_json(row), separators=(",", ":"), ensure_ascii=False)
+    data = json.dumps(ScanStatus.from_row(row).to_json(), separators=(",", ":"), ensure_ascii=False)
     return f"id: {row['version']}\nevent: status\ndata: {data}\n\n".encode()
 
 
 def last_event_id(request: Request) -> int:
-    """The version the client has already seen; 0 when none or unreadable (then it gets everything)."""
-    raw = request.headers.get("last-event-id", "").strip()
-    return int(raw) if raw.isdigit() and len(raw) < 19 else 0
+    """The version the client has already seen; 0 when none or unreadable (then it gets everything).
+
+    An EventSource sends back the last id it received, and only ever gets decimal versions from
+    here: anything else is no id of ours, so the stream starts afresh instead of failing."""
+    seen = header_integer(request.headers.get("last-event-id"), low=0, high=BIGINT_MAX)
+    return seen or 0
 
 
 class EventStream(Response):
@@ -114,23 +120,27 @@ async def _disconnected(receive: Receive) -> None:
 
 async def scan_events(request: Request) -> Response:
     state = State.of(request)
+    tenant = scope_tenant(request)
     scan_id: uuid.UUID = scan_id_of(request)
     seen = last_event_id(request)
+    identity = request_identity(request.scope)
+    # With keys, a stream counts against the caller's tenant's share as well as the process's cap.
+    holder = identity.tenant if identity.key_id is not None else None
     try:
-        watcher = state.events.subscribe(scan_id)  # before reading: no change can fall in between
-    except TooManyStreams:
+        watcher = state.events.subscribe(scan_id, tenant, holder)  # before reading: no change can fall in between
+    except TooManyStreams as full:
+        whom = "this tenant already has" if full.tenant else "this server already streams events to"
         raise Problem(
             429,
-            f"this server already streams events to {state.events.max_streams} clients; poll the status instead",
+            f"{whom} {full.limit} event streams open; poll the status instead",
             code="too-many-streams",
             headers={"Retry-After": "10"},
         ) from None
     handed_over = False
     try:
-        rows = await scans.statuses(state.pool, [scan_id])
-        if not rows:
+        row = await scans.status(state.pool, scan_id, tenant)
+        if row is None:
             raise scan_not_found()
-        row = rows[0]
         if seen > row["version"]:
             seen = 0  # an id from some other history (a restored database): start afresh
         if row["status"] in TERMINAL and seen >= row["version"]:

@@ -5,7 +5,8 @@ encoding); refuses with problem+json: 404 when browser traces have nowhere to go
 PAGELENS_BROWSER_TRACES_MAX_BYTES (compressed or inflated), 415 for other media types or encodings,
 400 for anything that is not a valid request (app/api/browser_spans.py), 429 past
 PAGELENS_BROWSER_TRACES_PER_MINUTE per client address. It lives outside /api/ because it is
-telemetry, not the product's API; when PAGELENS_API_KEYS is set it needs a key all the same.
+telemetry, not the product's API; once keys exist it needs a key all the same. The spans get the
+sending key's tenant as the resource attribute `pagelens.tenant`.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from app.api.auth import request_identity
 from app.api.browser_spans import BROWSER_SERVICE, JSON, PROTOBUF, BodyTooLarge, InvalidSpans, decode, inflate
 from app.api.problems import Problem
 from app.api.schemas import read_body
 from app.api.state import State
 
 PATH = "/v1/traces"
+TENANT_ATTRIBUTE = "pagelens.tenant"
 
 
 def _media_type(request: Request) -> str:
@@ -60,7 +63,11 @@ async def receive_traces(request: Request) -> Response:
         raise Problem(400, str(exc), code="invalid-traces") from None
     # Set over whatever the page claims about itself; what the API knows of the sender (such as
     # its tenant) joins here as further resource attributes.
-    browser.forward(export, {"service.name": BROWSER_SERVICE})
+    resource = {"service.name": BROWSER_SERVICE}
+    identity = request_identity(request.scope)
+    if identity.key_id is not None:  # sent with a key: the key's tenant, over any the page claims
+        resource[TENANT_ATTRIBUTE] = identity.tenant
+    browser.forward(export, resource)
     if media_type == PROTOBUF:
         return Response(ExportTraceServiceResponse().SerializeToString(), media_type=PROTOBUF)
     return Response(b"{}", media_type=JSON)

@@ -1,0 +1,32 @@
+"""Plain KeyBERT as documented, one text at a time and nothing reused: the reference the keyphrase
+pool is checked against (tests) and compared with (the keyphrase benchmark).
+
+It runs in a child of the pool it is compared with, where the model is loaded already, so both
+sides use the same model in the same kind of process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from worker.keyphrases import KeyphraseExtractor, Phrases
+from worker.keyphrases.model import Item, child_info, keybert_phrases, prepare
+
+
+def _plain(items: list[Item]) -> list[Phrases]:
+    return [keybert_phrases(text, top_n) for text, top_n in items]
+
+
+async def plain(extractor: KeyphraseExtractor, texts: list[str], *, top_n: int = 10) -> list[Phrases]:
+    """What plain KeyBERT finds in the texts the pool would send to the model (prepared alike)."""
+    items = [(p, top_n) for p in map(prepare, texts) if p is not None]
+    return await extractor.run_in_child(_plain, items)
+
+
+async def load_counts(extractor: KeyphraseExtractor) -> dict[int, int]:
+    """{pid: times that child loaded the model}, probed through the pool.
+
+    One probe per process; with several processes a probe may land twice on the same child.
+    """
+    probes = [extractor.run_in_child(child_info) for _ in range(extractor.processes)]
+    return dict(await asyncio.gather(*probes))

