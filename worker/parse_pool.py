@@ -39,10 +39,7 @@ T = TypeVar("T")
 def _init_child() -> None:
     die_on_sigterm()
     exit_with_parent()
-    # Loaded once per child, not on its first page: the parser, and the audit's pass over the HTML
-    # (lxml, extruct, trafilatura).
-    import worker.audit.facts
-    import worker.parse  # noqa: F401
+    import worker.parse  # noqa: F401  # loaded once per child, not on its first page
 
 
 def _stop(pool: ProcessPool) -> None:
