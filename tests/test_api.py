@@ -149,6 +149,9 @@ async def test_malformed_and_oversized_bodies(client: httpx.AsyncClient, setting
 
 async def test_documents_validation(client: httpx.AsyncClient, settings: Settings) -> None:
     assert_problem(await client.post("/api/v1/documents", json={"text": "   "}), 422)
+    # PostgreSQL's text cannot hold NUL: a 422 naming the field, never a failed INSERT.
+    for body in ({"text": "a\x00b"}, {"text": "ok", "title": "\x00"}):
+        assert_problem(await client.post("/api/v1/documents", json=body), 422)
     assert_problem(await client.post("/api/v1/documents", json={"text": "x", "title": "t" * 301}), 422)
     too_long = "word " * (settings.max_document_chars // 5 + 1)
     assert_problem(await client.post("/api/v1/documents", json={"text": too_long}), 422)

@@ -141,7 +141,8 @@ async def test_authentication_turns_on_with_the_first_key_and_keys_work_over_htt
         beta_row = next(k for k in listed if k["name"] == "Beta Corp")
         assert beta_row["lastUsedAt"] is not None, "the use just made is recorded"
 
-        for bad in ({"name": ""}, {"name": "x", "tenant": "UPPER"}, {"name": "x", "role": "owner"}, {"nme": "x"}):
+        bad_keys = ({"name": ""}, {"name": "x", "tenant": "UPPER"}, {"name": "x", "role": "owner"}, {"nme": "x"})
+        for bad in (*bad_keys, {"name": "nul\x00byte"}):
             response = await client.post("/api/v1/keys", json=bad, headers=as_admin)
             assert response.status_code == 422, (bad, response.text)
         assert (await client.delete(f"/api/v1/keys/{uuid.uuid4()}", headers=as_admin)).status_code == 404

@@ -163,6 +163,12 @@ async def test_a_scan_held_by_a_killed_worker_runs_again_through_the_heartbeat(
         [(holder, _)] = [(p, port) for p, port in workers if f":{p.process.pid}:" in owner]
         [(survivor, _)] = [(p, port) for p, port in workers if p is not holder]
 
+        async def claimed() -> bool:
+            # Killed only once its attempt is recorded, so the rerun is attempt 2 however loaded the box.
+            current = await scans.get(pool, row["id"], DEFAULT_TENANT)
+            return current is not None and current["status"] == "RUNNING" and current["attempts"] == 1
+
+        await until(claimed, "the holder to claim the scan in PostgreSQL")
         holder.process.send_signal(signal.SIGKILL)
         holder.process.wait(30)
         assert await redis.pttl(mark) > RECOVERY_POLLS * POLL * 1000  # arq's own expiry is far off

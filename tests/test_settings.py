@@ -62,6 +62,8 @@ def test_each_variable_sets_its_field(field: Any) -> None:
     raw, expected = other_value(field.default, str(field.type))
     if field.name == "log_level":
         expected = raw.upper()
+    if field.name == "sse_tenant_share":  # a share: at most 1
+        raw, expected = "0.25", 0.25
     settings = Settings.from_env({name: raw})
     assert getattr(settings, field.name) == expected != field.default
     assert settings.with_(**{field.name: field.default}) == Settings(), "nothing else changed"
@@ -77,6 +79,7 @@ def test_each_variable_sets_its_field(field: Any) -> None:
         ({"PAGELENS_POLL_DELAY": "soon"}, "PAGELENS_POLL_DELAY must be a number"),
         ({"ENABLE_METRICS": "maybe"}, "ENABLE_METRICS must be true or false"),
         ({"PAGELENS_FETCH_ALLOWED_PORTS": "80,http"}, "PAGELENS_FETCH_ALLOWED_PORTS must be a comma list"),
+        ({"PAGELENS_SSE_TENANT_SHARE": "1.5"}, "PAGELENS_SSE_TENANT_SHARE must be a share between 0 and 1"),
     ],
 )
 def test_bad_values_are_refused_by_name(env: dict[str, str], message: str) -> None:

@@ -24,6 +24,14 @@ Model = TypeVar("Model", bound=BaseModel)
 class Strict(BaseModel):
     model_config = STRICT
 
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        # PostgreSQL's text cannot hold U+0000: refuse it here (422) rather than fail the INSERT.
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
+
 
 class CreateScan(Strict):
     url: Annotated[str, StringConstraints(min_length=1, max_length=2048)]

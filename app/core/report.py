@@ -50,11 +50,16 @@ class ScanOptions(BaseModel):
 class ErrorInfo(Wire):
     """Why a scan failed (or why its last attempt did, while it waits to be retried)."""
 
+    # `cause` is present only on retries_exhausted, so the schema must not call it required.
+    model_config = ConfigDict(json_schema_serialization_defaults_required=False)
+
     type: ErrorType
     message: str
     retryable: bool = False
     cause: ErrorInfo | None = Field(
-        default=None, description="retries_exhausted only: the last error an attempt recorded"
+        default=None,
+        exclude_if=lambda cause: cause is None,
+        description="retries_exhausted only: the last error an attempt recorded",
     )
 
 

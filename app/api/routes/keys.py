@@ -107,8 +107,12 @@ async def revoke_key(request: Request) -> Response:
     return reply(ApiKey.from_row(row))
 
 
+async def key_collection(request: Request) -> Response:
+    # One route for both methods, so that a 405 on this path lists both in its Allow header.
+    return await (create_key if request.method == "POST" else list_keys)(request)
+
+
 routes = [
-    Route(PREFIX, create_key, methods=["POST"]),
-    Route(PREFIX, list_keys, methods=["GET"]),
+    Route(PREFIX, key_collection, methods=["GET", "POST"]),
     Route(PREFIX + "/{keyId}", revoke_key, methods=["DELETE"]),
 ]
