@@ -145,3 +145,23 @@ async def test_redis_down_still_accepts_scans_and_the_sweeper_enqueues_them(
             await resources.close()
         await redis.aclose()
         await scan_pool.close()
+
+
+async def test_a_process_started_while_postgres_is_down_waits_for_it(
+    own_postgres: tuple[PrivatePostgres, Settings],
+) -> None:
+    """A worker or API (re)started during a PostgreSQL restart waits for the server instead of dying
+    at start-up; past its patience it still fails loudly."""
+    server, own = own_postgres
+    server.stop()
+    with pytest.raises(OSError):
+        await db.wait_for_pool(own.require_database_url(), patience=0.5)
+    waiting = asyncio.ensure_future(db.wait_for_pool(own.require_database_url(), patience=60))
+    await asyncio.sleep(1.0)
+    assert not waiting.done(), "nothing to connect to yet"
+    await asyncio.to_thread(server.start)
+    pool = await asyncio.wait_for(waiting, 60)
+    try:
+        assert await pool.fetchval("SELECT 1") == 1
+    finally:
+        await pool.close()

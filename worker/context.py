@@ -40,7 +40,7 @@ class Resources:
         """Create what was not handed in; only what is created here is closed by `close`."""
         stack = contextlib.AsyncExitStack()
         if pool is None:
-            pool = await db.create_pool(settings.require_database_url())
+            pool = await db.wait_for_pool(settings.require_database_url())
             stack.push_async_callback(pool.close)
         if keyphrases is None:
             keyphrases = KeyphraseExtractor(settings.keybert_processes, settings.keybert_timeout)

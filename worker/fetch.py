@@ -234,19 +234,25 @@ class _Inflater:
         return b""
 
 
-async def _read_body(response: httpx.Response, limit: int, encoding: str | None) -> bytes:
+async def _read_body(
+    response: httpx.Response, limit: int, encoding: str | None, *, cut: bool = False
+) -> tuple[bytes, bool]:
+    """The decoded body and whether it was cut: past `limit` bytes a page is too large, while a file
+    read for its head only (`cut`, robots.txt) keeps its first `limit` bytes."""
     inflater = _Inflater(encoding) if encoding else None
     body = bytearray()
     try:
         async for raw in response.aiter_raw():
             body += inflater.feed(raw, limit - len(body)) if inflater else raw
             if len(body) > limit:
+                if cut:
+                    return bytes(body[:limit]), True
                 raise _too_large(limit)
         if inflater is not None and inflater.truncated:
             raise zlib.error("truncated")
     except zlib.error:
         raise ScanError(ErrorType.HTTP_ERROR, "the page's compressed body is corrupt") from None
-    return bytes(body)
+    return bytes(body), False
 
 
 def _too_large(limit: int) -> ScanError:
@@ -306,7 +312,7 @@ async def _page(
     if length.isascii() and length.isdigit() and int(length) > settings.fetch_max_bytes:
         raise _too_large(settings.fetch_max_bytes)
     encoding = _content_encoding(response.headers)
-    body = await _read_body(response, settings.fetch_max_bytes, encoding)
+    body, _ = await _read_body(response, settings.fetch_max_bytes, encoding)
     if not media:
         if not _looks_like_html(body):
             raise ScanError(ErrorType.UNSUPPORTED_CONTENT, "the page has no content type and is not HTML")
@@ -413,20 +419,7 @@ async def fetch_file(url: str, settings: Settings, *, max_bytes: int, seconds: f
         media, charset = _media_type(response.headers.get("content-type", ""))
         if not 200 <= response.status_code <= 299:
             return FetchedFile(response.status_code, media, "", False)
-        body, truncated = await _read_prefix(response, max_bytes, _content_encoding(response.headers))
+        body, truncated = await _read_body(response, max_bytes, _content_encoding(response.headers), cut=True)
         return FetchedFile(response.status_code, media, _decode(body, charset)[0], truncated)
 
     return await _guarded(url, settings, min(seconds, settings.fetch_total_timeout), finish)
-
-
-async def _read_prefix(response: httpx.Response, limit: int, encoding: str | None) -> tuple[bytes, bool]:
-    inflater = _Inflater(encoding) if encoding else None
-    body = bytearray()
-    try:
-        async for raw in response.aiter_raw():
-            body += inflater.feed(raw, limit - len(body)) if inflater else raw
-            if len(body) > limit:
-                return bytes(body[:limit]), True
-    except zlib.error:
-        raise ScanError(ErrorType.HTTP_ERROR, "the compressed body is corrupt") from None
-    return bytes(body), False

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
@@ -58,6 +60,27 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
     )
     assert pool is not None
     return pool
+
+
+logger = logging.getLogger("pagelens.db")
+# What a server that is restarting, or not up yet, answers: refused or missing socket, or "starting up".
+_NOT_YET = (OSError, asyncpg.CannotConnectNowError, asyncpg.PostgresConnectionError)
+
+
+async def wait_for_pool(dsn: str, *, patience: float = 60.0, **sizes: int) -> asyncpg.Pool:
+    """`create_pool`, retried with backoff for up to `patience` seconds while the server cannot be
+    reached: a process (re)started while PostgreSQL restarts waits for it instead of dying."""
+    deadline = time.monotonic() + patience
+    delay = 0.25
+    while True:
+        try:
+            return await create_pool(dsn, **sizes)
+        except _NOT_YET as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            logger.warning("PostgreSQL is not reachable (%s); retrying in %.1f s", type(exc).__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def with_database(dsn: str, database: str) -> str:
