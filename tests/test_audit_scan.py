@@ -12,6 +12,7 @@ from arq.worker import Worker
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from app.core.settings import Settings
 from observability import metrics
 from tests.fileserver import FilesServer
 from tests.httpserver import running
@@ -105,3 +106,24 @@ async def test_documents_have_no_audit(client: httpx.AsyncClient, make_worker: C
     await make_worker().main()
     full = (await client.get(f"{SCANS}/{r.json()['scanId']}/full")).json()
     assert full["audit"] is None and full["keyphrases"]
+
+
+async def test_with_the_audit_off_a_url_scan_skips_it(
+    client: httpx.AsyncClient, make_worker: Callable[..., Worker], redis: ArqRedis, settings: Settings
+) -> None:
+    server = FilesServer()
+    server.routes["/robots.txt"] = (200, "text/plain", AI_BLOCKED)
+    server.routes["/blog/compost"] = (200, "text/html; charset=utf-8", (PAGES / "blog.html").read_bytes())
+    with running(server, "unaudited-site"):
+        await redis.delete(cache.cache_key(CACHE, server.base))
+        r = await client.post(SCANS, json={"url": server.base + "/blog/compost", "options": {"llm": False}})
+        await make_worker(settings.with_(audit=False)).main()
+        off = (await client.get(f"{SCANS}/{r.json()['scanId']}/full")).json()
+        assert server.hits == {"/blog/compost": 1}  # neither robots.txt nor llms.txt asked for
+        assert await redis.exists(cache.cache_key(CACHE, server.base)) == 0
+        on = (await client.get(f"{SCANS}/{await scan(client, make_worker, server.base + '/blog/compost')}/full")).json()
+        await redis.delete(cache.cache_key(CACHE, server.base))
+    assert off["status"] == on["status"] == "FULL_READY"
+    assert off["audit"] is None and off["keyphrases"] and off["teaser"]["wordCount"] > 0
+    assert on["audit"] is not None and on["audit"]["facts"]["robotsTxt"] == "found"
+    assert server.hits == {"/blog/compost": 2, "/robots.txt": 1, "/llms.txt": 1}

@@ -211,6 +211,7 @@ def _failure(ctx: dict[str, Any], error_type: ErrorType, message: str) -> str:
 
 async def _scan_url(run: Run) -> Findings:
     res, url = run.res, run.scan["url"]
+    audited = res.settings.audit  # PAGELENS_AUDIT off: no page facts, robots.txt, llms.txt or audits
     async with run.stage(Stage.CRAWL):
         page = await _fetch(url, res)
     async with run.stage(Stage.PARSE):
@@ -221,6 +222,8 @@ async def _scan_url(run: Run) -> Findings:
         parse = asyncio.ensure_future(res.parser.run(parse_html, page.text, page.final_url, deadline=deadline))
         read = asyncio.ensure_future(
             res.parser.run(page_facts, page.text, page.final_url, deadline=deadline, task="audit the page")
+            if audited
+            else _nothing()
         )
         try:
             parsed, facts = await asyncio.gather(parse, read)
@@ -228,14 +231,14 @@ async def _scan_url(run: Run) -> Findings:
             for task in (parse, read):
                 task.cancel()  # a failed sibling's child is killed rather than left to its deadline
         # The main content without navigation and bylines is what keyphrases and the word count read.
-        main_text = facts.main_text or parsed.main_text
+        main_text = (facts.main_text if facts is not None else "") or parsed.main_text
         teaser = build_teaser(parsed, page.final_url)
         teaser.word_count = count_words(main_text)
         if not await scans.save_teaser(res.pool, run.scan_id, run.attempt, teaser):
             raise Superseded
     async with run.stage(Stage.ANALYZE):
         # robots.txt and llms.txt (cached per origin) are fetched while PSI runs.
-        site = asyncio.ensure_future(site_files(res.redis, res.settings, page.final_url))
+        site = asyncio.ensure_future(site_files(res.redis, res.settings, page.final_url) if audited else _nothing())
         try:
             performance = lab_metrics(page, parsed)
             if run.options.psi and res.settings.psi_api_key:
@@ -250,6 +253,7 @@ async def _scan_url(run: Run) -> Findings:
             site.cancel()  # only still running when the stage failed
 
     def audit(insights: list[Insight]) -> AuditReport:
+        assert facts is not None  # only called when the audit ran
         context = PageContext(
             url=page.final_url,
             requested_url=page.url,
@@ -263,7 +267,11 @@ async def _scan_url(run: Run) -> Findings:
         )
         return run_audits(facts, context)
 
-    return await _generate(run, teaser, performance, main_text, Kind.URL, audit)
+    return await _generate(run, teaser, performance, main_text, Kind.URL, audit if audited else None)
+
+
+async def _nothing() -> None:
+    return None
 
 
 async def _scan_document(run: Run) -> Findings:

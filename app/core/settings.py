@@ -166,6 +166,9 @@ class Settings:
     # and the scan fails as too_complex (worker/parse_pool.py).
     parse_processes: int = setting("PAGELENS_PARSE_PROCESSES", 2, minimum=1)
     parse_timeout: float = setting("PAGELENS_PARSE_TIMEOUT", 20.0)
+    # The page audit of URL scans (page facts, robots.txt and llms.txt, the audits). Off, a URL scan
+    # does none of that work and its report's `audit` is null, as a document's is.
+    audit: bool = setting("PAGELENS_AUDIT", True)
     keyphrase_cache_ttl: int = setting("PAGELENS_KEYPHRASE_CACHE_TTL", 7 * 24 * 3600, minimum=1)
     psi_cache_ttl: int = setting("PAGELENS_PSI_CACHE_TTL", 3600, minimum=1)
     # Deadline of one PSI or LLM call, seconds.
