@@ -13,7 +13,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from bench import api_load, e2e, keyphrases, parsing, queue_hop, recovery
+from bench import api_load, e2e, e2e_audit, keyphrases, parsing, queue_hop, recovery
 from bench.common import BenchContext, Benchmark, BenchResult, redis_target, replace_section
 
 BENCHMARKS: tuple[Benchmark, ...] = (
@@ -22,6 +22,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     keyphrases.BENCHMARK,
     parsing.BENCHMARK,
     e2e.BENCHMARK,
+    e2e_audit.BENCHMARK,
     recovery.BENCHMARK,
 )
 

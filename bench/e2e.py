@@ -26,7 +26,8 @@ import secrets
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -151,17 +152,29 @@ class E2EResult:
 
 
 @contextmanager
-def serve_pages(pages: dict[str, Page]) -> Iterator[int]:
-    """The pages at /p/<key> on 127.0.0.1, from a thread; yields the port."""
+def serve_pages(
+    pages: dict[str, Page], files: Mapping[str, bytes] | None = None, hits: Counter[str] | None = None
+) -> Iterator[int]:
+    """The pages at /p/<key> on 127.0.0.1, from a thread, and `files` (text/plain) at their paths;
+    yields the port. `hits` counts the requests for each of `files`."""
+    served = dict(files or {})
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def do_GET(self) -> None:
+            if self.path in served:
+                if hits is not None:
+                    hits[self.path] += 1
+                self._answer(200, "text/plain; charset=utf-8", served[self.path])
+                return
             page = pages.get(self.path.removeprefix("/p/"))
             body = page.html().encode() if page is not None else b"not found"
-            self.send_response(200 if page is not None else 404)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self._answer(200 if page is not None else 404, "text/html; charset=utf-8", body)
+
+        def _answer(self, status: int, media_type: str, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", media_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -176,19 +189,21 @@ def serve_pages(pages: dict[str, Page]) -> Iterator[int]:
 class Stack:
     """The API and the workers of one worker count."""
 
-    def __init__(self, env: dict[str, str], workers: int, logs: Path) -> None:
+    def __init__(self, env: dict[str, str], workers: int, logs: Path, name: str = "") -> None:
+        """`name` prefixes the log files, for stacks that run side by side."""
         self.env, self.logs = env, logs
         port = free_port()
         self.api_url = f"http://127.0.0.1:{port}"
         api = uvicorn_command("app.main:app", port)
-        self.services = [Service.start("api", api, env, logs, self.api_url + "/readyz")]
+        self.services = [Service.start(f"{name}api", api, env, logs, self.api_url + "/readyz")]
         try:
             for index in range(workers):
                 metrics = free_port()
                 worker_env = {**env, "PAGELENS_WORKER_METRICS_PORT": str(metrics)}
                 command = [sys.executable, "-m", "arq", "worker.WorkerSettings"]
                 ready = f"http://127.0.0.1:{metrics}/metrics"  # served once on_startup is through
-                self.services.append(Service.start(f"worker-{workers}-{index}", command, worker_env, logs, ready))
+                worker = f"{name}worker-{workers}-{index}"
+                self.services.append(Service.start(worker, command, worker_env, logs, ready))
         except BaseException:
             self.stop()
             raise

@@ -11,6 +11,8 @@ from bench.api_load import run as run_api
 from bench.common import BenchContext, RedisTarget, Table, markers, percentile, redis_target, replace_section
 from bench.e2e import STAGES, E2EConfig
 from bench.e2e import run as run_e2e
+from bench.e2e_audit import AuditConfig
+from bench.e2e_audit import run as run_e2e_audit
 from bench.keyphrases import KeyphraseConfig
 from bench.keyphrases import run as run_keyphrases
 from bench.queue_hop import HopConfig, run
@@ -172,3 +174,26 @@ def test_e2e_measures_scans_from_submit_to_full_report() -> None:
     assert result.cache_entries == result.pages == config.warmup_pages + config.idle_pages + config.pages
     report = result.bench_result()
     assert report.name == "e2e" and len(report.table.rows) == 2
+
+
+@pytest.mark.slow
+def test_e2e_audit_compares_the_same_pages_with_the_audit_on_and_off() -> None:
+    config = AuditConfig(pages=2, reps=2, warmup_pages=1)
+    with redis_target() as target:
+        result = run_e2e_audit(config, BenchContext(target))
+        leftovers = keys(target.url, "pagelens-bench:*:e2e*")
+    assert leftovers == []
+    for side in (result.on, result.off):
+        assert side.failed == 0
+        assert [len(rep) for rep in side.latencies_s] == [config.pages] * config.reps
+        assert all(latency > 0 for rep in side.latencies_s for latency in rep)
+        assert side.p(50) <= side.p(95)
+    # Only the audited side audits, and it read robots.txt and llms.txt once for the origin.
+    assert (result.on.with_audit, result.off.with_audit) == (result.on.scans, 0)
+    assert result.file_hits == {"/robots.txt": 1, "/llms.txt": 1}
+    # Every measured and warm-up scan extracted its keyphrases (its entry was there to delete).
+    assert result.cache_entries == 2 * (config.pages * config.reps + config.warmup_pages)
+    assert result.ratio(50) == approx(result.on.p(50) / result.off.p(50))
+    report = result.bench_result()
+    assert report.name == "e2e_audit" and len(report.table.rows) == 2
+    assert f"{result.ratio(50):.2f}x" in report.notes[0]
