@@ -165,7 +165,7 @@ class Settings:
     # Child processes that parse pages, and how long one page may take before its child is killed
     # and the scan fails as too_complex (worker/parse_pool.py).
     parse_processes: int = setting("PAGELENS_PARSE_PROCESSES", 2, minimum=1)
-    parse_timeout: float = setting("PAGELENS_PARSE_TIMEOUT", 20.0)
+    parse_timeout: float = setting("PAGELENS_PARSE_TIMEOUT", 5.0)
     keyphrase_cache_ttl: int = setting("PAGELENS_KEYPHRASE_CACHE_TTL", 7 * 24 * 3600, minimum=1)
     psi_cache_ttl: int = setting("PAGELENS_PSI_CACHE_TTL", 3600, minimum=1)
     # Deadline of one PSI or LLM call, seconds.
