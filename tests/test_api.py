@@ -133,6 +133,11 @@ async def test_malformed_and_oversized_bodies(client: httpx.AsyncClient, setting
     assert_problem(await client.post(SCANS, content=b'{"url": ', headers=headers), 400)
     assert_problem(await client.post(SCANS, content=b"\xff\xfe", headers=headers), 400)
     assert_problem(await client.post(SCANS, content=b"[1, 2]", headers=headers), 422)
+    # Past Python's 4,300-digit int limit json.loads raises a plain ValueError: still malformed JSON.
+    huge = b'{"url": "https://example.com/", "options": {"topN": ' + b"9" * 5000 + b"}}"
+    assert_problem(await client.post(SCANS, content=huge, headers=headers), 400)
+    huge_doc = b'{"text": "hello", "title": ' + b"9" * 5000 + b"}"
+    assert_problem(await client.post("/api/v1/documents", content=huge_doc, headers=headers), 400)
     assert_problem(await client.post(SCANS, content=b"url=x", headers={"content-type": "text/plain"}), 415)
     big = b'{"url": "' + b"a" * (settings.max_body_bytes + 10) + b'"}'
     assert_problem(await client.post(SCANS, content=big, headers=headers), 413)

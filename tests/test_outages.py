@@ -14,6 +14,7 @@ import httpx
 import pytest
 from arq.worker import Worker
 
+from app.cli.embedded import free_port
 from app.core import db, keys, migrate, scans
 from app.core.queue import connect
 from app.core.settings import Settings
@@ -165,3 +166,17 @@ async def test_a_process_started_while_postgres_is_down_waits_for_it(
         assert await pool.fetchval("SELECT 1") == 1
     finally:
         await pool.close()
+
+
+async def test_the_api_starts_while_redis_is_down(
+    settings: Settings, migrated_database: Callable[[], Awaitable[str]]
+) -> None:
+    """Started with no Redis to reach, the API comes up anyway: live, not ready, and still accepting
+    scans (the row is the record; the sweeper enqueues it once Redis is back)."""
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    own = settings.with_(database_url=await migrated_database(), redis_url=dead_redis)
+    async with serve_api(own) as base, httpx.AsyncClient(base_url=base, timeout=30) as client:
+        assert (await client.get("/healthz")).status_code == 200
+        assert (await client.get("/readyz")).status_code == 503
+        accepted = await client.post("/api/v1/documents", json=DOCUMENT)
+        assert accepted.status_code == 202, accepted.text

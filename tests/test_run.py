@@ -241,7 +241,14 @@ async def test_a_child_that_keeps_crashing_stops_everything(
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_make_run_passes_port_and_workers_through() -> None:
     def command(*overrides: str) -> str:
-        dry = subprocess.run(["make", "-n", "run", *overrides], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        # --no-print-directory: under `make test` this make is nested and would announce its directory.
+        dry = subprocess.run(
+            ["make", "--no-print-directory", "-n", "run", *overrides],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert dry.returncode == 0, dry.stderr
         return dry.stdout.strip().splitlines()[-1]
 

@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None, *, configure_logging: bool = Tr
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         pool = await db.wait_for_pool(settings.require_database_url())
-        redis = await queue.connect(settings.require_redis_url(), outage_seconds=queue.API_REDIS_OUTAGE)
+        redis = queue.lazy_client(settings.require_redis_url(), outage_seconds=queue.API_REDIS_OUTAGE)
         ring = KeyRing(pool, settings.api_keys, settings.key_cache_seconds)
         hub = ScanEvents(
             settings.require_database_url(),

@@ -89,6 +89,8 @@ async def parse_json(request: Request, model: type[Model], settings: Settings) -
         raise Problem(400, f"body is not valid JSON: {exc}", code="malformed-json") from None
     except RecursionError:  # nesting deeper than the parser's stack: no request needs that
         raise Problem(400, "body is not valid JSON: nested too deeply", code="malformed-json") from None
+    except ValueError:  # a number of more than 4,300 digits (Python's int-conversion limit)
+        raise Problem(400, "body is not valid JSON: a number is too long", code="malformed-json") from None
     if not isinstance(data, dict):
         raise Problem(422, "body must be a JSON object", code="validation", errors=[])
     try:

@@ -105,6 +105,36 @@ async def connect(url: str, *, outage_seconds: float = WORKER_REDIS_OUTAGE) -> A
     return await create_pool(settings, job_serializer=serialize, job_deserializer=deserialize)
 
 
+def lazy_client(url: str, *, outage_seconds: float) -> ArqRedis:
+    """The API's client: the same connection settings as arq's `create_pool` builds (arq 0.28), but
+    without its start-up ping, so an API started while Redis is down comes up anyway: it accepts
+    scans (the sweeper enqueues them later), and /readyz reports the outage until Redis is back."""
+    s = redis_settings(url, outage_seconds=outage_seconds)
+    return ArqRedis(
+        host=s.host,
+        port=s.port,
+        unix_socket_path=s.unix_socket_path,
+        socket_connect_timeout=s.conn_timeout,
+        ssl=s.ssl,
+        ssl_keyfile=s.ssl_keyfile,
+        ssl_certfile=s.ssl_certfile,
+        ssl_cert_reqs=s.ssl_cert_reqs,
+        ssl_ca_certs=s.ssl_ca_certs,
+        ssl_ca_data=s.ssl_ca_data,
+        ssl_check_hostname=s.ssl_check_hostname,
+        retry=s.retry,
+        retry_on_timeout=s.retry_on_timeout,
+        retry_on_error=s.retry_on_error,
+        max_connections=s.max_connections,
+        db=s.database,
+        username=s.username,
+        password=s.password,
+        encoding="utf8",
+        job_serializer=serialize,
+        job_deserializer=deserialize,
+    )
+
+
 def trace_carrier() -> dict[str, str]:
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
