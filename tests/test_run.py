@@ -203,8 +203,12 @@ async def test_a_killed_worker_is_restarted_and_every_scan_finishes(
             await asyncio.sleep(POLL)
         assert counts == {"FULL_READY": IN_FLIGHT}, (counts, in_flight)
         items = (await client.get("/api/v1/scan-jobs", params={"limit": "100"})).json()["items"]
-        assert any(item["attempts"] > 1 for item in items), "a scan held by the killed worker ran again"
-        assert run.workers_ready() == 2, "no manual step: the supervisor started the worker again"
+        # Counted after the kill, with no other worker: a RUNNING scan then is one the dead worker held.
+        # (Short documents can all be between claims at the instant of the kill; then none was held.)
+        if in_flight.get("RUNNING", 0) + in_flight.get("TEASER_READY", 0) > 0:
+            assert any(item["attempts"] > 1 for item in items), "a scan held by the killed worker ran again"
+        # No manual step: the supervisor started the worker again (it may still be loading the model).
+        await run.until("the restarted worker", lambda: run.workers_ready() == 2, START_POLLS)
         assert run.stop() == 0
 
 
