@@ -150,8 +150,37 @@ def test_list_keeps_whole_ids_and_shortens_urls_at_80_columns() -> None:
     assert len(lines) == 1 + len(items), "one line per scan"
     for item, line in zip(items, lines[1:], strict=True):
         assert line.split()[:2] == [item["scanId"], item["status"]], line
-    assert "example.com/" in lines[1] and lines[1].rstrip().endswith("…")
+    # Cut in the middle: the host and the end of the URL both stay.
+    assert " exam" in lines[1] and "…" in lines[1] and lines[1].rstrip().endswith("x" * 8), lines[1]
     assert "(text)" in lines[2] and "example.org/" in lines[3]
+
+
+def test_list_at_80_columns_tells_apart_long_urls_of_one_site() -> None:
+    base = "https://docs.example.com/" + "section/" * 12
+    items = [
+        {
+            "scanId": str(uuid.uuid4()),
+            "status": "QUEUED",
+            "progress": 0,
+            "url": base + page,
+            "createdAt": CREATED,
+            "stage": None,
+            "error": None,
+            "traceId": None,
+            "attempts": 1,
+            "updatedAt": CREATED,
+            "timings": {},
+        }
+        for page in ("install.html", "upgrade.html")
+    ]
+    out = Console(width=80, record=True, force_terminal=False)
+    render_list(out, [ScanStatus.model_validate(item) for item in items])
+    lines = out.export_text().splitlines()
+    assert max(map(len, lines)) <= 80, lines
+    urls = [line.split()[-1] for line in lines[1:]]
+    assert urls[0] != urls[1], urls
+    assert all(url.startswith("docs") and "…" in url for url in urls), urls
+    assert urls[0].endswith("ll.html") and urls[1].endswith("de.html"), urls
 
 
 async def test_a_text_from_standard_input(live: Live) -> None:

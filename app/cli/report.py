@@ -219,22 +219,28 @@ def render_audit(out: Console, audit: AuditReport) -> None:
 
 def render_list(out: Console, items: list[ScanStatus]) -> None:
     """One scan per line. The id is always printed whole (it is what the other commands take); on a
-    narrow terminal the URL is what gets shortened."""
+    narrow terminal the URL is shortened in the middle, so the host and the end of the path, which
+    tell scans of one site apart, both stay."""
+    if not items:
+        out.print(Text("no scans", style="dim"))
+        return
+    rows = [
+        (str(item.scan_id), item.status.value, str(item.progress), _created(item.created_at), _short_url(item.url))
+        for item in items
+    ]
+    headers = ("scan", "status", "%", "created")
+    # Each fixed column is as wide as its widest cell, plus the one-space gap after it.
+    fixed = sum(max(len(header), *(len(row[i]) for row in rows)) + 1 for i, header in enumerate(headers))
+    room = max(out.width - fixed, 12)
     table = Table(box=None, padding=(0, 1, 0, 0), pad_edge=False, header_style="bold")
     table.add_column("scan", no_wrap=True, min_width=36)
     table.add_column("status", no_wrap=True)
     table.add_column("%", no_wrap=True, justify="right")
     table.add_column("created", no_wrap=True)
-    table.add_column("url", overflow="ellipsis")
-    for item in items:
-        table.add_row(
-            str(item.scan_id),
-            status_text(item.status),
-            str(item.progress),
-            _created(item.created_at),
-            _short_url(item.url),
-        )
-    out.print(table if items else Text("no scans", style="dim"))
+    table.add_column("url", no_wrap=True, overflow="ellipsis")
+    for scan_id, status, progress, created, url in rows:
+        table.add_row(scan_id, status_text(status), progress, created, _middle(url, room))
+    out.print(table)
 
 
 def _created(value: datetime) -> str:
@@ -246,3 +252,13 @@ def _short_url(url: str | None) -> str:
     if not url:
         return "(text)"
     return url.removeprefix("https://").removeprefix("http://")
+
+
+def _middle(text: str, room: int) -> str:
+    """`text` in at most `room` characters, cut in the middle: the start of the host (up to a third
+    of the room) and as much of the end, where pages of one site differ, as fits."""
+    if len(text) <= room:
+        return text
+    head = min(len(text.split("/", 1)[0]) + 1, room // 3)
+    tail = room - head - 1
+    return f"{text[:head]}…{text[-tail:]}"
