@@ -107,6 +107,11 @@ async def test_the_command_line_creates_lists_and_revokes_keys(dsn: str) -> None
         assert refused.returncode == 2 and refused.stderr.strip(), (bad, refused.stderr)
     unknown = pagelens(dsn, "keys", "revoke", str(uuid.uuid4()))
     assert unknown.returncode == 2 and "no API key" in unknown.stderr
+    again = pagelens(dsn, "keys", "revoke", key["id"])
+    assert again.returncode == 0 and "already revoked" in again.stdout, again.stderr
+    assert [(line["audit_action"], line["outcome"]) for line in audit_lines(again.stderr)] == [
+        ("key_revoke", "unchanged")
+    ]
 
 
 async def test_authentication_turns_on_with_the_first_key_and_keys_work_over_http(settings: Settings, dsn: str) -> None:
@@ -145,11 +150,18 @@ async def test_authentication_turns_on_with_the_first_key_and_keys_work_over_htt
         for bad in (*bad_keys, {"name": "nul\x00byte"}):
             response = await client.post("/api/v1/keys", json=bad, headers=as_admin)
             assert response.status_code == 422, (bad, response.text)
+        missing = audited("key_revoke", "not_found")
         assert (await client.delete(f"/api/v1/keys/{uuid.uuid4()}", headers=as_admin)).status_code == 404
         assert (await client.delete("/api/v1/keys/nope", headers=as_admin)).status_code == 404
+        assert (await client.delete("/api/v1/keys/%D9%A1", headers=as_admin)).status_code == 404
+        assert audited("key_revoke", "not_found") == missing + 3, "malformed ids are audited too"
 
+        ok, unchanged = audited("key_revoke", "ok"), audited("key_revoke", "unchanged")
         revoked = await client.delete(f"/api/v1/keys/{new['id']}", headers=as_admin)
         assert revoked.status_code == 200 and revoked.json()["revokedAt"] is not None
+        again = await client.delete(f"/api/v1/keys/{new['id']}", headers=as_admin)
+        assert again.status_code == 200 and again.json()["revokedAt"] == revoked.json()["revokedAt"]
+        assert (audited("key_revoke", "ok"), audited("key_revoke", "unchanged")) == (ok + 1, unchanged + 1)
         for _ in range(REVOKE_POLLS):
             if (await client.get(SCANS, headers=as_beta)).status_code == 401:
                 break

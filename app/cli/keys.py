@@ -114,18 +114,23 @@ def cmd_revoke(settings: Settings, args: argparse.Namespace) -> int:
         key_id = uuid.UUID(args.key_id)
     except ValueError:
         raise KeyCommandError(f"not a key id: {args.key_id!r} (see `pagelens keys list`)") from None
-    row = asyncio.run(_with_db(settings, lambda db: keys.revoke(db, key_id)))
+    found = asyncio.run(_with_db(settings, lambda db: keys.revoke(db, key_id)))
     audit.record(
         audit.Action.KEY_REVOKE,
-        audit.Outcome.OK if row is not None else audit.Outcome.NOT_FOUND,
+        keys.revoke_outcome(found),
         actor_key_id=None,
-        actor_tenant=row["tenant"] if row is not None else keys.DEFAULT_TENANT,
+        actor_tenant=found[0]["tenant"] if found is not None else keys.DEFAULT_TENANT,
         via="cli",
         target_key_id=str(key_id),
-        target_tenant=row["tenant"] if row is not None else None,
+        target_tenant=found[0]["tenant"] if found is not None else None,
     )
-    if row is None:
+    if found is None:
         raise KeyCommandError(f"no API key {key_id}")
+    row, revoked_now = found
+    if not revoked_now:
+        when = _when(row, "revoked_at")
+        print(f"key {row['id']} ({row['name']!r}, tenant {row['tenant']}) was already revoked at {when}")
+        return 0
     print(f"revoked key {row['id']} ({row['name']!r}, tenant {row['tenant']}) at {_when(row, 'revoked_at')}")
     return 0
 

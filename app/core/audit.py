@@ -28,6 +28,7 @@ class Outcome(StrEnum):
     NOT_FOUND = "not_found"  # unknown, or another tenant's (the same answer, deliberately)
     CONFLICT = "conflict"  # the scan's state did not allow it (already finished, not FAILED)
     REFUSED = "refused"  # a limit (open-scan cap) or a missing role
+    UNCHANGED = "unchanged"  # allowed, but there was nothing to do (revoking a revoked key)
 
 
 def record(

@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
+from app.core.audit import Outcome
 from app.core.db import timed
 from app.core.types import Executor, Record
 
@@ -96,12 +97,23 @@ async def listing(db: Executor, *, include_revoked: bool = True) -> list[Record]
 
 
 @timed("keys.revoke")
-async def revoke(db: Executor, key_id: uuid.UUID) -> Record | None:
-    """Revoke a key (revoking a revoked one changes nothing); None when there is no such key."""
+async def revoke(db: Executor, key_id: uuid.UUID) -> tuple[Record, bool] | None:
+    """Revoke a key: its row, and whether this call revoked it (False when it already was: revoking
+    a revoked key changes nothing, and the audit says so). None when there is no such key."""
     row: Record | None = await db.fetchrow(
-        """UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now()) WHERE id = $1 RETURNING *""", key_id
+        """WITH prior AS (SELECT id, revoked_at FROM api_keys WHERE id = $1 FOR UPDATE)
+           UPDATE api_keys k SET revoked_at = COALESCE(k.revoked_at, now()) FROM prior WHERE k.id = prior.id
+           RETURNING k.*, prior.revoked_at IS NULL AS revoked_now""",
+        key_id,
     )
-    return row
+    return None if row is None else (row, bool(row["revoked_now"]))
+
+
+def revoke_outcome(found: tuple[Record, bool] | None) -> Outcome:
+    """The audit outcome of a `revoke`."""
+    if found is None:
+        return Outcome.NOT_FOUND
+    return Outcome.OK if found[1] else Outcome.UNCHANGED
 
 
 @timed("keys.lookup")

@@ -88,23 +88,25 @@ def key_not_found() -> Problem:
 
 async def revoke_key(request: Request) -> Response:
     admin = require_admin(request)
+    raw = request.path_params["keyId"]
     try:
-        key_id = ascii_uuid(request.path_params["keyId"])
+        key_id: uuid.UUID | None = ascii_uuid(raw)
     except ValueError:
-        raise key_not_found() from None
-    row = await keys.revoke(State.of(request).pool, key_id)
+        key_id = None
+    found = await keys.revoke(State.of(request).pool, key_id) if key_id is not None else None
     audit.record(
         audit.Action.KEY_REVOKE,
-        audit.Outcome.OK if row is not None else audit.Outcome.NOT_FOUND,
+        keys.revoke_outcome(found),
         actor_key_id=admin.key_id,
         actor_tenant=admin.tenant,
         via="api",
-        target_key_id=str(key_id),
-        target_tenant=row["tenant"] if row is not None else None,
+        # A malformed id is audited too (cut short: it is whatever the client sent).
+        target_key_id=str(key_id) if key_id is not None else raw[:64],
+        target_tenant=found[0]["tenant"] if found is not None else None,
     )
-    if row is None:
+    if found is None:
         raise key_not_found()
-    return reply(ApiKey.from_row(row))
+    return reply(ApiKey.from_row(found[0]))
 
 
 async def key_collection(request: Request) -> Response:
