@@ -205,7 +205,7 @@ async def test_list_pages_through_everything_newest_first(client: httpx.AsyncCli
     assert len(seen) == len(set(seen)), "no scan appears on two pages"
     positions = [seen.index(s) for s in created]
     assert positions == sorted(positions, reverse=True), "newest first"
-    queued = (await client.get(SCANS, params={"status": "queued", "limit": "100"})).json()["items"]
+    queued = (await client.get(SCANS, params={"status": "QUEUED", "limit": "100"})).json()["items"]
     assert queued and all(item["status"] == "QUEUED" for item in queued)
 
 
@@ -220,6 +220,8 @@ async def test_list_pages_through_everything_newest_first(client: httpx.AsyncCli
         {"limit": "+5"},
         {"limit": "9" * 5000},
         {"status": "DONE"},
+        {"status": "queued"},  # the names are as the document spells them
+        {"status": "FA\u0131LED"},  # a dotless i, which str.upper() turns into I
         {"cursor": "!!"},
     ],
 )

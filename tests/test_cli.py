@@ -118,7 +118,7 @@ async def test_json_output_and_status(live: Live, site: Site) -> None:
     run = await pagelens("list", "--json", "--limit", "50", env=env)
     assert run.code == 0, run.err
     assert accepted["scanId"] in [item["scanId"] for item in run.json()["items"]]
-    run = await pagelens("list", "--status", "FULL_READY", env=env)
+    run = await pagelens("list", "--status", "full_ready", env=env)
     assert run.code == 0 and accepted["scanId"] in run.out, run.out
     # A standard terminal: the ids are whole (they are what `status` and `retry` take).
     run = await pagelens("list", "--limit", "50", env={**env, "COLUMNS": "80"})

@@ -102,7 +102,8 @@ class Client:
     def scans(self, status: str | None, limit: int) -> ScanList:
         params: dict[str, str | int] = {"limit": limit}
         if status:
-            params["status"] = status
+            # The API takes the names as written (FAILED); the command line is forgiving of case.
+            params["status"] = status.upper() if status.isascii() else status
         return self.request("GET", SCANS, ScanList, params=params)
 
     def follow(self, scan_id: str) -> Iterator[ScanStatus]:

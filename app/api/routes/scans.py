@@ -239,7 +239,9 @@ async def list_scans(request: Request) -> Response:
     status = None
     if (raw_status := params.get("status")) is not None:  # "?status=" names no status: refused
         try:
-            status = Status(raw_status.upper())
+            # Exactly as the document spells the names: no case folding, which in Unicode maps
+            # "fa\u0131led" (a dotless i) to FAILED.
+            status = Status(raw_status)
         except ValueError:
             raise invalid_query("status", f"one of {', '.join(Status)}") from None
     limit = query_integer(params.get("limit"), field="limit", low=1, high=100, default=20)
