@@ -137,7 +137,7 @@ def test_every_api_operation_has_an_id_security_and_problem_answers() -> None:
         if not path.startswith("/api/"):
             continue
         assert {"bearer": []} in op["security"], path
-        wanted = {"401", "429", "503"} | ({"400", "413", "415", "422"} if "requestBody" in op else set())
+        wanted = {"401", "429", "431", "503"} | ({"400", "413", "415", "422"} if "requestBody" in op else set())
         wanted |= {"404"} if "{scanId}" in path else set()
         assert wanted <= set(op["responses"]), (path, sorted(op["responses"]))
         for code, answer in op["responses"].items():

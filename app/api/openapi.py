@@ -41,10 +41,12 @@ PROBLEMS = {
     415: "Not JSON",
     422: "Invalid field",
     429: "Too many requests for this API key (or open scans of its tenant); retry after Retry-After seconds",
+    431: "Too many or too large request headers (PAGELENS_MAX_HEADER_BYTES)",
     503: "A backing service is down; retry after Retry-After seconds",
 }
-# Every /api/* operation may answer these: the key check and rate limit run before any route.
-API_PROBLEMS = (401, 429, 503)
+# Every /api/* operation may answer these: the header limits, key check and rate limit run before
+# any route.
+API_PROBLEMS = (401, 429, 431, 503)
 BODY_PROBLEMS = (400, 413, 415, 422)
 
 
@@ -300,7 +302,11 @@ def document() -> dict[str, Any]:
         "info": {
             "title": "pagelens",
             "version": __version__,
-            "description": "Scan web pages and documents in the background.",
+            "description": (
+                "Scan web pages and documents in the background. Every error is an "
+                "application/problem+json body; a method a path does not take answers 405 with an "
+                "Allow header listing those it does."
+            ),
         },
         "paths": paths,
         "components": {
