@@ -13,6 +13,9 @@ What the subclass overrides, all public methods of arq 0.28's `Worker`:
   for, with arq's checks, atomically. The picker uses the same claim, reading the due ids itself.
 - `main()`: stops the listener and the picker when arq's main loop ends.
 - `handle_sig(signum)`: arq's stop (a signal, or `close()`): from then on nothing is claimed.
+- `finish_job(...)`: arq writes each job's end (result, queue entry and keys removed) in a MULTI/EXEC
+  of its own; here the ends of all jobs finishing in the same event-loop turn share one MULTI/EXEC,
+  with exactly arq's commands for each.
 `on_startup` is wrapped (after the configured hook has run, in the worker's main task): arq's own
 bookkeeping is kept quiet (worker/quiet.py) and the listener and picker start.
 
@@ -37,10 +40,11 @@ import signal
 import socket
 from typing import Any
 
-from arq.constants import in_progress_key_prefix
-from arq.typing import StartupShutdown
-from arq.utils import timestamp_ms
+from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
+from arq.typing import SecondsTimedelta, StartupShutdown
+from arq.utils import timestamp_ms, to_ms
 from arq.worker import Worker
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from app.core.queue import wake_channel
@@ -84,6 +88,51 @@ return {ids, scores, 0}
 """
 
 
+class _End:
+    """One `Worker.finish_job` call's arguments, and arq 0.28's commands for it (checked against the
+    installed arq by tests/test_arq_contract.py)."""
+
+    __slots__ = ("finish", "incr_score", "job_id", "keep_in_progress", "keep_result_forever", "result_data", "timeout")
+
+    def __init__(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: SecondsTimedelta | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: SecondsTimedelta | None,
+    ) -> None:
+        self.job_id = job_id
+        self.finish = finish
+        self.result_data = result_data
+        self.timeout = result_timeout_s
+        self.keep_result_forever = keep_result_forever
+        self.incr_score = incr_score
+        self.keep_in_progress = keep_in_progress
+
+    def write(self, tr: Pipeline, queue_name: str) -> None:
+        job_id = self.job_id
+        delete_keys = []
+        in_progress_key = in_progress_key_prefix + job_id
+        if self.keep_in_progress is None:
+            delete_keys.append(in_progress_key)
+        else:
+            tr.pexpire(in_progress_key, to_ms(self.keep_in_progress))
+        if self.finish:
+            if self.result_data:
+                expire = None if self.keep_result_forever else self.timeout
+                tr.set(result_key_prefix + job_id, self.result_data, px=to_ms(expire))
+            delete_keys += [retry_key_prefix + job_id, job_key_prefix + job_id]
+            tr.zrem(abort_jobs_ss, job_id)
+            tr.zrem(queue_name, job_id)
+        elif self.incr_score:
+            tr.zincrby(queue_name, self.incr_score, job_id)
+        if delete_keys:
+            tr.delete(*delete_keys)
+
+
 def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
@@ -104,6 +153,8 @@ class PagelensWorker(Worker):
         self._backlog = False  # jobs were left waiting for a free slot
         self._halted = False  # arq stopped the worker (handle_sig): take no more jobs
         self._tasks: list[asyncio.Task[None]] = []
+        self._ending: list[tuple[_End, asyncio.Future[None]]] = []  # finish_job calls of this loop turn
+        self.end_writes = 0  # MULTI/EXECs that wrote jobs' ends
         self._configured_startup = self.on_startup
         self.on_startup = self._start_up
 
@@ -118,6 +169,44 @@ class PagelensWorker(Worker):
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """arq's poll found these due ids: claim what there is room for in one round trip."""
         await self._claim_and_start([job_id.decode() for job_id in job_ids])
+
+    async def finish_job(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
+        """arq's finish_job, written together with the other jobs ending in this loop turn."""
+        end = _End(job_id, finish, result_data, result_timeout_s, keep_result_forever, incr_score, keep_in_progress)
+        done: asyncio.Future[None] = self.loop.create_future()
+        self._ending.append((end, done))
+        if len(self._ending) == 1:
+            # Its first step runs after the callbacks already due, so jobs ending in this turn join.
+            self.loop.create_task(self._write_ends())
+        await done
+
+    async def _write_ends(self) -> None:
+        ending, self._ending = self._ending, []
+        try:
+            async with self.pool.pipeline(transaction=True) as tr:
+                for end, _ in ending:
+                    end.write(tr, self.queue_name)
+                await tr.execute()
+        except BaseException as exc:  # each job's run_job sees the error, as it would its own write's
+            for _, done in ending:
+                if not done.done():
+                    done.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            self.end_writes += 1
+            for _, done in ending:
+                if not done.done():
+                    done.set_result(None)
 
     def handle_sig(self, signum: signal.Signals) -> None:
         # arq cancels its jobs and its main task here (a signal, or close()): claim nothing more.
