@@ -40,16 +40,16 @@ import signal
 import socket
 from typing import Any
 
-from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
-from arq.typing import SecondsTimedelta, StartupShutdown
-from arq.utils import timestamp_ms, to_ms
+from arq.constants import in_progress_key_prefix
+from arq.typing import StartupShutdown
+from arq.utils import timestamp_ms
 from arq.worker import Worker
-from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from app.core.queue import wake_channel
 from app.core.tasks import cancel_all
 from worker import quiet
+from worker.ends import JobEnd
 
 logger = logging.getLogger("pagelens.worker")
 
@@ -88,51 +88,6 @@ return {ids, scores, 0}
 """
 
 
-class _End:
-    """One `Worker.finish_job` call's arguments, and arq 0.28's commands for it (checked against the
-    installed arq by tests/test_arq_contract.py)."""
-
-    __slots__ = ("finish", "incr_score", "job_id", "keep_in_progress", "keep_result_forever", "result_data", "timeout")
-
-    def __init__(
-        self,
-        job_id: str,
-        finish: bool,
-        result_data: bytes | None,
-        result_timeout_s: SecondsTimedelta | None,
-        keep_result_forever: bool,
-        incr_score: int | None,
-        keep_in_progress: SecondsTimedelta | None,
-    ) -> None:
-        self.job_id = job_id
-        self.finish = finish
-        self.result_data = result_data
-        self.timeout = result_timeout_s
-        self.keep_result_forever = keep_result_forever
-        self.incr_score = incr_score
-        self.keep_in_progress = keep_in_progress
-
-    def write(self, tr: Pipeline, queue_name: str) -> None:
-        job_id = self.job_id
-        delete_keys = []
-        in_progress_key = in_progress_key_prefix + job_id
-        if self.keep_in_progress is None:
-            delete_keys.append(in_progress_key)
-        else:
-            tr.pexpire(in_progress_key, to_ms(self.keep_in_progress))
-        if self.finish:
-            if self.result_data:
-                expire = None if self.keep_result_forever else self.timeout
-                tr.set(result_key_prefix + job_id, self.result_data, px=to_ms(expire))
-            delete_keys += [retry_key_prefix + job_id, job_key_prefix + job_id]
-            tr.zrem(abort_jobs_ss, job_id)
-            tr.zrem(queue_name, job_id)
-        elif self.incr_score:
-            tr.zincrby(queue_name, self.incr_score, job_id)
-        if delete_keys:
-            tr.delete(*delete_keys)
-
-
 def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
@@ -153,8 +108,9 @@ class PagelensWorker(Worker):
         self._backlog = False  # jobs were left waiting for a free slot
         self._halted = False  # arq stopped the worker (handle_sig): take no more jobs
         self._tasks: list[asyncio.Task[None]] = []
-        self._ending: list[tuple[_End, asyncio.Future[None]]] = []  # finish_job calls of this loop turn
+        self._ending: list[tuple[JobEnd, asyncio.Future[None]]] = []  # finish_job calls of this loop turn
         self.end_writes = 0  # MULTI/EXECs that wrote jobs' ends
+        self._end_writers: set[asyncio.Task[None]] = set()
         self._configured_startup = self.on_startup
         self.on_startup = self._start_up
 
@@ -181,12 +137,14 @@ class PagelensWorker(Worker):
         keep_in_progress: float | None,
     ) -> None:
         """arq's finish_job, written together with the other jobs ending in this loop turn."""
-        end = _End(job_id, finish, result_data, result_timeout_s, keep_result_forever, incr_score, keep_in_progress)
+        end = JobEnd(job_id, finish, result_data, result_timeout_s, keep_result_forever, incr_score, keep_in_progress)
         done: asyncio.Future[None] = self.loop.create_future()
         self._ending.append((end, done))
         if len(self._ending) == 1:
             # Its first step runs after the callbacks already due, so jobs ending in this turn join.
-            self.loop.create_task(self._write_ends())
+            writer = self.loop.create_task(self._write_ends())
+            self._end_writers.add(writer)  # referenced until done, as asyncio asks
+            writer.add_done_callback(self._end_writers.discard)
         await done
 
     async def _write_ends(self) -> None:
@@ -196,12 +154,14 @@ class PagelensWorker(Worker):
                 for end, _ in ending:
                     end.write(tr, self.queue_name)
                 await tr.execute()
-        except BaseException as exc:  # each job's run_job sees the error, as it would its own write's
+        except asyncio.CancelledError:
+            for _, done in ending:
+                done.cancel()
+            raise
+        except Exception as exc:  # each job's run_job sees the error, as it would its own write's
             for _, done in ending:
                 if not done.done():
                     done.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
         else:
             self.end_writes += 1
             for _, done in ending:
