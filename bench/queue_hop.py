@@ -69,6 +69,10 @@ TITLE = "Queue hop: bare arq vs pagelens"
 JOB = "hop"
 WAIT_LIMIT = 10.0  # seconds for any one job to start: far above any healthy hop, bounds a broken run
 WOKEN_PAUSE = 0.02  # seconds; see Variant.pause
+# The targets: pagelens's no-op throughput at least bare arq polling every 5 ms in every repetition,
+# and an idle worker's hop no slower than it was on a quiet machine before the per-job work was cut.
+THROUGHPUT_TARGET = 1.0
+P50_TARGET_MS, P99_TARGET_MS = 2.2, 3.4
 
 
 @dataclass(frozen=True)
@@ -249,14 +253,16 @@ class HopResult:
         )
         paired = self.paired_throughput_vs_tuned
         tuned, pagelens, before = (self.summary(n) for n in ("bare-tuned", "pagelens", "pagelens-before"))
-        throughput_verdict = verdict(self.throughput_vs_tuned >= 0.9)
-        latency_verdict = verdict(pagelens.latency(50) <= 5 and pagelens.latency(99) <= 20)
+        # Every repetition, not the median: a worker that keeps up only on average does not keep up.
+        throughput_verdict = verdict(min(paired) >= THROUGHPUT_TARGET)
+        latency_verdict = verdict(pagelens.latency(50) <= P50_TARGET_MS and pagelens.latency(99) <= P99_TARGET_MS)
         notes = (
             f"latency, pagelens: p50 **{fmt_ms(pagelens.latency(50))} ms**, p99 **{fmt_ms(pagelens.latency(99))} ms**; "
-            f"target p50 <= 5 ms and p99 <= 20 ms: {latency_verdict}; before (polling only): p50 "
-            f"{fmt_ms(before.latency(50))} ms, p99 {fmt_ms(before.latency(99))} ms",
+            f"target p50 <= {P50_TARGET_MS:g} ms and p99 <= {P99_TARGET_MS:g} ms: {latency_verdict}; before "
+            f"(polling only): p50 {fmt_ms(before.latency(50))} ms, p99 {fmt_ms(before.latency(99))} ms",
             f"throughput, pagelens / bare tuned: **{self.throughput_vs_tuned:.2f}x** (per repetition "
-            f"{min(paired):.2f}x to {max(paired):.2f}x); target >= 0.90x: {throughput_verdict}",
+            f"{min(paired):.2f}x to {max(paired):.2f}x); target >= {THROUGHPUT_TARGET:.2f}x in every repetition "
+            f"(min **{min(paired):.2f}x**): {throughput_verdict}",
             f"throughput, pagelens / bare defaults: **{self.throughput_vs_default:.2f}x**",
             f"latency p50, pagelens vs bare tuned: {fmt_ms(pagelens.latency(50))} vs {fmt_ms(tuned.latency(50))} ms "
             f"({self.p50_vs('bare-tuned'):.2f}x); vs bare defaults: {self.p50_vs('bare-default'):.3f}x",

@@ -5,7 +5,8 @@
 arq's round trips. If an arq release changes either, these fail: a job from our enqueue and one
 from arq's are indistinguishable to arq's reader and worker; our claim takes exactly the jobs arq's
 takes and marks them as arq does; and our worker ends arq-enqueued jobs of every kind (plain,
-deferred, re-enqueued with a try count, retried, failing, unknown, expired) exactly as arq's does.
+deferred, re-enqueued with a try count, retried, failing, unknown, expired) exactly as arq's does,
+though it writes the ends of jobs finishing together in one transaction (worker/ends.py).
 Real Redis; each test has its own queue and deletes its keys.
 """
 

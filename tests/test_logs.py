@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import UTC, datetime
 
 from opentelemetry import trace
 
@@ -42,3 +43,19 @@ def test_user_values_cannot_forge_lines() -> None:
     assert "\x1b" not in line["message"] and len(line["message"]) <= 2001
     assert clean("a\nb\tc", 10) == "abc"
     assert clean("y" * 20, 5) == "yyyyy…"
+
+
+def test_time_is_utc_iso_8601_with_milliseconds_across_seconds() -> None:
+    formatter = JSONFormatter()
+    for created in (1764769000.0, 1764769000.123456, 1764769000.999, 1764769001.0005, 1764772800.5):
+        rec = record("tick")
+        rec.created = created
+        expected = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+        assert json.loads(formatter.format(rec))["time"] == expected, created
+
+
+def test_values_the_fast_encoder_refuses_are_still_logged() -> None:
+    huge = 2**70  # beyond orjson's 64-bit integers: the line falls back to the standard library
+    line = json.loads(JSONFormatter().format(record("odd values", job_try=huge, stage=object())))
+    assert line["job_try"] == huge and line["stage"].startswith("<object object")
+    assert line["message"] == "odd values" and line["level"] == "info"

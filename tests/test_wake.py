@@ -218,6 +218,39 @@ async def test_a_full_worker_takes_the_next_job_when_a_slot_frees(
     assert sorted(started[:2]) == sorted(ids[:2]) and started[2] == ids[2] and worker.picked == 3
 
 
+async def test_jobs_ending_together_are_written_in_one_transaction(
+    redis: ArqRedis, settings: Settings, queue_name: str, workers: list[PagelensWorker]
+) -> None:
+    release = asyncio.Event()
+    started: list[str] = []
+
+    async def job(ctx: dict[str, Any], **_: Any) -> str:
+        started.append(ctx["job_id"])
+        await release.wait()
+        return f"done {ctx['job_id']}"
+
+    s = settings.with_(queue_name=queue_name, max_jobs=5)
+    worker = await run(pagelens_worker(s, job, poll_delay=NEVER, keep_result=60), redis, workers)
+    ids = await enqueue(redis, queue_name, 5)
+    await until(lambda: len(started) == 5, "all five jobs running")
+    assert worker.end_writes == 0
+    release.set()  # all five return in the same event-loop turn
+    await until(lambda: queue_empty(redis, queue_name), "the jobs' ends")
+    assert worker.end_writes == 1  # one MULTI/EXEC for the five, where arq writes one each
+    # ... and each end is arq's: the result kept, the job, its retry count, its claim and its queue
+    # entry gone (tests/test_arq_contract.py compares every kind of end with arq's own worker).
+    for job_id in ids:
+        for prefix in (job_key_prefix, retry_key_prefix, in_progress_key_prefix):
+            assert not await redis.exists(prefix + job_id), prefix + job_id
+    results = [queue.deserialize(await redis.get(result_key_prefix + i)) for i in ids]
+    assert [(r["s"], r["r"]) for r in results] == [(True, f"done {i}") for i in ids]
+
+
+async def queue_empty(redis: ArqRedis, queue_name: str) -> bool:
+    count: int = await redis.zcard(queue_name)
+    return count == 0
+
+
 async def test_a_draining_worker_takes_no_new_job(
     redis: ArqRedis, settings: Settings, queue_name: str, workers: list[PagelensWorker]
 ) -> None:

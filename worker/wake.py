@@ -13,6 +13,9 @@ What the subclass overrides, all public methods of arq 0.28's `Worker`:
   for, with arq's checks, atomically. The picker uses the same claim, reading the due ids itself.
 - `main()`: stops the listener and the picker when arq's main loop ends.
 - `handle_sig(signum)`: arq's stop (a signal, or `close()`): from then on nothing is claimed.
+- `finish_job(...)`: arq writes each job's end (result, queue entry and keys removed) in a MULTI/EXEC
+  of its own; here the ends of all jobs finishing in the same event-loop turn share one MULTI/EXEC,
+  with exactly arq's commands for each.
 `on_startup` is wrapped (after the configured hook has run, in the worker's main task): arq's own
 bookkeeping is kept quiet (worker/quiet.py) and the listener and picker start.
 
@@ -46,6 +49,7 @@ from redis.exceptions import RedisError
 from app.core.queue import wake_channel
 from app.core.tasks import cancel_all
 from worker import quiet
+from worker.ends import JobEnd
 
 logger = logging.getLogger("pagelens.worker")
 
@@ -104,6 +108,9 @@ class PagelensWorker(Worker):
         self._backlog = False  # jobs were left waiting for a free slot
         self._halted = False  # arq stopped the worker (handle_sig): take no more jobs
         self._tasks: list[asyncio.Task[None]] = []
+        self._ending: list[tuple[JobEnd, asyncio.Future[None]]] = []  # finish_job calls of this loop turn
+        self.end_writes = 0  # MULTI/EXECs that wrote jobs' ends
+        self._end_writers: set[asyncio.Task[None]] = set()
         self._configured_startup = self.on_startup
         self.on_startup = self._start_up
 
@@ -118,6 +125,48 @@ class PagelensWorker(Worker):
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """arq's poll found these due ids: claim what there is room for in one round trip."""
         await self._claim_and_start([job_id.decode() for job_id in job_ids])
+
+    async def finish_job(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
+        """arq's finish_job, written together with the other jobs ending in this loop turn."""
+        end = JobEnd(job_id, finish, result_data, result_timeout_s, keep_result_forever, incr_score, keep_in_progress)
+        done: asyncio.Future[None] = self.loop.create_future()
+        self._ending.append((end, done))
+        if len(self._ending) == 1:
+            # Its first step runs after the callbacks already due, so jobs ending in this turn join.
+            writer = self.loop.create_task(self._write_ends())
+            self._end_writers.add(writer)  # referenced until done, as asyncio asks
+            writer.add_done_callback(self._end_writers.discard)
+        await done
+
+    async def _write_ends(self) -> None:
+        ending, self._ending = self._ending, []
+        try:
+            async with self.pool.pipeline(transaction=True) as tr:
+                for end, _ in ending:
+                    end.write(tr, self.queue_name)
+                await tr.execute()
+        except asyncio.CancelledError:
+            for _, done in ending:
+                done.cancel()
+            raise
+        except Exception as exc:  # each job's run_job sees the error, as it would its own write's
+            for _, done in ending:
+                if not done.done():
+                    done.set_exception(exc)
+        else:
+            self.end_writes += 1
+            for _, done in ending:
+                if not done.done():
+                    done.set_result(None)
 
     def handle_sig(self, signum: signal.Signals) -> None:
         # arq cancels its jobs and its main task here (a signal, or close()): claim nothing more.
