@@ -117,7 +117,7 @@ def test_api_load_measures_both_servers_under_both_loads() -> None:
     assert leftovers == []  # queues and their jobs deleted
 
     names = [s.name for s in SERVERS]
-    assert names == ["bare", "pagelens", "sampled", "untraced"]
+    assert names == ["bare", "peer", "pagelens", "sampled", "untraced"]
     assert len(result.turns) == config.reps * len(SERVERS) * 2
     for turn in result.turns:
         assert turn.result.latencies_ms, turn
