@@ -276,3 +276,38 @@ async def test_server_span_carries_the_http_server_conventions(
         ("GET", SpanKind.SERVER, 404)
     ]
     assert "http.route" not in (found[0].attributes or {})
+
+
+def test_server_span_attributes_from_the_asgi_scope() -> None:
+    from app.api.server_span import carrier, request_attributes
+
+    scope: dict[str, Any] = {
+        "type": "http",
+        "method": "GET",
+        "path": "/api/v1/scan-jobs",
+        "scheme": "https",
+        "http_version": "2",
+        "query_string": b"",
+        "server": ("10.0.0.5", 8000),
+        "client": ("::1", 5000),
+        "headers": [(b"host", b"[::1]"), (b"tracestate", b"a=1"), (b"tracestate", b"b=2")],
+    }
+    # A bracketed IPv6 Host without a port; no query, no user agent: those attributes are left out.
+    assert request_attributes(scope) == {
+        "http.request.method": "GET",
+        "url.path": "/api/v1/scan-jobs",
+        "url.scheme": "https",
+        "network.protocol.version": "2",
+        "server.address": "::1",  # without the brackets, as the conventions write an IPv6 address
+        "client.address": "::1",
+    }
+    assert carrier(scope) == {"tracestate": "a=1,b=2"}  # repeated fields joined, as HTTP does
+    scope["headers"] = [(b"host", b"[::1]:8443"), (b"user-agent", b"probe/1")]
+    attributes = request_attributes(scope)
+    assert (attributes["server.address"], attributes["server.port"]) == ("::1", 8443)
+    assert attributes["user_agent.original"] == "probe/1"
+    # No Host header: the address the server listens on.
+    scope["headers"] = []
+    attributes = request_attributes(scope)
+    assert (attributes["server.address"], attributes["server.port"]) == ("10.0.0.5", 8000)
+    assert carrier(scope) == {}

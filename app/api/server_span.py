@@ -46,7 +46,7 @@ def request_attributes(scope: Scope) -> dict[str, str | int]:
             agent = value.decode("latin-1")
     if host:
         address, colon, port = host.rpartition(":") if not host.endswith("]") else ("", "", "")
-        attributes["server.address"] = address if colon and port.isdigit() else host
+        attributes["server.address"] = (address if colon and port.isdigit() else host).strip("[]")
         if colon and port.isdigit():
             attributes["server.port"] = int(port)
     elif server := scope.get("server"):
@@ -96,7 +96,8 @@ class ServerSpans:
         name, route = self.details(scope)
         attributes = request_attributes(scope)
         attributes.update(route)
-        parent = propagate.extract(carrier(scope)) if any(n in TRACE_HEADERS for n, _ in scope["headers"]) else None
+        headers = carrier(scope)
+        parent = propagate.extract(headers) if headers else None  # no trace headers: a new trace
         span = self.tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
 
         async def send_status(message: Message) -> None:
