@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil  # type: ignore[import-untyped]  # no types-psutil in the dev deps
+
 
 @dataclass(frozen=True)
 class Load:
@@ -36,6 +38,7 @@ class Load:
     concurrency: int = 0  # closed loop with this many connections, or
     rate: float = 0.0  # open loop at this many requests per second
     connections: int = 64  # the open loop's pool
+    server_pid: int = 0  # when set, the server process's CPU over the measured window is reported
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -47,6 +50,7 @@ class LoadResult:
     statuses: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0  # the measured window
     late_ms: float = 0.0  # open loop: how far behind schedule the generator itself fell, at most
+    server_cpu_seconds: float = 0.0  # user + system, from when measurement starts to the last answer
 
     @property
     def requests_per_second(self) -> float:
@@ -82,8 +86,32 @@ class Connection:
             await self.writer.wait_closed()
 
 
+class ServerCpu:
+    """The server's CPU time (all threads) between `start` and `stop`: sampled here, where the
+    measured window begins and ends, so the warm-up's CPU is not divided by the measured requests."""
+
+    def __init__(self, pid: int) -> None:
+        self.process = psutil.Process(pid) if pid else None
+        self.began: float | None = None
+
+    def _now(self) -> float:
+        assert self.process is not None
+        times = self.process.cpu_times()
+        return float(times.user + times.system)
+
+    async def start_at(self, when: float) -> None:
+        await asyncio.sleep(max(0.0, when - time.perf_counter()))
+        if self.process is not None:
+            self.began = self._now()
+
+    def stop(self) -> float:
+        """The CPU seconds the server used since `start_at` fired (0 when no server pid was given)."""
+        return self._now() - self.began if self.process is not None and self.began is not None else 0.0
+
+
 async def run(load: Load) -> LoadResult:
     result = LoadResult(seconds=load.seconds)
+    cpu = ServerCpu(load.server_pid)
     statuses: Counter[int] = Counter()
     count = 0
 
@@ -102,6 +130,7 @@ async def run(load: Load) -> LoadResult:
             statuses[status] += 1
 
     if load.concurrency:
+        sampler = asyncio.create_task(cpu.start_at(measured_from))
 
         async def client() -> None:
             conn = await Connection.open(load.host, load.port)
@@ -112,12 +141,15 @@ async def run(load: Load) -> LoadResult:
                 await conn.close()
 
         await asyncio.gather(*(client() for _ in range(load.concurrency)))
+        await sampler
+        result.server_cpu_seconds = cpu.stop()
     else:
         idle: asyncio.Queue[Connection] = asyncio.Queue()
         for _ in range(load.connections):
             idle.put_nowait(await Connection.open(load.host, load.port))
         start = time.perf_counter()  # the schedule starts once the pool is open
         measured_from, total = start + load.warmup, int(load.rate * (load.warmup + load.seconds))
+        sampler = asyncio.create_task(cpu.start_at(measured_from))
 
         async def fire(due: float) -> None:
             conn = await idle.get()
@@ -134,7 +166,8 @@ async def run(load: Load) -> LoadResult:
             else:
                 result.late_ms = max(result.late_ms, -wait * 1000)
             fired.append(asyncio.create_task(fire(due)))
-        await asyncio.gather(*fired)
+        await asyncio.gather(*fired, sampler)
+        result.server_cpu_seconds = cpu.stop()
         while not idle.empty():
             await idle.get_nowait().close()
     result.statuses = {str(code): n for code, n in sorted(statuses.items())}

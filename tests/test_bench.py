@@ -2,13 +2,37 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import secrets
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import asyncpg
 import pytest
 import redis
 from pytest import approx
 
+from app.cli.embedded import free_port
 from bench.api_load import SERVERS, ApiConfig
 from bench.api_load import run as run_api
-from bench.common import BenchContext, RedisTarget, Table, markers, percentile, redis_target, replace_section
+from bench.common import (
+    BenchContext,
+    OtlpSink,
+    RedisTarget,
+    Service,
+    Table,
+    child_env,
+    isolated_database,
+    markers,
+    percentile,
+    postgres_target,
+    redis_target,
+    replace_section,
+    sweep_queue,
+    uvicorn_command,
+)
 from bench.e2e import STAGES, E2EConfig
 from bench.e2e import run as run_e2e
 from bench.e2e_audit import AuditConfig
@@ -117,7 +141,7 @@ def test_api_load_measures_both_servers_under_both_loads() -> None:
     assert leftovers == []  # queues and their jobs deleted
 
     names = [s.name for s in SERVERS]
-    assert names == ["bare", "pagelens", "sampled", "untraced"]
+    assert names == ["bare", "peer", "pagelens", "sampled", "untraced"]
     assert len(result.turns) == config.reps * len(SERVERS) * 2
     for turn in result.turns:
         assert turn.result.latencies_ms, turn
@@ -134,6 +158,66 @@ def test_api_load_measures_both_servers_under_both_loads() -> None:
     report = result.bench_result()
     assert report.name == "api" and len(report.table.rows) == len(SERVERS)
     assert f"{result.ratio:.2f}x" in report.notes[0]
+    assert result.cpu_ratio == approx(result.cpu_per_request_us("pagelens") / result.cpu_per_request_us("bare"))
+    assert result.peer_ratio == approx(result.throughput("pagelens") / result.throughput("peer"))
+    verdicts = [note for note in report.notes if "target" in note]
+    assert len(verdicts) == 4 and all(": met" in note or ": NOT met" in note for note in verdicts)
+
+
+def test_peer_api_answers_202_stores_the_scan_enqueues_the_job_and_exports_spans() -> None:
+    """The API benchmark's typical peer does the same work as pagelens's route, traced."""
+    queue = f"pagelens-bench:{secrets.token_hex(4)}:peer-test"
+    with (
+        redis_target() as target,
+        postgres_target() as postgres,
+        isolated_database(postgres.dsn, f"pagelens_peer_{secrets.token_hex(4)}") as dsn,
+        OtlpSink() as sink,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        port = free_port()
+        env = child_env(
+            DATABASE_URL=dsn,
+            REDIS_URL=target.url,
+            PAGELENS_QUEUE=queue,
+            OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=sink.endpoint,
+        )
+        base = f"http://127.0.0.1:{port}"
+        service = Service.start("peer", uvicorn_command("bench.peer_api:app", port), env, Path(tmp), f"{base}/healthz")
+        try:
+            body = json.dumps({"url": "https://shop.example.com/articles/1"}).encode()
+            request = urllib.request.Request(
+                f"{base}/api/v1/scan-jobs", body, {"Content-Type": "application/json"}, method="POST"
+            )
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                status, location, reply = answer.status, answer.headers["Location"], json.loads(answer.read())
+            with urllib.request.urlopen(f"{base}/metrics", timeout=10) as answer:
+                exposition = answer.read().decode()
+        finally:
+            service.stop()  # flushes the batch span processor on shutdown
+        try:
+            scan_id = reply["scanId"]
+            assert status == 202 and reply["status"] == "QUEUED"
+            assert location == reply["statusUrl"] == f"/api/v1/scan-jobs/{scan_id}/status"
+            assert "http_requests_total" in exposition  # prometheus-fastapi-instrumentator
+
+            async def stored() -> str | None:
+                conn = await asyncpg.connect(dsn)
+                try:
+                    url: str | None = await conn.fetchval("SELECT url FROM scans WHERE id = $1", scan_id)
+                    return url
+                finally:
+                    await conn.close()
+
+            assert asyncio.run(stored()) == "https://shop.example.com/articles/1"
+            client = redis.Redis.from_url(target.url)
+            try:
+                assert client.zrange(queue, 0, -1) == [scan_id.encode()]
+            finally:
+                client.close()
+            # SERVER (and FastAPI's internal send spans), the INSERT, the PRODUCER, arq's Redis calls.
+            assert sink.spans >= 4
+        finally:
+            sweep_queue(target.url, queue)
 
 
 @pytest.mark.slow

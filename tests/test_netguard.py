@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from app.core.models import ErrorType, ScanError
 from app.core.settings import Settings
-from app.core.urlpolicy import BLOCKED_MESSAGE, check_url, is_public_address, parse_target, resolve_target
+from app.core.urlpolicy import BLOCKED_MESSAGE, check_url, ip_of, is_public_address, parse_target, resolve_target
 
 OPEN = Settings()
 
@@ -511,3 +511,29 @@ async def test_resolver_timeout_is_retryable(monkeypatch: pytest.MonkeyPatch) ->
 async def test_empty_answer_is_a_dns_error(monkeypatch: pytest.MonkeyPatch) -> None:
     fake_resolver(monkeypatch, [])
     assert (await resolve_error("example.com", 80, OPEN)).type is ErrorType.DNS_ERROR
+
+
+def _ip_of_by_exceptions(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """What ip_of answered when it parsed every host through ipaddress.ip_address."""
+    try:
+        return ipaddress.ip_address(host[1:-1] if host.startswith("[") else host)
+    except ValueError:
+        return None
+
+
+HOST_CHARS = st.sampled_from([*"0123456789abcdefABCDEF.:%[]x-_ \n", "\u0663", "\uff11", "\u00b2"])
+
+
+@given(st.text(HOST_CHARS, max_size=45) | st.ip_addresses().map(str) | st.ip_addresses(v=6).map(lambda a: f"[{a}]"))
+@example("1.2.3.4")
+@example("01.2.3.4")  # leading zeros: not an address to ipaddress, so a name here
+@example("1.2.3.4.")
+@example("256.1.1.1")
+@example("\u0661.2.3.4")  # Arabic-Indic digit one: str.isdigit() but not ASCII
+@example("::ffff:127.0.0.1")
+@example("[fe80::1%eth0]")
+@example("1.2.3.4\n")
+@example("shop.example.com")
+def test_ip_of_decides_by_shape_exactly_as_parsing_through_exceptions(host: str) -> None:
+    # ip_of looks at the host's shape before it parses; it must agree with the parser on every input.
+    assert ip_of(host) == _ip_of_by_exceptions(host)

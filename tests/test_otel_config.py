@@ -17,16 +17,16 @@ from pathlib import Path
 import pytest
 from opentelemetry import baggage, trace
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from app.core.settings import Settings
-from observability.tracing import propagator, sampler, span_exporters
+from observability.tracing import batch_defaults, propagator, sampler, span_exporters
 from tests.otlp import serve_otlp
 
 ROOT = Path(__file__).resolve().parents[1]
-HTTP = "opentelemetry.exporter.otlp.proto.http.trace_exporter"
+HTTP = "observability.otlp_wire"  # the SDK's OTLP/HTTP exporter, our encoding
 GRPC = "opentelemetry.exporter.otlp.proto.grpc.trace_exporter"
 CONSOLE = "opentelemetry.sdk.trace.export"
 
@@ -210,3 +210,12 @@ def test_otel_variables_are_read_into_settings() -> None:
     # The spec's booleans: only "true", in any case, is true.
     assert not Settings.from_env({"OTEL_SDK_DISABLED": "yes"}).otel_sdk_disabled
     assert Settings.from_env({"OTEL_TRACES_EXPORTER": "none"}).traces_exporters == ()
+
+
+def test_span_batches_are_ours_unless_an_otel_bsp_size_is_set() -> None:
+    assert batch_defaults({}) == {"max_export_batch_size": 2048, "max_queue_size": 8192}
+    assert batch_defaults({"OTEL_BSP_SCHEDULE_DELAY": "100"}) == {"max_export_batch_size": 2048, "max_queue_size": 8192}
+    assert batch_defaults({"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "64"}) == {}
+    assert batch_defaults({"OTEL_BSP_MAX_QUEUE_SIZE": "1000"}) == {}
+    processor = BatchSpanProcessor(ConsoleSpanExporter(), **batch_defaults({}))  # valid: batch <= queue
+    processor.shutdown()  # type: ignore[no-untyped-call]

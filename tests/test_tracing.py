@@ -88,6 +88,10 @@ async def test_one_trace_from_client_to_stages(
             "pagelens.scan_id": scan_id,
         }.items()
     )
+    # The enqueue script's Redis CLIENT span is not made: the broker's address is on the PRODUCER.
+    assert isinstance(producer.attributes.get("server.address"), str) and producer.attributes["server.address"]
+    assert isinstance(producer.attributes.get("server.port"), int)
+    assert not [s for s in found if parent_id(s) == span_id(producer) and s.kind is SpanKind.CLIENT]
     consumer = one(found, f"process {queue}")
     assert consumer.kind is SpanKind.CONSUMER and parent_id(consumer) == span_id(producer)
     assert [link.context.span_id for link in consumer.links] == [span_id(producer)]
@@ -97,7 +101,9 @@ async def test_one_trace_from_client_to_stages(
     assert isinstance(attrs["pagelens.job.queue_wait_seconds"], float) and attrs["pagelens.job.queue_wait_seconds"] >= 0
     for stage in ("crawl", "parse", "analyze", "generate"):
         assert parent_id(one(found, f"scan.{stage}")) == span_id(consumer)
-    fetch = one([s for s in found if "http.request.method" in dict(s.attributes or {})], "GET")
+    # The page fetch: robots.txt and llms.txt are GET CLIENT spans too, named by their url.path.
+    http_clients = [s for s in found if s.kind is SpanKind.CLIENT and "http.request.method" in dict(s.attributes or {})]
+    fetch = one([s for s in http_clients if "url.path" not in dict(s.attributes or {})], "GET")
     assert fetch.kind is SpanKind.CLIENT and parent_id(fetch) == span_id(one(found, "scan.crawl"))
     db_spans = [s for s in found if s.kind is SpanKind.CLIENT and "postgresql" in str(dict(s.attributes or {}))]
     assert {parent_id(s) for s in db_spans} & {span_id(consumer), span_id(server)}, "asyncpg spans join the trace"
@@ -230,3 +236,78 @@ async def test_configured_services_get_trace_context(
         await make_worker(settings.with_(llm_base_url=llm.base_url)).main()
         assert len(llm.requests) == 1
         assert llm.requests[0].headers["traceparent"].split("-")[1] == trace_id
+
+
+async def test_server_span_carries_the_http_server_conventions(
+    client: httpx.AsyncClient, spans: InMemorySpanExporter
+) -> None:
+    traceparent, trace_id, client_span = new_traceparent()
+    headers = {"traceparent": traceparent, "tracestate": "vendor=1", "user-agent": "pagelens-test/1"}
+    r = await client.post(f"{SCANS}?from=test", json={"url": "https://example.com/conventions"}, headers=headers)
+    assert r.status_code == 202
+    server = one(of_trace(spans, trace_id), "POST /api/v1/scan-jobs")
+    assert server.kind is SpanKind.SERVER and parent_id(server) == int(client_span, 16)
+    assert server.parent is not None and server.parent.trace_state.get("vendor") == "1"
+    attrs = dict(server.attributes or {})
+    host = httpx.URL(str(client.base_url))
+    assert attrs == {
+        "http.request.method": "POST",
+        "http.route": SCANS,
+        "url.path": SCANS,
+        "url.query": "from=test",
+        "url.scheme": "http",
+        "network.protocol.version": "1.1",
+        "server.address": host.host,
+        "server.port": host.port,
+        "client.address": "127.0.0.1",
+        "user_agent.original": "pagelens-test/1",
+        "http.response.status_code": 202,
+    }
+    assert server.status.is_unset
+
+    # Probes are not traced; an unknown path is, named by its method alone.
+    before = len(spans.get_finished_spans())
+    assert (await client.get("/healthz")).status_code == 200
+    assert len(spans.get_finished_spans()) == before
+    missing = await client.get("/no/such/path", headers={"traceparent": new_traceparent()[0]})
+    assert missing.status_code == 404
+    found = spans.get_finished_spans()[before:]
+    assert [(s.name, s.kind, (s.attributes or {}).get("http.response.status_code")) for s in found] == [
+        ("GET", SpanKind.SERVER, 404)
+    ]
+    assert "http.route" not in (found[0].attributes or {})
+
+
+def test_server_span_attributes_from_the_asgi_scope() -> None:
+    from app.api.server_span import carrier, request_attributes
+
+    scope: dict[str, Any] = {
+        "type": "http",
+        "method": "GET",
+        "path": "/api/v1/scan-jobs",
+        "scheme": "https",
+        "http_version": "2",
+        "query_string": b"",
+        "server": ("10.0.0.5", 8000),
+        "client": ("::1", 5000),
+        "headers": [(b"host", b"[::1]"), (b"tracestate", b"a=1"), (b"tracestate", b"b=2")],
+    }
+    # A bracketed IPv6 Host without a port; no query, no user agent: those attributes are left out.
+    assert request_attributes(scope) == {
+        "http.request.method": "GET",
+        "url.path": "/api/v1/scan-jobs",
+        "url.scheme": "https",
+        "network.protocol.version": "2",
+        "server.address": "::1",  # without the brackets, as the conventions write an IPv6 address
+        "client.address": "::1",
+    }
+    assert carrier(scope) == {"tracestate": "a=1,b=2"}  # repeated fields joined, as HTTP does
+    scope["headers"] = [(b"host", b"[::1]:8443"), (b"user-agent", b"probe/1")]
+    attributes = request_attributes(scope)
+    assert (attributes["server.address"], attributes["server.port"]) == ("::1", 8443)
+    assert attributes["user_agent.original"] == "probe/1"
+    # No Host header: the address the server listens on.
+    scope["headers"] = []
+    attributes = request_attributes(scope)
+    assert (attributes["server.address"], attributes["server.port"]) == ("10.0.0.5", 8000)
+    assert carrier(scope) == {}

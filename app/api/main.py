@@ -6,7 +6,6 @@ import contextlib
 import functools
 from collections.abc import AsyncIterator
 
-from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -20,6 +19,7 @@ from app.api.middleware import HeaderLimits, HTTPMetrics, span_details
 from app.api.problems import Problem, exception_handlers
 from app.api.routes import documents, events, health, keys, queues, scans, traces, web
 from app.api.scan_events import ScanEvents
+from app.api.server_span import ServerSpans
 from app.api.span_forwarding import BrowserTraces
 from app.api.state import State
 from app.core import db, queue
@@ -122,13 +122,13 @@ def create_app(settings: Settings | None = None, *, configure_logging: bool = Tr
     )
     if provider is not None:
         application.add_middleware(
-            OpenTelemetryMiddleware,
+            ServerSpans,
             tracer_provider=provider,
+            details=functools.partial(span_details, routes),
             # Probes and scrapes arrive every few seconds and say nothing about scans; browser span
             # exports would trace the tracing, and the page's static files are just files.
-            excluded_urls=r"/healthz(\?|$),/readyz(\?|$),/metrics(\?|$),/v1/traces(\?|$),/static/",
-            default_span_details=functools.partial(span_details, routes),
-            exclude_spans=["receive", "send"],
+            excluded=frozenset({"/healthz", "/readyz", "/metrics", "/v1/traces"}),
+            excluded_prefixes=("/static/",),
         )
     # Added last so it runs first: bad trace headers are gone before instrumentation reads them.
     application.add_middleware(TraceHeaderGuard)

@@ -13,18 +13,27 @@ from observability import metrics
 MAX_HEADER_COUNT = 100
 
 
+# Where the request's route template is kept once found: the span and the metrics both need it.
+ROUTE_KEY = "pagelens.route_template"
+
+
 def route_template(routes: list[BaseRoute], scope: Scope) -> str:
     # Label by the template (/api/v1/scan-jobs/{scan_id}/status), never the raw path: raw paths
     # carry scan ids and would grow the label set without bound.
-    for route in routes:
-        match, _ = route.matches(scope)
-        if match is Match.FULL:
-            return getattr(route, "path", "other")
-    return "unmatched"
+    found: str | None = scope.get(ROUTE_KEY)
+    if found is None:
+        found = "unmatched"
+        for route in routes:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                found = getattr(route, "path", "other")
+                break
+        scope[ROUTE_KEY] = found
+    return found
 
 
 def span_details(routes: list[BaseRoute], scope: Scope) -> tuple[str, dict[str, str]]:
-    """Server span name and route attribute for OpenTelemetry's ASGI middleware."""
+    """Server span name and route attribute (app/api/server_span.py)."""
     template = route_template(routes, scope)
     method = scope.get("method", "HTTP")
     if template == "unmatched":
@@ -42,7 +51,7 @@ class HTTPMetrics:
         if scope["type"] != "http" or not self.enabled:
             await self.app(scope, receive, send)
             return
-        labels = {"method": scope["method"], "route": route_template(self.routes, scope)}
+        route = metrics.RouteMetrics.of(scope["method"], route_template(self.routes, scope))
         status = 500
         start = time.perf_counter()
         done = False
@@ -51,9 +60,7 @@ class HTTPMetrics:
             nonlocal done
             if not done:
                 done = True
-                metrics.http_requests_in_progress.dec(labels)
-                metrics.http_request_duration_seconds.observe(labels, time.perf_counter() - start)
-                metrics.http_requests_total.inc({**labels, "status": f"{status // 100}xx"})
+                route.finished(status, time.perf_counter() - start)
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -68,7 +75,7 @@ class HTTPMetrics:
                     record()
             await send(message)
 
-        metrics.http_requests_in_progress.inc(labels)
+        route.started()
         try:
             await self.app(scope, receive, send_wrapper)
         finally:

@@ -70,8 +70,11 @@ _METADATA = frozenset(
     ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200", "192.0.0.192")
 )
 
-_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+# Dot-separated labels, in one match rather than one per label (labels hold no dots).
+_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _DIGITS = re.compile(r"[0-9]+")
+_DOTTED_QUAD = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
 _HEX = re.compile(r"0x[0-9a-f]*")
 # Printable ASCII minus space: anything else inside a URL is either an attack on a parser or a typo.
 _BAD_CHARS = re.compile(r"[\x00-\x20\x7f\\]|\s")
@@ -158,7 +161,7 @@ def _normalise_name(host: str) -> str:
     if ipv4 is not None:
         return str(ipv4)
     name = host[:-1] if host.endswith(".") else host
-    if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in name.split(".")):
+    if len(name) > 253 or not _NAME.fullmatch(name):
         raise _invalid("URL host is not a valid domain name")
     return name
 
@@ -199,11 +202,22 @@ def _parse_port(raw: str | None, scheme: str) -> int:
 
 
 def ip_of(host: str) -> IPAddress | None:
-    """The address of a normalised host when it is a literal, else None."""
+    """The address of a normalised host when it is a literal, else None.
+
+    Decided by shape before parsing: `ipaddress.ip_address` on a name raises twice (IPv4, then
+    IPv6), and names are what nearly every request carries. The shapes are no looser than the
+    parsers: an IPv6 literal has a colon (a name never does), an IPv4 literal is four decimal parts;
+    anything of either shape is still parsed by ipaddress, and refused as a literal if it fails."""
+    if host.startswith("["):
+        host = host[1:-1]
     try:
-        return ipaddress.ip_address(host[1:-1] if host.startswith("[") else host)
+        if ":" in host:
+            return ipaddress.IPv6Address(host)
+        if _DOTTED_QUAD.fullmatch(host):
+            return ipaddress.IPv4Address(host)
     except ValueError:
-        return None
+        pass
+    return None
 
 
 def _canonical(host: str) -> str:
