@@ -157,7 +157,7 @@ def test_list_keeps_whole_ids_and_shortens_urls_at_80_columns() -> None:
 
 def test_list_at_80_columns_tells_apart_long_urls_of_one_site() -> None:
     base = "https://docs.example.com/" + "section/" * 12
-    items = [
+    items: list[dict[str, object]] = [
         {
             "scanId": str(uuid.uuid4()),
             "status": "QUEUED",
