@@ -11,12 +11,13 @@ from typing import Any
 import httpx
 import pytest
 from arq.connections import ArqRedis
+from arq.jobs import Job
 from arq.worker import Worker
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from app.core.queue import RUN_SCAN
+from app.core.queue import RUN_SCAN, deserialize
 from app.core.settings import Settings
 from observability import metrics
 from tests.site import Site
@@ -276,6 +277,20 @@ async def test_server_span_carries_the_http_server_conventions(
         ("GET", SpanKind.SERVER, 404)
     ]
     assert "http.route" not in (found[0].attributes or {})
+
+
+async def test_the_clients_baggage_travels_with_the_job(
+    client: httpx.AsyncClient, redis: ArqRedis, settings: Settings
+) -> None:
+    traceparent, trace_id, _ = new_traceparent()
+    headers = {"traceparent": traceparent, "baggage": "tenant.plan=gold,session=abc"}
+    r = await client.post(SCANS, json={"url": "https://example.com/baggage"}, headers=headers)
+    assert r.status_code == 202
+    job = await Job(r.json()["scanId"], redis, _queue_name=settings.queue_name, _deserializer=deserialize).info()
+    assert job is not None
+    carrier = job.kwargs["trace_context"]
+    assert carrier["traceparent"].split("-")[1] == trace_id
+    assert set(carrier["baggage"].split(",")) == {"tenant.plan=gold", "session=abc"}
 
 
 def test_server_span_attributes_from_the_asgi_scope() -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from opentelemetry import propagate
+from opentelemetry import context, propagate
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer, TracerProvider, use_span
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -109,6 +109,13 @@ class ServerSpans:
                     span.set_status(Status(StatusCode.ERROR))
             await send(message)
 
-        # The span ends when the handler returns or raises; an exception is recorded on it.
-        with use_span(span, end_on_exit=True, record_exception=True, set_status_on_exception=True):
-            await self.app(scope, receive, send_status if span.is_recording() else send)
+        # The extracted context is made current, not only its span: the client's baggage then
+        # travels on with the job's carrier, as the W3C propagators promise.
+        token = context.attach(parent) if parent is not None else None
+        try:
+            # The span ends when the handler returns or raises; an exception is recorded on it.
+            with use_span(span, end_on_exit=True, record_exception=True, set_status_on_exception=True):
+                await self.app(scope, receive, send_status if span.is_recording() else send)
+        finally:
+            if token is not None:
+                context.detach(token)
