@@ -35,27 +35,35 @@ class Backends:
     redis: ArqRedis
     queue: str
 
+    @contextlib.asynccontextmanager
+    async def connected(self) -> AsyncIterator[None]:
+        """The database pool and arq's Redis pool, from DATABASE_URL, REDIS_URL and PAGELENS_QUEUE,
+        for the app's lifetime (this endpoint's and the typical peer's, bench/peer_api.py)."""
+        settings = Settings.from_env()
+        pool = await asyncpg.create_pool(settings.require_database_url(), min_size=1, max_size=10)
+        assert pool is not None
+        self.pool, self.queue = pool, settings.queue_name
+        self.redis = await create_pool(RedisSettings.from_dsn(settings.require_redis_url()))
+        try:
+            yield
+        finally:
+            await self.redis.aclose()
+            await pool.close()
+
 
 backends = Backends()
 
 
 @contextlib.asynccontextmanager
 async def lifespan(_: Starlette) -> AsyncIterator[None]:
-    settings = Settings.from_env()
-    pool = await asyncpg.create_pool(settings.require_database_url(), min_size=1, max_size=10)
-    assert pool is not None
-    backends.pool, backends.queue = pool, settings.queue_name
-    backends.redis = await create_pool(RedisSettings.from_dsn(settings.require_redis_url()))
-    try:
+    async with backends.connected():
         yield
-    finally:
-        await backends.redis.aclose()
-        await pool.close()
 
 
 async def create_scan(request: Request) -> Response:
     body = json.loads(await request.body())
     row = await backends.pool.fetchrow(INSERT, uuid.uuid4(), "url", body["url"], None, None, "{}", None, None, None)
+    assert row is not None  # RETURNING * always returns the row
     scan_id = str(row["id"])
     await backends.redis.enqueue_job("run_scan", _job_id=scan_id, _queue_name=backends.queue, scan_id=scan_id)
     status_url = f"{PREFIX}/{scan_id}/status"

@@ -93,7 +93,7 @@ async def _in_keybert_pool(extractor: KeyphraseExtractor, html: str, deadline: f
 
 
 def _rss_mb(pids: list[int]) -> float:
-    return sum(psutil.Process(pid).memory_info().rss for pid in pids) / 2**20
+    return float(sum(psutil.Process(pid).memory_info().rss for pid in pids) / 2**20)
 
 
 async def _measure(

@@ -19,8 +19,6 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
-import asyncpg
-from arq.connections import ArqRedis, RedisSettings, create_pool
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from opentelemetry import propagate, trace
@@ -35,11 +33,7 @@ from opentelemetry.trace import SpanKind
 from prometheus_fastapi_instrumentator import Instrumentator
 from pydantic import BaseModel, HttpUrl
 
-from app.core.settings import Settings
-
-PREFIX = "/api/v1/scan-jobs"
-INSERT = """INSERT INTO scans (id, kind, url, document, title, options, idempotency_key, request_hash, trace_id)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING *"""
+from bench.bare_api import INSERT, PREFIX, Backends
 
 provider = TracerProvider(resource=Resource.create({"service.name": "peer-api"}))
 provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
@@ -47,12 +41,6 @@ trace.set_tracer_provider(provider)
 AsyncPGInstrumentor().instrument(tracer_provider=provider)  # type: ignore[no-untyped-call]
 RedisInstrumentor().instrument(tracer_provider=provider)
 tracer = trace.get_tracer("peer-api")
-
-
-class Backends:
-    pool: asyncpg.Pool
-    redis: ArqRedis
-    queue: str
 
 
 backends = Backends()
@@ -64,16 +52,10 @@ class CreateScan(BaseModel):
 
 @contextlib.asynccontextmanager
 async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-    settings = Settings.from_env()
-    pool = await asyncpg.create_pool(settings.require_database_url(), min_size=1, max_size=10)
-    assert pool is not None
-    backends.pool, backends.queue = pool, settings.queue_name
-    backends.redis = await create_pool(RedisSettings.from_dsn(settings.require_redis_url()))
     try:
-        yield
+        async with backends.connected():
+            yield
     finally:
-        await backends.redis.aclose()
-        await pool.close()
         provider.shutdown()
 
 
@@ -83,6 +65,7 @@ app = FastAPI(lifespan=lifespan)
 @app.post(PREFIX, status_code=202)
 async def create_scan(body: CreateScan) -> JSONResponse:
     row = await backends.pool.fetchrow(INSERT, uuid.uuid4(), "url", str(body.url), None, None, "{}", None, None, None)
+    assert row is not None  # RETURNING * always returns the row
     scan_id = str(row["id"])
     attributes = {
         "messaging.system": "arq",

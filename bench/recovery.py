@@ -33,8 +33,8 @@ from arq.constants import in_progress_key_prefix
 from app.cli.embedded import free_port
 from app.core import db, queue, scans
 from app.core.models import Kind
+from app.core.settings import ROOT
 from bench.common import (
-    ROOT,
     BenchContext,
     Benchmark,
     BenchResult,
