@@ -638,20 +638,16 @@ class Child:
             logging.config.dictConfig(default_log_config(verbose=False))  # what the `arq` CLI does
             logging.getLogger("arq").setLevel(self.config.log_level)
             return None
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
         from app.core.settings import Settings
         from observability.logs import setup_logging
         from observability.tracing import setup_tracing
 
         setup_logging(self.config.log_level)  # what the worker's on_startup does
-        provider = setup_tracing(Settings(), "pagelens-bench")
+        # The worker's own exporter and span batches, as `pagelens worker` builds them from OTEL_*.
+        env = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": self.config.otlp_endpoint}
+        provider = setup_tracing(Settings.from_env(env), "pagelens-bench")
         if provider is None:
             raise RuntimeError("setup_tracing installed no provider")
-        # setup_tracing's `exporter` argument exports synchronously (for tests); production exports
-        # in batches from a background thread, so add that processor here.
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=self.config.otlp_endpoint)))
         return provider
 
     async def _delete_keys(self, pool: ArqRedis) -> None:
