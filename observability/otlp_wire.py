@@ -8,8 +8,8 @@ ExportTraceServiceRequest wire bytes in one pass. It is checked against the SDK'
 value type outside the SDK's list, an int outside int64, a string that is not valid UTF-8) makes it
 hand the whole batch to the SDK's encoder, so the bytes sent never differ in meaning.
 
-`WireSpanExporter` is the SDK's OTLP/HTTP exporter (endpoint, headers, compression, timeout,
-certificates, retries all its own) with the encoding replaced.
+`WireSpanExporter` sends those bytes with our own OTLP/HTTP sender (observability/otlp_http.py),
+which reads the same OTEL_EXPORTER_OTLP_* variables as the SDK's exporter and retries as it does.
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext
+
+from observability.otlp_http import OTLPHTTPSender, OTLPOptions, otlp_options
 
 logger = logging.getLogger("pagelens.tracing")
 
@@ -33,6 +34,7 @@ _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _DOUBLE = struct.Struct("<d")
 _FIXED64 = struct.Struct("<Q")
 _FIXED32 = struct.Struct("<I")
+DEFAULT_ENDPOINT = "http://localhost:4318/v1/traces"  # the SDK's, when no endpoint is set
 _HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200  # SpanFlags: the parent's remoteness is known / remote
 
 
@@ -207,16 +209,18 @@ def encode_request(spans: Sequence[ReadableSpan]) -> bytes:
         return bytes(encode_spans(spans).SerializePartialToString())
 
 
-class WireSpanExporter(OTLPSpanExporter):
-    """The SDK's OTLP/HTTP span exporter, sending `encode_request`'s bytes.
+class WireSpanExporter(SpanExporter):
+    """An OTLP/HTTP span exporter sending `encode_request`'s bytes through `OTLPHTTPSender`
+    (observability/otlp_http.py): headers, compression, timeout and certificates from the standard
+    OTEL_EXPORTER_OTLP_* variables, the specification's retries within the timeout.
 
-    The SDK offers no public seam for the encoding alone, so `export` is its own and hands the
-    bytes to the HTTP client the SDK exporter built (`_client`: endpoint, headers, compression,
-    timeout, certificates, retries on 429/502/503/504 with backoff). The exporter versions are
-    pinned in the lock; tests/test_otlp_wire.py exports through it to a real HTTP sink. Not carried
-    over from the SDK's `export`: its optional self-metrics (OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED)
-    and its 64 MiB request-size guard (a batch of 2,048 of our spans is well under 1 MiB).
+    Not carried over from the SDK's exporter: its optional self-metrics
+    (OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED) and its 64 MiB request-size guard (a batch of 2,048
+    of our spans is well under 1 MiB).
     """
+
+    def __init__(self, endpoint: str | None = None, options: OTLPOptions | None = None) -> None:
+        self._sender = OTLPHTTPSender(endpoint or DEFAULT_ENDPOINT, options or otlp_options())
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         try:
@@ -224,7 +228,10 @@ class WireSpanExporter(OTLPSpanExporter):
         except Exception:
             logger.exception("encoding a span batch failed")
             return SpanExportResult.FAILURE
-        return SpanExportResult.SUCCESS if self._client.export(data).success else SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS if self._sender.send(data) else SpanExportResult.FAILURE
 
     def shutdown(self) -> None:
-        super().shutdown()  # type: ignore[no-untyped-call]  # the SDK's is not annotated
+        self._sender.close()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True  # nothing is buffered here: the batch processor holds the spans

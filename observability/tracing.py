@@ -165,7 +165,8 @@ def sampler(name: str, arg: str | None = None) -> Sampler:
 
 def otlp_exporter(settings: TracingSettings) -> SpanExporter:
     """The OTLP span exporter for the configured protocol and endpoint: the SDK's for grpc; for
-    http/protobuf the SDK's with the request bytes written directly (observability/otlp_wire.py)."""
+    http/protobuf ours, with the request bytes written directly (observability/otlp_wire.py) and sent
+    by our own sender (observability/otlp_http.py), from the same OTEL_EXPORTER_OTLP_* variables."""
     protocol = settings.otlp_traces_protocol
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter

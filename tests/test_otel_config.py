@@ -26,7 +26,7 @@ from observability.tracing import batch_defaults, propagator, sampler, span_expo
 from tests.otlp import serve_otlp
 
 ROOT = Path(__file__).resolve().parents[1]
-HTTP = "observability.otlp_wire"  # the SDK's OTLP/HTTP exporter, our encoding
+HTTP = "observability.otlp_wire"  # our OTLP/HTTP exporter: our encoding and sender
 GRPC = "opentelemetry.exporter.otlp.proto.grpc.trace_exporter"
 CONSOLE = "opentelemetry.sdk.trace.export"
 

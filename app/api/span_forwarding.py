@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
-import os
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from urllib.parse import urlparse
@@ -21,11 +20,11 @@ import httpx
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceServiceStub
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.util.re import parse_env_headers
 
 from app.api.browser_spans import PROTOBUF
 from app.api.limits import RateLimit
 from app.core.settings import Settings
+from observability.otlp_http import OTLPOptions, otlp_options, tls_verify
 
 logger = logging.getLogger("pagelens.browser_traces")
 
@@ -33,17 +32,13 @@ MAX_PENDING = 8  # forwards in flight; more are dropped
 FORWARD_TIMEOUT = 10.0
 
 
-def _env(name: str, default: str = "") -> str:
-    """OTEL_EXPORTER_OTLP_TRACES_<name>, else OTEL_EXPORTER_OTLP_<name>, as the SDK's exporters read them."""
-    return os.environ.get(f"OTEL_EXPORTER_OTLP_TRACES_{name}") or os.environ.get(f"OTEL_EXPORTER_OTLP_{name}", default)
-
-
 Send = Callable[[ExportTraceServiceRequest], Awaitable[object]]
 
 
-def _over_http(endpoint: str, headers: Mapping[str, str], compress: bool) -> tuple[Send, Callable[[], Awaitable[None]]]:
-    client = httpx.AsyncClient(timeout=FORWARD_TIMEOUT, verify=_env("CERTIFICATE") or True)
-    headers = {**headers, "Content-Type": PROTOBUF, **({"Content-Encoding": "gzip"} if compress else {})}
+def _over_http(endpoint: str, options: OTLPOptions) -> tuple[Send, Callable[[], Awaitable[None]]]:
+    client = httpx.AsyncClient(timeout=FORWARD_TIMEOUT, verify=tls_verify(options))
+    compress = options.compression == "gzip"
+    headers = {**options.headers, "Content-Type": PROTOBUF, **({"Content-Encoding": "gzip"} if compress else {})}
 
     async def send(request: ExportTraceServiceRequest) -> None:
         body = request.SerializeToString()
@@ -53,16 +48,17 @@ def _over_http(endpoint: str, headers: Mapping[str, str], compress: bool) -> tup
     return send, client.aclose
 
 
-def _over_grpc(endpoint: str, headers: Mapping[str, str], compress: bool) -> tuple[Send, Callable[[], Awaitable[None]]]:
+def _over_grpc(endpoint: str, options: OTLPOptions) -> tuple[Send, Callable[[], Awaitable[None]]]:
     url = urlparse(endpoint)
-    target, compression = url.netloc or endpoint, grpc.Compression.Gzip if compress else None
-    if url.scheme == "http" or (url.scheme != "https" and _env("INSECURE").lower() == "true"):
+    target = url.netloc or endpoint
+    compression = grpc.Compression.Gzip if options.compression == "gzip" else None
+    if url.scheme == "http" or (url.scheme != "https" and options.insecure):
         channel = grpc.aio.insecure_channel(target, compression=compression)
     else:
-        roots = Path(_env("CERTIFICATE")).read_bytes() if _env("CERTIFICATE") else None
+        roots = Path(options.certificate).read_bytes() if options.certificate else None
         channel = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(roots), compression=compression)
     export = TraceServiceStub(channel).Export  # type: ignore[no-untyped-call]  # generated, unannotated
-    metadata = tuple((k.lower(), v) for k, v in headers.items())
+    metadata = tuple((k.lower(), v) for k, v in options.headers.items())
 
     async def send(request: ExportTraceServiceRequest) -> None:
         await export(request, metadata=metadata, timeout=FORWARD_TIMEOUT)
@@ -88,16 +84,15 @@ class BrowserTraces:
         standard OTEL_EXPORTER_OTLP_* endpoint, protocol, headers, compression and certificate."""
         if not settings.browser_traces_enabled:
             return None
-        headers = parse_env_headers(_env("HEADERS"), liberal=True)
-        compress = _env("COMPRESSION").strip().lower() == "gzip"
+        options = otlp_options()
         if settings.browser_traces_endpoint:
-            transport = _over_http(settings.browser_traces_endpoint, headers, compress)
+            transport = _over_http(settings.browser_traces_endpoint, options)
         elif settings.otlp_traces_protocol == "grpc":
-            transport = _over_grpc(settings.otlp_traces_endpoint or "http://localhost:4317", headers, compress)
+            transport = _over_grpc(settings.otlp_traces_endpoint or "http://localhost:4317", options)
         else:
             traces = settings.otel_exporter_otlp_traces_endpoint
             base = settings.otel_exporter_otlp_endpoint or "http://localhost:4318"
-            transport = _over_http(traces or base.rstrip("/") + "/v1/traces", headers, compress)
+            transport = _over_http(traces or base.rstrip("/") + "/v1/traces", options)
         return cls(*transport, settings.browser_traces_per_minute)
 
     def forward(self, request: ExportTraceServiceRequest, resource: Mapping[str, str]) -> bool:
