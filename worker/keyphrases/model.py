@@ -12,6 +12,9 @@ Two things here make it cheaper without changing the result (the pool batches te
   the embeddings of the phrases it has seen (an LRU of `PHRASE_CACHE` entries) and embeds only the
   new ones, once for all the texts of a call;
 - it embeds texts grouped by token count, so no batch is padded (`_embed`).
+And it embeds with `threads` threads side by side (the worker's `PAGELENS_KEYBERT_THREADS`), each
+running whole forward passes on a core of its own, so one process, one copy of the model, uses two
+cores.
 KeyBERT then ranks each text itself, with those embeddings passed in as its own `doc_embeddings` and
 `word_embeddings` arguments: the keyphrases are KeyBERT's for that text (an embedding does not
 depend on the text a phrase came from, nor on its neighbours in a batch), which the tests check
