@@ -18,6 +18,7 @@ ran ("peak", sampled every `SAMPLE` seconds); CPU is each group's CPU time over 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import secrets
 import tempfile
@@ -147,7 +148,7 @@ class ThroughputResult:
                 (
                     pool.label,
                     f"{self.rate(pool):.0f}",
-                    f"{self.rate(pool) / self.rate(BEFORE):.2f}x",
+                    f"{self.rate(pool) / self.rate(BEFORE):.2f}x" if self.of(BEFORE) else "-",
                     f"{median([b.generate_ms for b in bursts]):.0f}",
                     " / ".join(f"{median([b.cpu_cores[r] for b in bursts]):.2f}" for r in ROLES),
                     *(
@@ -246,8 +247,6 @@ async def _scans(stack: Stack, dsn: str, urls: list[str]) -> list[asyncpg.Record
 
 
 def _burst(stack: Stack, dsn: str, base: str, pool: PoolConfig, warmup: list[str], burst: list[str]) -> Burst:
-    import json
-
     asyncio.run(_scans(stack, dsn, [f"{base}/p/{key}" for key in warmup]))
     watch = ProcessWatch(stack.services[1].pid)
     idle = watch.rss()
