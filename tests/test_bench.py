@@ -17,7 +17,7 @@ from bench.keyphrases import KeyphraseConfig
 from bench.keyphrases import run as run_keyphrases
 from bench.queue_hop import HopConfig, run
 from bench.real_pages import DocPage, doc_pages
-from bench.worker_throughput import BEFORE, DEFAULT, ROLES, ThroughputConfig, deal
+from bench.worker_throughput import BEFORE, DEFAULT, MEASURES, ROLES, ThroughputConfig, deal
 from bench.worker_throughput import run as run_throughput
 
 JOBS = 20
@@ -228,8 +228,13 @@ def test_worker_throughput_measures_each_configuration_on_fresh_real_pages() -> 
     for burst in result.bursts:
         assert burst.scans == config.burst and burst.failed == 0 and burst.span_s > 0
         assert burst.memory.processes["worker"] == 1 and burst.memory.processes["keybert"] == 1
-        assert all(burst.memory.idle[role] > 0 and burst.memory.peak[role] > 0 for role in ROLES)
-        assert burst.memory.peak_total >= sum(burst.memory.idle.values()) * 0.5
+        memory = burst.memory
+        assert burst.memory.processes["parse"] >= burst.config.parse  # (and the resource tracker)
+        for m in MEASURES:
+            assert all(memory.idle[m][role] > 0 and memory.peak[m][role] > 0 for role in ROLES), m
+            assert memory.peak_total[m] >= memory.idle_total[m] * 0.5
+        # Shared pages count once per process in RSS, divided among them in PSS, not at all in USS.
+        assert memory.peak_total["uss"] <= memory.peak_total["pss"] <= memory.peak_total["rss"]
         assert burst.cpu_cores["keybert"] > 0
     report = result.bench_result()
     assert report.name == "worker_throughput" and len(report.table.rows) == 2

@@ -170,7 +170,7 @@ class Settings:
     keybert_timeout: float = setting("PAGELENS_KEYBERT_TIMEOUT", 60.0)
     # Child processes that parse pages, and how long one page may take before its child is killed
     # and the scan fails as too_complex (worker/parse_pool.py).
-    parse_processes: int = setting("PAGELENS_PARSE_PROCESSES", 2, minimum=1)
+    parse_processes: int = setting("PAGELENS_PARSE_PROCESSES", 1, minimum=1)
     parse_timeout: float = setting("PAGELENS_PARSE_TIMEOUT", 5.0)
     # The page audit of URL scans (page facts, robots.txt and llms.txt, the audits). Off, a URL scan
     # does none of that work and its report's `audit` is null, as a document's is.
