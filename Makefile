@@ -70,7 +70,9 @@ lint: install
 	$(BIN)/lint-imports
 
 # `make bench` runs every benchmark; `make bench BENCH="api e2e"` only those named.
+# python3-doc: the real pages of the worker-throughput benchmark (it says so and skips without them).
 bench: install
+	@$(MAKE) --no-print-directory system-deps DEB_PACKAGES="python3-doc"
 	$(BIN)/python -m bench $(BENCH)
 
 # Rebuild the web page's script and styles (app/static/) from web/; needs Node.js and npm. The

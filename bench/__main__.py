@@ -13,7 +13,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from bench import api_load, e2e, e2e_audit, keyphrases, parsing, queue_hop, recovery
+from bench import api_load, e2e, e2e_audit, keyphrases, parsing, queue_hop, recovery, worker_throughput
 from bench.common import BenchContext, Benchmark, BenchResult, redis_target, replace_section
 
 BENCHMARKS: tuple[Benchmark, ...] = (
@@ -23,6 +23,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     parsing.BENCHMARK,
     e2e.BENCHMARK,
     e2e_audit.BENCHMARK,
+    worker_throughput.BENCHMARK,
     recovery.BENCHMARK,
 )
 

@@ -1,13 +1,14 @@
 """End to end: submit → FULL_READY for local ~600-word pages, with one worker and with two.
 
-Everything runs as in production, on loopback: the API under uvicorn and `arq worker.WorkerSettings`
-workers as separate processes, tracing exported over OTLP/HTTP (to a sink in this process),
-against a database created for the run and one Redis with a queue of its own. The pages (generated,
-bench/corpus.py) are served by a small HTTP server in this process, allowed through the SSRF guard
-with PAGELENS_FETCH_ALLOW_HOSTS. Every page is new: each phase has its own pages, from seeds drawn for
-the run, so the Redis keyphrase cache (kept a week, by content) never answers for them, whatever ran
-before; the run deletes the cache entries it made. A few warm-up pages go first, as a worker that
-has been running for a while has its model and caches warm.
+Everything runs as in production, on loopback: the API under uvicorn and `python -m worker` workers
+(the `PagelensWorker` that `pagelens worker` runs) as separate processes, tracing exported over
+OTLP/HTTP (to a sink in this process), against a database created for the run and one Redis with a
+queue of its own. The pages (generated, bench/corpus.py) are served by a small HTTP server in this
+process, allowed through the SSRF guard with PAGELENS_FETCH_ALLOW_HOSTS. Every page is new: each
+phase has its own pages, from seeds drawn for the run, so the Redis keyphrase cache (kept a week, by
+content) never answers for them, whatever ran before; the run deletes the cache entries it made. A
+few warm-up pages go first, as a worker that has been running for a while has its model and caches
+warm.
 
 Per worker count:
 - idle: one page at a time, each submitted once the previous one is done (an idle, warm worker);
@@ -32,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import asyncpg
 import httpx
@@ -151,9 +152,13 @@ class E2EResult:
         return BenchResult(NAME, TITLE, Table(headers, rows), notes, self.environment, self.seconds)
 
 
+class Servable(Protocol):
+    def html(self) -> str: ...
+
+
 @contextmanager
 def serve_pages(
-    pages: dict[str, Page], files: Mapping[str, bytes] | None = None, hits: Counter[str] | None = None
+    pages: Mapping[str, Servable], files: Mapping[str, bytes] | None = None, hits: Counter[str] | None = None
 ) -> Iterator[int]:
     """The pages at /p/<key> on 127.0.0.1, from a thread, and `files` (text/plain) at their paths;
     yields the port. `hits` counts the requests for each of `files`."""
@@ -189,8 +194,11 @@ def serve_pages(
 class Stack:
     """The API and the workers of one worker count."""
 
-    def __init__(self, env: dict[str, str], workers: int, logs: Path, name: str = "") -> None:
-        """`name` prefixes the log files, for stacks that run side by side."""
+    def __init__(
+        self, env: dict[str, str], workers: int, logs: Path, name: str = "", worker_env: Mapping[str, str] | None = None
+    ) -> None:
+        """`name` prefixes the log files, for stacks that run side by side; `worker_env` is added to
+        the workers' environment only."""
         self.env, self.logs = env, logs
         port = free_port()
         self.api_url = f"http://127.0.0.1:{port}"
@@ -199,11 +207,11 @@ class Stack:
         try:
             for index in range(workers):
                 metrics = free_port()
-                worker_env = {**env, "PAGELENS_WORKER_METRICS_PORT": str(metrics)}
-                command = [sys.executable, "-m", "arq", "worker.WorkerSettings"]
+                environ = {**env, **(worker_env or {}), "PAGELENS_WORKER_METRICS_PORT": str(metrics)}
+                command = [sys.executable, "-m", "worker"]  # what `pagelens worker` runs
                 ready = f"http://127.0.0.1:{metrics}/metrics"  # served once on_startup is through
                 worker = f"{name}worker-{workers}-{index}"
-                self.services.append(Service.start(worker, command, worker_env, logs, ready))
+                self.services.append(Service.start(worker, command, environ, logs, ready))
         except BaseException:
             self.stop()
             raise

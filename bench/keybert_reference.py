@@ -8,6 +8,7 @@ sides use the same model in the same kind of process.
 from __future__ import annotations
 
 import asyncio
+import threading
 
 from worker.keyphrases import KeyphraseExtractor, Phrases
 from worker.keyphrases.model import Item, child_info, keybert_phrases, prepare
@@ -30,3 +31,8 @@ async def load_counts(extractor: KeyphraseExtractor) -> dict[int, int]:
     """
     probes = [extractor.run_in_child(child_info) for _ in range(extractor.processes)]
     return dict(await asyncio.gather(*probes))
+
+
+def embedding_threads() -> int:
+    """In a child: how many embedding threads have run there (they start as batches need them)."""
+    return sum(1 for thread in threading.enumerate() if thread.name.startswith("embed"))

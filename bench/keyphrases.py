@@ -56,6 +56,7 @@ class KeyphraseConfig:
     concurrency: int = 10  # scans asking at once: the worker's default max_jobs
     tick: float = 0.005  # the lag probe's sleep
     processes: int = field(default_factory=lambda: Settings().keybert_processes)
+    threads: int = field(default_factory=lambda: Settings().keybert_threads)
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,11 @@ class KeyphraseResult:
             )
             for side, label in (
                 ("plain", "plain KeyBERT, one page per call"),
-                ("pagelens", f"pagelens pool ({c.processes} process, {c.concurrency} scans asking at once)"),
+                (
+                    "pagelens",
+                    f"pagelens pool ({c.processes} process, {c.threads} embedding threads, "
+                    f"{c.concurrency} scans asking at once)",
+                ),
             )
         )
         calls = sum(r.calls for r in self.reps)
@@ -201,7 +206,7 @@ Measured = tuple[list[Rep], dict[str, float], dict[str, dict[int, int]], dict[st
 
 async def _measure(config: KeyphraseConfig) -> Measured:
     reference = KeyphraseExtractor(1, timeout=TIMEOUT)
-    pool = KeyphraseExtractor(config.processes, timeout=TIMEOUT)
+    pool = KeyphraseExtractor(config.processes, timeout=TIMEOUT, threads=config.threads)
     try:
         load_seconds: dict[str, float] = {}
         for side, extractor in (("plain", reference), ("pagelens", pool)):

@@ -11,6 +11,7 @@ from app.core.page_audit import Audit, AuditCategory, AuditReport
 from app.core.report import Performance, Teaser
 from worker.audit.common import PageContext, SiteFiles
 from worker.audit.facts import page_facts
+from worker.audit.readability import automated_readability_index
 from worker.audit.run import run_audits
 from worker.insights import rule_insights
 
@@ -439,3 +440,22 @@ def test_the_readme_names_every_audit() -> None:
     ids = {a.id for a in report(page(), site=ROBOTS_OK, performance={}).audits}
     assert len(ids) > 40
     assert sorted(i for i in ids if f"`{i}`" not in readme) == []
+
+
+def test_readability_index_counts_as_textstat_does() -> None:
+    import textstat  # the reference; the worker itself never imports it (nltk, scipy, scikit-learn)
+
+    from bench.real_pages import doc_pages
+
+    texts = [
+        "",
+        "   ",
+        "?!",
+        "One two.",
+        "Don't stop. It's 'quoted' text, isn't it? Yes! e.g. Fig. 3 shows -- well -- nothing.",
+        "The cat sat on the mat. It was warm. " * 30,
+        "Ünïcödé wörds, naïve café. Straße & co. 100% → 3.5 x 2.",
+    ]
+    texts += [page_facts(p.body, URL).main_text for p in doc_pages()[:40:4]]
+    for text in texts:
+        assert automated_readability_index(text) == pytest.approx(textstat.automated_readability_index(text)), text

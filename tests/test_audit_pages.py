@@ -225,10 +225,21 @@ def test_a_huge_page_skips_main_content_extraction() -> None:
 
 
 def test_the_parse_children_load_no_readability_scorer() -> None:
-    # textstat brings nltk (about 100 MB); it is loaded by the worker, never by each parse child.
+    # nltk (through textstat) would cost about 100 MB in each parse child: the audit never loads it.
     code = "import sys, worker.audit.facts; print('textstat' in sys.modules, 'nltk' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.split() == ["False", "False"], done.stderr
+
+
+def test_the_worker_loads_no_scientific_stack() -> None:
+    # The readability index is counted in worker/audit/readability.py: textstat would bring nltk,
+    # scipy and scikit-learn (about 130 MB) into the worker; torch and keybert live in its children.
+    heavy = ("textstat", "nltk", "scipy", "sklearn", "torch", "keybert", "transformers")
+    code = (
+        f"import sys, worker.__main__, worker.settings, worker.wake; print([m for m in {heavy!r} if m in sys.modules])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]", done.stderr
 
 
 def test_facts_cross_a_process_boundary() -> None:

@@ -40,6 +40,9 @@ from bench.e2e_audit import run as run_e2e_audit
 from bench.keyphrases import KeyphraseConfig
 from bench.keyphrases import run as run_keyphrases
 from bench.queue_hop import HopConfig, run
+from bench.real_pages import DocPage, doc_pages
+from bench.worker_throughput import BEFORE, DEFAULT, MEASURES, ROLES, ThroughputConfig, deal
+from bench.worker_throughput import run as run_throughput
 
 JOBS = 20
 
@@ -281,3 +284,41 @@ def test_e2e_audit_compares_the_same_pages_with_the_audit_on_and_off() -> None:
     report = result.bench_result()
     assert report.name == "e2e_audit" and len(report.table.rows) == 2
     assert f"{result.ratio(50):.2f}x" in report.notes[0]
+
+
+def test_real_pages_are_dealt_into_disjoint_sets_of_like_cost() -> None:
+    pages = [DocPage(f"p{i}", "word " * (100 + i)) for i in range(40)]
+    sets = deal(pages, 3, 10)
+    keys = [page.key for group in sets for page in group]
+    assert [len(group) for group in sets] == [10, 10, 10] and len(set(keys)) == 30
+    sizes = [sum(len(page.body) for page in group) for group in sets]
+    assert max(sizes) - min(sizes) <= 2 * 5 * 10  # round-robin over pages sorted by size
+    with pytest.raises(RuntimeError):
+        deal(pages, 5, 10)
+
+
+@pytest.mark.slow
+def test_worker_throughput_measures_each_configuration_on_fresh_real_pages() -> None:
+    if not doc_pages():
+        pytest.skip("python3-doc is not installed")
+    config = ThroughputConfig(burst=2, warmup=1, reps=1, configs=(BEFORE, DEFAULT))
+    with redis_target() as target:
+        result = run_throughput(config, BenchContext(target))
+        leftovers = keys(target.url, "pagelens-bench:*:worker*")
+    assert leftovers == []
+    # Every page was new (its keyphrases extracted and cached once), and the entries are gone again.
+    assert result.cache_entries == result.pages == 2 * (config.burst + config.warmup)
+    assert [b.config for b in result.bursts] == [BEFORE, DEFAULT]
+    for burst in result.bursts:
+        assert burst.scans == config.burst and burst.failed == 0 and burst.span_s > 0
+        assert burst.memory.processes["worker"] == 1 and burst.memory.processes["keybert"] == 1
+        memory = burst.memory
+        assert burst.memory.processes["parse"] >= burst.config.parse  # (and the resource tracker)
+        for m in MEASURES:
+            assert all(memory.idle[m][role] > 0 and memory.peak[m][role] > 0 for role in ROLES), m
+            assert memory.peak_total[m] >= memory.idle_total[m] * 0.5
+        # Shared pages count once per process in RSS, divided among them in PSS, not at all in USS.
+        assert memory.peak_total["uss"] <= memory.peak_total["pss"] <= memory.peak_total["rss"]
+        assert burst.cpu_cores["keybert"] > 0
+    report = result.bench_result()
+    assert report.name == "worker_throughput" and len(report.table.rows) == 2

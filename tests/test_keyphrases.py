@@ -18,7 +18,8 @@ from redis.asyncio import Redis
 
 from app.core.models import ErrorType, ScanError
 from bench.corpus import corpus
-from bench.keybert_reference import load_counts, plain
+from bench.keybert_reference import embedding_threads, load_counts, plain
+from bench.real_pages import doc_pages
 from tests.waiting import until
 from worker.keyphrases import MAX_WORDS, KeyphraseExtractor, cached_keyphrases, keyphrase_cache_key
 from worker.parse import parse_html
@@ -216,6 +217,23 @@ async def test_same_keyphrases_as_plain_keybert(extractor: KeyphraseExtractor) -
         assert mismatches == [], attempt
     top3 = await plain(extractor, texts[:4], top_n=3)
     assert await extractor.extract_many(texts[:4], top_n=3) == top3
+
+
+async def test_embedding_threads_find_plain_keybert_keyphrases(extractor: KeyphraseExtractor) -> None:
+    """Two embedding threads in one process (the worker's default) split the batches between them;
+    the keyphrases and scores must still be plain KeyBERT's in a one-thread process, on real
+    documentation pages (thousands of candidates each) when they are installed as well."""
+    real = [parse_html(page.body, "http://127.0.0.1/").main_text for page in doc_pages()[::60][:4]]
+    texts = [COMPOST, *site_texts(), *(page.text for page in corpus(6, seed=12)), *real]
+    ex = KeyphraseExtractor(processes=1, timeout=600, threads=2)
+    try:
+        found = await asyncio.gather(*(ex.extract(text) for text in texts))
+        threads = await ex.run_in_child(embedding_threads)
+    finally:
+        await ex.close()
+    assert threads == 2  # both threads embedded
+    reference = await plain(extractor, texts)
+    assert all(reference) and found == reference
 
 
 async def test_waiting_texts_share_a_call_and_phrases_are_embedded_once(extractor: KeyphraseExtractor) -> None:

@@ -43,7 +43,12 @@ class Resources:
             pool = await db.wait_for_pool(settings.require_database_url())
             stack.push_async_callback(pool.close)
         if keyphrases is None:
-            keyphrases = KeyphraseExtractor(settings.keybert_processes, settings.keybert_timeout)
+            keyphrases = KeyphraseExtractor(
+                settings.keybert_processes,
+                settings.keybert_timeout,
+                max_batch=settings.keybert_batch,
+                threads=settings.keybert_threads,
+            )
             # Load the model now so the first scan does not pay for it.
             await keyphrases.start()
             stack.push_async_callback(keyphrases.close)

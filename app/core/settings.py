@@ -161,10 +161,16 @@ class Settings:
     # Seconds between sweeps for scans arq lost track of; a QUEUED scan is swept once this old.
     sweep_interval: int = setting("PAGELENS_SWEEP_INTERVAL", 30, minimum=1)
     keybert_processes: int = setting("PAGELENS_KEYBERT_PROCESSES", 1, minimum=1)
+    # Torch threads in each KeyBERT process: a scan's keyphrases are one long run of matrix work
+    # that the rest of the worker waits on, so by default one process uses both cores of a small
+    # box (the measurements are in docs/performance.md, "Worker throughput").
+    keybert_threads: int = setting("PAGELENS_KEYBERT_THREADS", 2, minimum=1)
+    # Texts per call to a KeyBERT process: scans waiting together share one call.
+    keybert_batch: int = setting("PAGELENS_KEYBERT_BATCH", 8, minimum=1)
     keybert_timeout: float = setting("PAGELENS_KEYBERT_TIMEOUT", 60.0)
     # Child processes that parse pages, and how long one page may take before its child is killed
     # and the scan fails as too_complex (worker/parse_pool.py).
-    parse_processes: int = setting("PAGELENS_PARSE_PROCESSES", 2, minimum=1)
+    parse_processes: int = setting("PAGELENS_PARSE_PROCESSES", 1, minimum=1)
     parse_timeout: float = setting("PAGELENS_PARSE_TIMEOUT", 5.0)
     # The page audit of URL scans (page facts, robots.txt and llms.txt, the audits). Off, a URL scan
     # does none of that work and its report's `audit` is null, as a document's is.

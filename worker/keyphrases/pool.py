@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 from app.core.models import ErrorType, ScanError
 from app.core.tasks import cancel_all
 from worker.keyphrases import model
-from worker.keyphrases.model import STARTUP_TIMEOUT, Item, Phrases, prepare
+from worker.keyphrases.model import STARTUP_TIMEOUT, THREADS, Item, Phrases, prepare
 
 logger = logging.getLogger("pagelens.keyphrases")
 
@@ -94,8 +94,11 @@ class _Request:
 
 
 class KeyphraseExtractor:
-    def __init__(self, processes: int = 1, timeout: float = 60.0, max_batch: int = MAX_BATCH) -> None:
+    def __init__(
+        self, processes: int = 1, timeout: float = 60.0, max_batch: int = MAX_BATCH, threads: int = THREADS
+    ) -> None:
         self.processes = max(1, processes)
+        self.threads = max(1, threads)  # torch threads in each child
         self.timeout = timeout  # per text; a call's timeout scales with the number of texts in it
         self.max_batch = max(1, max_batch)
         self._executor: ProcessPoolExecutor | None = None
@@ -293,7 +296,10 @@ class KeyphraseExtractor:
         # (spawn re-imports the main script in each child: entry points need the __main__ guard.)
         ctx = multiprocessing.get_context("spawn")
         executor = ProcessPoolExecutor(
-            self.processes, mp_context=ctx, initializer=model.init_child, initargs=(ctx.Barrier(self.processes),)
+            self.processes,
+            mp_context=ctx,
+            initializer=model.init_child,
+            initargs=(ctx.Barrier(self.processes), self.threads),
         )
         probes: list[asyncio.Future[tuple[int, int]]] = []
         try:
