@@ -167,7 +167,7 @@ class ThroughputResult:
                     f"{self.rate(pool) / self.rate(BEFORE):.2f}x" if self.of(BEFORE) else "-",
                     f"{median([b.generate_ms for b in bursts]):.0f}",
                     " / ".join(f"{median([b.cpu_cores[r] for b in bursts]):.2f}" for r in ROLES),
-                    *(_sizes(memory, lambda m, x, r=r: m.idle[x][r], lambda m, x, r=r: m.peak[x][r]) for r in ROLES),
+                    *(_role_sizes(memory, r) for r in ROLES),
                     _sizes(memory, lambda m, x: m.idle_total[x], lambda m, x: m.peak_total[x]),
                 )
             )
@@ -192,6 +192,11 @@ class ThroughputResult:
             f"the highest; scans not FULL_READY: {failed}; wall time {self.seconds:.0f} s",
         )
         return BenchResult(NAME, TITLE, Table(headers, tuple(rows)), notes, self.environment, self.seconds)
+
+
+def _role_sizes(memory: list[Memory], role: str) -> str:
+    """`_sizes` of one role's processes."""
+    return _sizes(memory, lambda m, x: m.idle[x][role], lambda m, x: m.peak[x][role])
 
 
 def _sizes(memory: list[Memory], idle: Callable[[Memory, str], float], peak: Callable[[Memory, str], float]) -> str:
