@@ -191,6 +191,53 @@ def serve_pages(
         yield server.server_address[1]
 
 
+@dataclass(frozen=True)
+class Scene:
+    """What an end-to-end benchmark's stacks run against: a database made for the run, an OTLP
+    sink, the pages on a loopback server, a scratch directory, and the run's Redis."""
+
+    dsn: str
+    postgres_source: str  # where PostgreSQL was found, for the report's environment line
+    sink: OtlpSink
+    base: str  # the page server, http://127.0.0.1:<port>
+    tmp: Path
+    redis_url: str
+
+    def env(self, queue: str, **overrides: str) -> dict[str, str]:
+        """A stack's environment: this run's database, Redis and queue, the page server let through
+        the SSRF guard, spans exported to the sink, logs at INFO."""
+        return child_env(
+            DATABASE_URL=self.dsn,
+            REDIS_URL=self.redis_url,
+            PAGELENS_QUEUE=queue,
+            PAGELENS_FETCH_ALLOW_HOSTS=self.base.removeprefix("http://"),
+            OTEL_TRACES_EXPORTER="otlp",
+            OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=self.sink.endpoint,
+            PAGELENS_LOG_LEVEL="INFO",
+            **overrides,
+        )
+
+
+@contextmanager
+def scene(
+    redis_url: str,
+    token: str,
+    name: str,
+    pages: Mapping[str, Servable],
+    files: Mapping[str, bytes] | None = None,
+    hits: Counter[str] | None = None,
+) -> Iterator[Scene]:
+    """A `Scene` for the run `token`, torn down (the database dropped) when the block ends."""
+    with (
+        postgres_target() as postgres,
+        isolated_database(postgres.dsn, f"pagelens_bench_{token}") as dsn,
+        OtlpSink() as sink,
+        serve_pages(pages, files, hits) as port,
+        tempfile.TemporaryDirectory(prefix=f"pagelens-bench-{name}-") as tmp,
+    ):
+        yield Scene(dsn, postgres.source, sink, f"http://127.0.0.1:{port}", Path(tmp), redis_url)
+
+
 class Stack:
     """The API and the workers of one worker count."""
 
@@ -309,31 +356,16 @@ def run(config: E2EConfig, context: BenchContext) -> E2EResult:
             pages.update(zip(keys, corpus(count, seed=seeds.getrandbits(64), words=config.words), strict=True))
             plan.append((n, shape, keys))
     phases: list[Phase] = []
-    with (
-        postgres_target() as postgres,
-        isolated_database(postgres.dsn, f"pagelens_bench_{token}") as dsn,
-        OtlpSink() as sink,
-        serve_pages(pages) as port,
-        tempfile.TemporaryDirectory(prefix="pagelens-bench-e2e-") as tmp,
-    ):
-        env = child_env(
-            DATABASE_URL=dsn,
-            REDIS_URL=context.redis.url,
-            PAGELENS_QUEUE=queue,
-            PAGELENS_FETCH_ALLOW_HOSTS=f"127.0.0.1:{port}",
-            OTEL_TRACES_EXPORTER="otlp",
-            OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=sink.endpoint,
-            PAGELENS_LOG_LEVEL="INFO",
-        )
-        base = f"http://127.0.0.1:{port}"
+    with scene(context.redis.url, token, "e2e", pages) as at:
+        env = at.env(queue)
         try:
             for n in config.workers:
-                stack = Stack(env, n, Path(tmp))
+                stack = Stack(env, n, at.tmp)
                 try:
                     for workers, shape, keys in plan:
                         if workers != n:
                             continue
-                        phase = asyncio.run(_phase(stack, dsn, base, keys, n, shape))
+                        phase = asyncio.run(_phase(stack, at.dsn, at.base, keys, n, shape))
                         if shape != "warmup":
                             phases.append(phase)
                 finally:
@@ -341,7 +373,7 @@ def run(config: E2EConfig, context: BenchContext) -> E2EResult:
         finally:
             sweep_queue(context.redis.url, queue)
             forgotten = _forget_keyphrases(context.redis.url, pages.values())
-    env_line = environment(context.redis, extra=f"PostgreSQL ({postgres.source})", packages=("keybert", "torch"))
+    env_line = environment(context.redis, extra=f"PostgreSQL ({at.postgres_source})", packages=("keybert", "torch"))
     return E2EResult(config, tuple(phases), time.monotonic() - began, env_line, len(pages), forgotten)
 
 

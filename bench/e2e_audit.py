@@ -19,12 +19,10 @@ import asyncio
 import json
 import random
 import secrets
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import asyncpg
 import httpx
@@ -34,20 +32,16 @@ from bench.common import (
     BenchContext,
     Benchmark,
     BenchResult,
-    OtlpSink,
     Table,
-    child_env,
     environment,
-    isolated_database,
     median,
     percentile,
-    postgres_target,
     rotated,
     sweep_queue,
     verdict,
 )
 from bench.corpus import Page, corpus
-from bench.e2e import WAIT_PER_PAGE, Stack, _submit, _until_done, serve_pages
+from bench.e2e import WAIT_PER_PAGE, Stack, _submit, _until_done, scene
 from worker import cache
 from worker.audit.facts import page_facts
 from worker.keyphrases import keyphrase_cache_key
@@ -248,38 +242,23 @@ def run(config: AuditConfig, context: BenchContext) -> AuditResult:
     plan = [shared[rep * config.pages : (rep + 1) * config.pages] for rep in range(config.reps)]
     hits: Counter[str] = Counter()
     queues = {side: f"pagelens-bench:{token}:e2e-audit-{side}" for side in SIDES}
-    with (
-        postgres_target() as postgres,
-        isolated_database(postgres.dsn, f"pagelens_bench_{token}") as dsn,
-        OtlpSink() as sink,
-        serve_pages(pages, {"/robots.txt": ROBOTS, "/llms.txt": LLMS}, hits) as port,
-        tempfile.TemporaryDirectory(prefix="pagelens-bench-e2e-audit-") as tmp,
-    ):
-        base = f"http://127.0.0.1:{port}"
+    with scene(context.redis.url, token, "e2e-audit", pages, {"/robots.txt": ROBOTS, "/llms.txt": LLMS}, hits) as at:
+        base = at.base
         keys = _cache_keys(pages, base)
         stacks: dict[str, Stack] = {}
         try:
             for side in SIDES:
-                env = child_env(
-                    DATABASE_URL=dsn,
-                    REDIS_URL=context.redis.url,
-                    PAGELENS_QUEUE=queues[side],
-                    PAGELENS_FETCH_ALLOW_HOSTS=f"127.0.0.1:{port}",
-                    PAGELENS_AUDIT="true" if side == "on" else "false",
-                    OTEL_TRACES_EXPORTER="otlp",
-                    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=sink.endpoint,
-                    PAGELENS_LOG_LEVEL="INFO",
-                )
-                stacks[side] = Stack(env, 1, Path(tmp), name=f"audit-{side}-")
-            ids, deleted = asyncio.run(_compare(stacks, dsn, context.redis.url, base, plan, warm, keys))
-            on, off = (asyncio.run(_side(dsn, side == "on", ids[side])) for side in SIDES)
+                env = at.env(queues[side], PAGELENS_AUDIT="true" if side == "on" else "false")
+                stacks[side] = Stack(env, 1, at.tmp, name=f"audit-{side}-")
+            ids, deleted = asyncio.run(_compare(stacks, at.dsn, context.redis.url, base, plan, warm, keys))
+            on, off = (asyncio.run(_side(at.dsn, side == "on", ids[side])) for side in SIDES)
         finally:
             for stack in stacks.values():
                 stack.stop()
             for queue in queues.values():
                 sweep_queue(context.redis.url, queue)
             _forget(context.redis.url, [cache.cache_key(ROBOTS_CACHE, base)], keys.values())
-    env_line = environment(context.redis, extra=f"PostgreSQL ({postgres.source})", packages=("keybert", "torch"))
+    env_line = environment(context.redis, extra=f"PostgreSQL ({at.postgres_source})", packages=("keybert", "torch"))
     return AuditResult(config, on, off, dict(hits), time.monotonic() - began, env_line, deleted)
 
 

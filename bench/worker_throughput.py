@@ -25,13 +25,11 @@ import asyncio
 import json
 import random
 import secrets
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from pathlib import Path
 
 import asyncpg
 import httpx
@@ -41,18 +39,14 @@ from bench.common import (
     BenchContext,
     Benchmark,
     BenchResult,
-    OtlpSink,
     Table,
-    child_env,
     environment,
-    isolated_database,
     median,
-    postgres_target,
     rotated,
     sweep_queue,
     verdict,
 )
-from bench.e2e import WAIT_PER_PAGE, Stack, _submit, _until_done, serve_pages
+from bench.e2e import WAIT_PER_PAGE, Stack, _submit, _until_done, scene
 from bench.real_pages import DocPage, doc_pages, forget_keyphrases
 
 NAME = "worker_throughput"
@@ -331,30 +325,15 @@ def run(config: ThroughputConfig, context: BenchContext) -> ThroughputResult:
     served = {p.key: p for group in dealt for p in group}
     bursts: list[Burst] = []
     forget_keyphrases(context.redis.url, served.values())
-    with (
-        postgres_target() as postgres,
-        isolated_database(postgres.dsn, f"pagelens_bench_{token}") as dsn,
-        OtlpSink() as sink,
-        serve_pages(served) as port,
-        tempfile.TemporaryDirectory(prefix="pagelens-bench-worker-") as tmp,
-    ):
-        env = child_env(
-            DATABASE_URL=dsn,
-            REDIS_URL=context.redis.url,
-            PAGELENS_QUEUE=queue,
-            PAGELENS_FETCH_ALLOW_HOSTS=f"127.0.0.1:{port}",
-            OTEL_TRACES_EXPORTER="otlp",
-            OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=sink.endpoint,
-            PAGELENS_LOG_LEVEL="INFO",
-        )
-        base = f"http://127.0.0.1:{port}"
+    with scene(context.redis.url, token, "worker", served) as at:
+        env = at.env(queue)
         try:
             for (rep, pool), group in zip(runs, dealt, strict=True):
                 name = f"{rep}-{pool.processes}-{pool.threads}-{pool.batch}-{pool.parse}-"
-                stack = Stack(env, 1, Path(tmp), name=name, worker_env=pool.env)
+                stack = Stack(env, 1, at.tmp, name=name, worker_env=pool.env)
                 try:
                     keys = [p.key for p in group]
-                    bursts.append(_burst(stack, dsn, base, pool, keys[: config.warmup], keys[config.warmup :]))
+                    bursts.append(_burst(stack, at.dsn, at.base, pool, keys[: config.warmup], keys[config.warmup :]))
                 finally:
                     stack.stop()
         finally:
