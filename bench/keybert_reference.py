@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any
 
 from worker.keyphrases import KeyphraseExtractor, Phrases
-from worker.keyphrases.model import Item, child_info, keybert_phrases, prepare
+from worker.keyphrases.model import Item, _candidates, child_info, keybert_phrases, mmr, prepare
 
 
 def _plain(items: list[Item]) -> list[Phrases]:
@@ -33,6 +34,35 @@ async def load_counts(extractor: KeyphraseExtractor) -> dict[int, int]:
     return dict(await asyncio.gather(*probes))
 
 
+def ranks_plainly() -> bool:
+    """In a child: whether it ranks with KeyBERT's own MMR (PAGELENS_KEYBERT_PLAIN_RANKING)."""
+    from worker.keyphrases import model
+
+    return model._plain_ranking
+
+
 def embedding_threads() -> int:
     """In a child: how many embedding threads have run there (they start as batches need them)."""
     return sum(1 for thread in threading.enumerate() if thread.name.startswith("embed"))
+
+
+def _rankings(cases: list[tuple[str, int, int]]) -> list[tuple[Phrases, Phrases]]:
+    import numpy as np
+
+    pairs: list[tuple[Phrases, Phrases]] = []
+    for text, top_n, seed in cases:
+        words = _candidates(text)
+        rng = np.random.default_rng(seed)
+        vectors: Any = rng.normal(size=(len(words), 384)).astype(np.float32)
+        vectors[1::3] = vectors[::3][: len(vectors[1::3])]  # every third phrase has a twin: ties
+        document = rng.normal(size=(1, 384)).astype(np.float32)
+        plain_ = keybert_phrases(text, top_n, doc_embeddings=document, word_embeddings=vectors)
+        pairs.append((plain_, mmr(document, vectors, words, top_n)))
+    return pairs
+
+
+async def rankings(extractor: KeyphraseExtractor, cases: list[tuple[str, int, int]]) -> list[tuple[Phrases, Phrases]]:
+    """For each (text, top_n, seed): plain KeyBERT's keyphrases of the text and the pool's own ranking
+    (worker/keyphrases/model.py `mmr`), both given the same random embeddings, a third of them
+    duplicated so that ties must be broken alike."""
+    return await extractor.run_in_child(_rankings, cases)

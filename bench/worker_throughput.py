@@ -63,6 +63,7 @@ class PoolConfig:
     threads: int
     batch: int
     parse: int  # parse processes
+    plain_ranking: bool = False  # KeyBERT's own MMR, as every worker ranked before issue 16
 
     @property
     def env(self) -> dict[str, str]:
@@ -71,10 +72,13 @@ class PoolConfig:
             "PAGELENS_KEYBERT_THREADS": str(self.threads),
             "PAGELENS_KEYBERT_BATCH": str(self.batch),
             "PAGELENS_PARSE_PROCESSES": str(self.parse),
+            "PAGELENS_KEYBERT_PLAIN_RANKING": str(self.plain_ranking).lower(),
         }
 
 
-BEFORE = PoolConfig("before: 1 KeyBERT process, 1 thread, batch 8; 2 parse processes", 1, 1, 8, 2)
+BEFORE = PoolConfig(
+    "before: 1 KeyBERT process, 1 thread, batch 8, KeyBERT's ranking; 2 parse processes", 1, 1, 8, 2, plain_ranking=True
+)
 DEFAULT = PoolConfig("default: 1 KeyBERT process, 2 embedding threads, batch 8; 1 parse process", 1, 2, 8, 1)
 CANDIDATES = (
     BEFORE,

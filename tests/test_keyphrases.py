@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from app.core.models import ErrorType, ScanError
 from bench.corpus import corpus
-from bench.keybert_reference import embedding_threads, load_counts, plain
+from bench.keybert_reference import embedding_threads, load_counts, plain, rankings, ranks_plainly
 from bench.real_pages import doc_pages
 from tests.waiting import until
 from worker.keyphrases import MAX_WORDS, KeyphraseExtractor, cached_keyphrases, keyphrase_cache_key
@@ -217,6 +217,34 @@ async def test_same_keyphrases_as_plain_keybert(extractor: KeyphraseExtractor) -
         assert mismatches == [], attempt
     top3 = await plain(extractor, texts[:4], top_n=3)
     assert await extractor.extract_many(texts[:4], top_n=3) == top3
+
+
+async def test_ranking_is_keyberts_with_ties_and_any_top_n(extractor: KeyphraseExtractor) -> None:
+    """The pool ranks candidates itself (KeyBERT's MMR without its n x n matrix): on random
+    embeddings with twins, for top_n from 1 to past the number of candidates, it must pick and
+    order exactly the phrases KeyBERT picks, with the same scores."""
+    long_text = " ".join(page.text for page in corpus(4, seed=3))
+    cases = [(COMPOST, top_n, top_n) for top_n in (1, 2, 5, 10, 400)]
+    cases += [(text, 10, seed) for seed, text in enumerate(site_texts()[:4], start=20)]
+    cases += [(long_text, 10, 99), ("tiny composting text", 10, 5)]
+    pairs = await rankings(extractor, cases)
+    assert len(pairs) == len(cases) and all(plain_ for plain_, _ in pairs)
+    assert [ours for _, ours in pairs] == [plain_ for plain_, _ in pairs]
+    assert len(pairs[4][0]) == len(pairs[4][1]) < 400  # top_n past the candidates: all of them
+
+
+async def test_plain_ranking_setting_ranks_with_keybert(extractor: KeyphraseExtractor) -> None:
+    """PAGELENS_KEYBERT_PLAIN_RANKING reaches the children, which then rank with KeyBERT's own MMR,
+    and the keyphrases are the same either way."""
+    texts = [COMPOST, *site_texts()[:3]]
+    ex = KeyphraseExtractor(processes=1, timeout=600, plain_ranking=True)
+    try:
+        found = await asyncio.gather(*(ex.extract(text) for text in texts))
+        assert await ex.run_in_child(ranks_plainly) is True
+    finally:
+        await ex.close()
+    assert await extractor.run_in_child(ranks_plainly) is False
+    assert found == await asyncio.gather(*(extractor.extract(text) for text in texts))
 
 
 async def test_embedding_threads_find_plain_keybert_keyphrases(extractor: KeyphraseExtractor) -> None:

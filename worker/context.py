@@ -48,6 +48,7 @@ class Resources:
                 settings.keybert_timeout,
                 max_batch=settings.keybert_batch,
                 threads=settings.keybert_threads,
+                plain_ranking=settings.keybert_plain_ranking,
             )
             # Load the model now so the first scan does not pay for it.
             await keyphrases.start()

@@ -165,6 +165,10 @@ class Settings:
     # that the rest of the worker waits on, so by default one process uses both cores of a small
     # box (the measurements are in docs/performance.md, "Worker throughput").
     keybert_threads: int = setting("PAGELENS_KEYBERT_THREADS", 2, minimum=1)
+    # Rank candidates with KeyBERT's own MMR instead of pagelens's (worker/keyphrases/model.py): the
+    # same keyphrases, at the cost of an n x n matrix per text (hundreds of MB and seconds on a long
+    # page). The worker benchmark's "before" row runs this way, as every worker did before.
+    keybert_plain_ranking: bool = setting("PAGELENS_KEYBERT_PLAIN_RANKING", False)
     # Texts per call to a KeyBERT process: scans waiting together share one call.
     keybert_batch: int = setting("PAGELENS_KEYBERT_BATCH", 8, minimum=1)
     keybert_timeout: float = setting("PAGELENS_KEYBERT_TIMEOUT", 60.0)

@@ -15,8 +15,9 @@ Two things here make it cheaper without changing the result (the pool batches te
 And it embeds with `threads` threads side by side (the worker's `PAGELENS_KEYBERT_THREADS`), each
 running whole forward passes on a core of its own, so one process, one copy of the model, uses two
 cores.
-KeyBERT then ranks each text itself, with those embeddings passed in as its own `doc_embeddings` and
-`word_embeddings` arguments: the keyphrases are KeyBERT's for that text (an embedding does not
+Each text's candidates are then ranked by KeyBERT's MMR, computed without the n x n similarity
+matrix KeyBERT builds (`mmr`): on a long page that matrix was most of a worker's peak memory and
+seconds of arithmetic. The keyphrases and scores are KeyBERT's for that text (an embedding does not
 depend on the text a phrase came from, nor on its neighbours in a batch), which the tests check
 against plain KeyBERT.
 """
@@ -68,12 +69,14 @@ _keybert: Any = None
 _load_count = 0
 _phrases: OrderedDict[str, Any] = OrderedDict()  # phrase -> embedding (numpy float32), least recent first
 _embedders: ThreadPoolExecutor | None = None  # the embedding threads, when there is more than one
+_plain_ranking = False  # rank with KeyBERT's own MMR (PAGELENS_KEYBERT_PLAIN_RANKING)
 
 
-def init_child(barrier: Barrier, threads: int = THREADS) -> None:
+def init_child(barrier: Barrier, threads: int = THREADS, plain_ranking: bool = False) -> None:
     """Pool initializer: load the model once for the life of this process, and start `threads`
-    threads that embed side by side."""
-    global _keybert, _load_count, _embedders
+    threads that embed side by side; `plain_ranking` ranks with KeyBERT's own MMR instead of `mmr`."""
+    global _keybert, _load_count, _embedders, _plain_ranking
+    _plain_ranking = plain_ranking
     exit_with_parent()
     # Read at import time by huggingface_hub / transformers / BLAS, so set before importing them.
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -207,9 +210,43 @@ def extract(items: list[Item]) -> tuple[list[Phrases], int, int]:
         if not words:
             results.append([])
             continue
-        vectors = np.stack([_phrases[w] for w in words])
-        results.append(keybert_phrases(text, top_n, doc_embeddings=document.reshape(1, -1), word_embeddings=vectors))
+        vectors, document = np.stack([_phrases[w] for w in words]), document.reshape(1, -1)
+        if _plain_ranking:
+            results.append(keybert_phrases(text, top_n, doc_embeddings=document, word_embeddings=vectors))
+        else:
+            results.append(mmr(document, vectors, words, top_n))
     return results, len(distinct), embedded
+
+
+def mmr(document: Any, vectors: Any, words: list[str], top_n: int) -> Phrases:
+    """KeyBERT's ranking of one text's candidates (`keybert._mmr.mmr` with `DIVERSITY`), the same
+    phrases and scores, without its n x n matrix.
+
+    KeyBERT computes the similarity of every candidate to every other, then reads only the columns
+    of the phrases it has chosen: for the 6,000 candidates of a long page that is 144 MB of float32,
+    copied again on every pick, and 14 GFLOP, where the columns used are top_n x 6,000. Here each
+    chosen phrase's column is computed when it is chosen, and each candidate keeps its highest
+    similarity to a chosen phrase so far (what KeyBERT's `np.max` over the columns gives). Every
+    other step is KeyBERT's, in the same dtype and order, ties going to the earlier candidate as
+    `np.argmax` sends them; tests/test_keyphrases.py checks the two against each other."""
+    import numpy as np
+    from sklearn.metrics.pairwise import cosine_similarity
+    from sklearn.preprocessing import normalize
+
+    relevance = cosine_similarity(vectors, document)[:, 0]  # each candidate to the text
+    unit = normalize(vectors)  # cosine_similarity's own step: rows scaled to length 1
+    chosen = [int(np.argmax(relevance))]
+    nearest = unit @ unit[chosen[0]]  # each candidate's similarity to the closest chosen phrase
+    open_ = np.ones(len(words), dtype=bool)
+    open_[chosen[0]] = False
+    for _ in range(min(top_n - 1, len(words) - 1)):
+        score = (1 - DIVERSITY) * relevance - DIVERSITY * nearest
+        index = int(np.flatnonzero(open_)[np.argmax(score[open_])])
+        chosen.append(index)
+        open_[index] = False
+        np.maximum(nearest, unit @ unit[index], out=nearest)
+    found = [(words[i], round(float(relevance[i]), 4)) for i in chosen]
+    return [(str(phrase), score) for phrase, score in sorted(found, key=lambda pair: pair[1], reverse=True)]
 
 
 def keybert_phrases(text: str, top_n: int, **embeddings: Any) -> Phrases:

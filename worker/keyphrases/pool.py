@@ -95,10 +95,17 @@ class _Request:
 
 class KeyphraseExtractor:
     def __init__(
-        self, processes: int = 1, timeout: float = 60.0, max_batch: int = MAX_BATCH, threads: int = THREADS
+        self,
+        processes: int = 1,
+        timeout: float = 60.0,
+        max_batch: int = MAX_BATCH,
+        threads: int = THREADS,
+        *,
+        plain_ranking: bool = False,
     ) -> None:
         self.processes = max(1, processes)
         self.threads = max(1, threads)  # torch threads in each child
+        self.plain_ranking = plain_ranking  # KeyBERT's own MMR in the children (model.init_child)
         self.timeout = timeout  # per text; a call's timeout scales with the number of texts in it
         self.max_batch = max(1, max_batch)
         self._executor: ProcessPoolExecutor | None = None
@@ -299,7 +306,7 @@ class KeyphraseExtractor:
             self.processes,
             mp_context=ctx,
             initializer=model.init_child,
-            initargs=(ctx.Barrier(self.processes), self.threads),
+            initargs=(ctx.Barrier(self.processes), self.threads, self.plain_ranking),
         )
         probes: list[asyncio.Future[tuple[int, int]]] = []
         try:
