@@ -106,7 +106,12 @@ def variants(tuned_poll_delay: float) -> tuple[Variant, ...]:
 
 @dataclass(frozen=True)
 class HopConfig:
-    jobs: int = 2000  # per throughput run
+    # Per throughput run: 6,000 no-op jobs last ~3 s at ~2,000 jobs/s, long enough that a moment's
+    # noise on a shared 2-core machine does not decide a repetition (2,000 lasted ~1 s, and the
+    # same code measured 0.90x to 1.38x of bare arq from one repetition to the next). A worker
+    # polling every 0.5 s takes ~200 jobs/s, so it gets fewer, as it gets fewer latency samples.
+    jobs: int = 6000
+    slow_jobs: int = 2000
     latency_samples: int = 200  # per latency run
     # A latency sample costs about one poll delay (a random arrival phase, then the wait), so the
     # 0.5 s default gets fewer: 200 of them would take 100 s per repetition.
@@ -123,6 +128,9 @@ class HopConfig:
 
     def samples_for(self, variant: Variant) -> int:
         return self.slow_latency_samples if variant.pause >= 0.1 else self.latency_samples
+
+    def jobs_for(self, variant: Variant) -> int:
+        return self.slow_jobs if variant.pause >= 0.1 else self.jobs
 
 
 # --- records -----------------------------------------------------------------------------------
@@ -269,7 +277,8 @@ class HopResult:
             f"idle CPU, pagelens vs bare tuned: {pagelens.idle_cpu_percent:.1f}% vs {tuned.idle_cpu_percent:.1f}% "
             f"of a core, over {self.config.idle_seconds:g} s with nothing queued",
             f"medians of {self.config.reps} repetitions, variants alternating; {self.config.jobs:,} jobs per "
-            f"throughput run, {self.config.latency_samples} latency samples per run "
+            f"throughput run ({self.config.slow_jobs:,} for the 0.5 s default), "
+            f"{self.config.latency_samples} latency samples per run "
             f"({self.config.slow_latency_samples} for the 0.5 s default), {self.config.warmup} warm-up jobs "
             f"first; log level {self.config.log_level}; queue-hop wall time {self.seconds:.0f} s",
         )
@@ -306,7 +315,7 @@ def _run_child(
         redis_url=redis.url,
         queue=f"pagelens-bench:{token}:{variant.name}:{rep}",
         id_prefix=f"pagelens-bench-{token}-{variant.name}-{rep}-",
-        jobs=config.jobs,
+        jobs=config.jobs_for(variant),
         latency_samples=config.samples_for(variant),
         warmup=config.warmup,
         idle_seconds=config.idle_seconds,
@@ -638,6 +647,7 @@ class Child:
             logging.config.dictConfig(default_log_config(verbose=False))  # what the `arq` CLI does
             logging.getLogger("arq").setLevel(self.config.log_level)
             return None
+        from app.core.heap import freeze_startup_heap
         from app.core.settings import Settings
         from observability.logs import setup_logging
         from observability.tracing import setup_tracing
@@ -648,6 +658,7 @@ class Child:
         provider = setup_tracing(Settings.from_env(env), "pagelens-bench")
         if provider is None:
             raise RuntimeError("setup_tracing installed no provider")
+        freeze_startup_heap()  # and what it does last
         return provider
 
     async def _delete_keys(self, pool: ArqRedis) -> None:

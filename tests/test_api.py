@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -10,6 +11,7 @@ from arq.connections import ArqRedis
 from arq.constants import job_key_prefix
 
 from app.core import migrate
+from app.core.heap import YOUNG_THRESHOLD
 from app.core.queue import deserialize
 from app.core.settings import Settings
 from tests.conftest import serve_api
@@ -82,6 +84,16 @@ async def test_create_scan_answers_202_and_enqueues_with_trace_carrier(
         "scanId", "url", "status", "stage", "progress", "error", "traceId",
         "attempts", "createdAt", "updatedAt", "timings",
     }  # fmt: skip
+
+
+async def test_started_api_has_frozen_its_heap_and_collects_young_objects_less_often(
+    client: httpx.AsyncClient,
+) -> None:
+    """The API's start-up (served in this process) ends by freezing what is alive and raising the
+    youngest generation's threshold (app/core/heap.py)."""
+    assert (await client.get("/healthz")).status_code == 200
+    assert gc.get_freeze_count() > 10_000
+    assert gc.get_threshold()[0] == YOUNG_THRESHOLD > 700
 
 
 async def test_idempotency_key_returns_the_same_scan(client: httpx.AsyncClient) -> None:

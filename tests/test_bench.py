@@ -56,7 +56,9 @@ def keys(url: str, pattern: str) -> list[bytes]:
 
 
 def test_queue_hop_records_are_complete_and_consistent() -> None:
-    config = HopConfig(jobs=JOBS, latency_samples=JOBS, slow_latency_samples=3, warmup=5, reps=2, idle_seconds=0.2)
+    config = HopConfig(
+        jobs=JOBS, slow_jobs=JOBS, latency_samples=JOBS, slow_latency_samples=3, warmup=5, reps=2, idle_seconds=0.2
+    )
     with redis_target() as target:
         result = run(config, target)
         leftovers = keys(target.url, f"*{result.token}*")
