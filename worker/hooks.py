@@ -63,7 +63,10 @@ def _start(ctx: dict[str, Any], queue: str) -> None:
     function = str(job.get("f", "unknown")) if job else "unknown"
     carrier, result = _carrier(job)
     metrics.job_trace_context_total.inc({"result": result})
-    parent = propagate.extract(carrier) if carrier else otel_context.Context()
+    # From an empty context, not the current one: the job's trace context is its carrier's alone,
+    # and arq's bookkeeping around the job runs with instrumentation suppressed (worker/wake.py
+    # run_job), which the job's own calls must not inherit, whatever the propagators' order.
+    parent = propagate.extract(carrier, context=otel_context.Context()) if carrier else otel_context.Context()
     producer = trace.get_current_span(parent).get_span_context()
     job_id = str(ctx.get("job_id", ""))
     # arq's score is when the job became eligible (its defer time for retries), so a retried or
