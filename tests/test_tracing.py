@@ -326,3 +326,42 @@ def test_server_span_attributes_from_the_asgi_scope() -> None:
     attributes = request_attributes(scope)
     assert (attributes["server.address"], attributes["server.port"]) == ("10.0.0.5", 8000)
     assert carrier(scope) == {}
+
+
+async def test_the_job_context_comes_from_its_carrier_alone_whatever_the_propagators_order() -> None:
+    """arq's bookkeeping around a job runs with instrumentation suppressed (worker/quiet.py); the
+    job's context is built from its carrier only, so even with the baggage propagator first (which
+    starts from the current context when given none) the job is instrumented, and its baggage and
+    parent are the carrier's."""
+    from opentelemetry import baggage, propagate
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace as otel_trace
+    from opentelemetry.baggage.propagation import W3CBaggagePropagator
+    from opentelemetry.instrumentation.utils import is_instrumentation_enabled, suppress_instrumentation
+    from opentelemetry.propagators.composite import CompositePropagator
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    from app.core.queue import TRACE_KWARG, decoded_job
+
+    configured = propagate.get_global_textmap()
+    propagate.set_global_textmap(CompositePropagator([W3CBaggagePropagator(), TraceContextTextMapPropagator()]))
+    traceparent, trace_id, _ = new_traceparent()
+    on_job_start, on_job_end = hooks.make_hooks("q")
+    ctx: dict[str, Any] = {"job_id": "j1", "job_try": 1, "score": int(time.time() * 1000)}
+    outer = otel_context.attach(otel_context.set_value("pagelens.test", "outer"))
+    try:
+        with suppress_instrumentation():
+            decoded_job.set({"f": "noop", "k": {TRACE_KWARG: {"traceparent": traceparent, "baggage": "k=v"}}})
+            await on_job_start(ctx)
+            inside = (
+                is_instrumentation_enabled(),
+                otel_context.get_value("pagelens.test"),
+                baggage.get_baggage("k"),
+                format(otel_trace.get_current_span().get_span_context().trace_id, "032x"),
+            )
+            await on_job_end(ctx)
+            assert not is_instrumentation_enabled()  # the hook's detach restores arq's context
+    finally:
+        otel_context.detach(outer)
+        propagate.set_global_textmap(configured)
+    assert inside == (True, None, "v", trace_id)
