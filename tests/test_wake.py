@@ -363,7 +363,7 @@ async def test_jobs_are_traced_and_logged_while_arq_bookkeeping_is_not(
         seen["bookkeeping instrumented"] = is_instrumentation_enabled()
         await finish_job(*args)
 
-    worker.finish_job = finishing  # type: ignore[method-assign]
+    worker.finish_job = finishing  # type: ignore[method-assign,assignment]
     with caplog.at_level(logging.INFO):
         await run(worker, redis, workers)
         [job_id] = await enqueue(redis, queue_name, 1)
