@@ -246,6 +246,26 @@ async def test_jobs_ending_together_are_written_in_one_transaction(
     assert [(r["s"], r["r"]) for r in results] == [(True, f"done {i}") for i in ids]
 
 
+async def test_ends_arriving_while_one_is_written_go_together_in_the_next(
+    redis: ArqRedis, settings: Settings, queue_name: str, workers: list[PagelensWorker]
+) -> None:
+    """Group commit: under a steady flow of short jobs, ends that arrive while a write is on its way
+    wait for the next one instead of each opening a MULTI/EXEC of its own (arq's one per job)."""
+
+    async def job(ctx: dict[str, Any], **_: Any) -> str:
+        return str(ctx["job_id"])
+
+    ids = await enqueue(redis, queue_name, 300)  # queued before the worker starts: a steady flow
+    s = settings.with_(queue_name=queue_name, max_jobs=10)
+    worker = await run(pagelens_worker(s, job, poll_delay=NEVER, keep_result=60), redis, workers)
+    await until(lambda: worker.jobs_complete == len(ids), "all the jobs")
+    await until(lambda: queue_empty(redis, queue_name), "the jobs' ends")
+    assert worker.end_writes <= 0.75 * len(ids), worker.end_writes  # one write per job: no grouping
+    results = [queue.deserialize(await redis.get(result_key_prefix + i)) for i in ids]
+    assert [r["r"] for r in results] == ids
+    assert not [i for i in ids if await redis.exists(in_progress_key_prefix + i)]
+
+
 async def queue_empty(redis: ArqRedis, queue_name: str) -> bool:
     count: int = await redis.zcard(queue_name)
     return count == 0

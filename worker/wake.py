@@ -14,8 +14,10 @@ What the subclass overrides, all public methods of arq 0.28's `Worker`:
 - `main()`: stops the listener and the picker when arq's main loop ends.
 - `handle_sig(signum)`: arq's stop (a signal, or `close()`): from then on nothing is claimed.
 - `finish_job(...)`: arq writes each job's end (result, queue entry and keys removed) in a MULTI/EXEC
-  of its own; here the ends of all jobs finishing in the same event-loop turn share one MULTI/EXEC,
-  with exactly arq's commands for each.
+  of its own; here ends are group-committed: one MULTI/EXEC is on its way at a time, with exactly
+  arq's commands for each of the ends that were waiting, and the ends that arrive meanwhile go in
+  the next one. An end that finds no write on its way is written at once (with any others ending
+  in the same event-loop turn), so a lone job's end waits for nothing.
 `on_startup` is wrapped (after the configured hook has run, in the worker's main task): arq's own
 bookkeeping is kept quiet (worker/quiet.py) and the listener and picker start.
 
@@ -108,9 +110,9 @@ class PagelensWorker(Worker):
         self._backlog = False  # jobs were left waiting for a free slot
         self._halted = False  # arq stopped the worker (handle_sig): take no more jobs
         self._tasks: list[asyncio.Task[None]] = []
-        self._ending: list[tuple[JobEnd, asyncio.Future[None]]] = []  # finish_job calls of this loop turn
+        self._ending: list[tuple[JobEnd, asyncio.Future[None]]] = []  # ends waiting for the next write
         self.end_writes = 0  # MULTI/EXECs that wrote jobs' ends
-        self._end_writers: set[asyncio.Task[None]] = set()
+        self._end_writer: asyncio.Task[None] | None = None  # writing ends until none are waiting
         self._configured_startup = self.on_startup
         self.on_startup = self._start_up
 
@@ -136,19 +138,30 @@ class PagelensWorker(Worker):
         incr_score: int | None,
         keep_in_progress: float | None,
     ) -> None:
-        """arq's finish_job, written together with the other jobs ending in this loop turn."""
+        """arq's finish_job, written together with the other ends waiting (see the module doc)."""
         end = JobEnd(job_id, finish, result_data, result_timeout_s, keep_result_forever, incr_score, keep_in_progress)
         done: asyncio.Future[None] = self.loop.create_future()
         self._ending.append((end, done))
-        if len(self._ending) == 1:
+        if self._end_writer is None:
             # Its first step runs after the callbacks already due, so jobs ending in this turn join.
-            writer = self.loop.create_task(self._write_ends())
-            self._end_writers.add(writer)  # referenced until done, as asyncio asks
-            writer.add_done_callback(self._end_writers.discard)
+            self._end_writer = self.loop.create_task(self._write_ends())
         await done
 
     async def _write_ends(self) -> None:
-        ending, self._ending = self._ending, []
+        """Write the waiting ends, one MULTI/EXEC at a time, until none are left."""
+        try:
+            while self._ending:
+                ending, self._ending = self._ending, []
+                await self._write_batch(ending)
+        except asyncio.CancelledError:
+            for _, done in self._ending:
+                done.cancel()
+            self._ending = []
+            raise
+        finally:
+            self._end_writer = None  # no await since the last check: no end was left waiting
+
+    async def _write_batch(self, ending: list[tuple[JobEnd, asyncio.Future[None]]]) -> None:
         try:
             async with self.pool.pipeline(transaction=True) as tr:
                 for end, _ in ending:
