@@ -126,43 +126,14 @@ async def test_json_output_and_status(live: Live, site: Site) -> None:
     assert accepted["scanId"] in run.out.split() and max(map(len, run.out.splitlines())) <= 80, run.out
 
 
-def test_list_keeps_whole_ids_and_shortens_urls_at_80_columns() -> None:
-    items = [
-        {"scanId": str(uuid.uuid4()), "status": status, "progress": progress, "url": url, "createdAt": CREATED}
-        for status, progress, url in [
-            ("TEASER_READY", 70, "https://example.com/" + "long/" * 30 + "?q=" + "x" * 100),
-            ("FULL_READY", 100, None),
-            ("FAILED", 5, "http://example.org/"),
-        ]
-    ]
-    out = Console(width=80, record=True, force_terminal=False)
-    extra: dict[str, object] = {
-        "stage": None,
-        "error": None,
-        "traceId": None,
-        "attempts": 1,
-        "updatedAt": CREATED,
-        "timings": {},
-    }
-    render_list(out, [ScanStatus.model_validate(item | extra) for item in items])
-    lines = out.export_text().splitlines()
-    assert max(map(len, lines)) <= 80, lines
-    assert len(lines) == 1 + len(items), "one line per scan"
-    for item, line in zip(items, lines[1:], strict=True):
-        assert line.split()[:2] == [item["scanId"], item["status"]], line
-    # Cut in the middle: the host and the end of the URL both stay.
-    assert " exam" in lines[1] and "…" in lines[1] and lines[1].rstrip().endswith("x" * 8), lines[1]
-    assert "(text)" in lines[2] and "example.org/" in lines[3]
-
-
-def test_list_at_80_columns_tells_apart_long_urls_of_one_site() -> None:
-    base = "https://docs.example.com/" + "section/" * 12
-    items: list[dict[str, object]] = [
+def listed(status: str, progress: int, url: str | None) -> ScanStatus:
+    """A scan as `pagelens list` receives it, with the fields the listing does not show."""
+    return ScanStatus.model_validate(
         {
             "scanId": str(uuid.uuid4()),
-            "status": "QUEUED",
-            "progress": 0,
-            "url": base + page,
+            "status": status,
+            "progress": progress,
+            "url": url,
             "createdAt": CREATED,
             "stage": None,
             "error": None,
@@ -171,10 +142,32 @@ def test_list_at_80_columns_tells_apart_long_urls_of_one_site() -> None:
             "updatedAt": CREATED,
             "timings": {},
         }
-        for page in ("install.html", "upgrade.html")
+    )
+
+
+def test_list_keeps_whole_ids_and_shortens_urls_at_80_columns() -> None:
+    items = [
+        listed("TEASER_READY", 70, "https://example.com/" + "long/" * 30 + "?q=" + "x" * 100),
+        listed("FULL_READY", 100, None),
+        listed("FAILED", 5, "http://example.org/"),
     ]
     out = Console(width=80, record=True, force_terminal=False)
-    render_list(out, [ScanStatus.model_validate(item) for item in items])
+    render_list(out, items)
+    lines = out.export_text().splitlines()
+    assert max(map(len, lines)) <= 80, lines
+    assert len(lines) == 1 + len(items), "one line per scan"
+    for item, line in zip(items, lines[1:], strict=True):
+        assert line.split()[:2] == [str(item.scan_id), item.status.value], line
+    # Cut in the middle: the host and the end of the URL both stay.
+    assert " exam" in lines[1] and "…" in lines[1] and lines[1].rstrip().endswith("x" * 8), lines[1]
+    assert "(text)" in lines[2] and "example.org/" in lines[3]
+
+
+def test_list_at_80_columns_tells_apart_long_urls_of_one_site() -> None:
+    base = "https://docs.example.com/" + "section/" * 12
+    items = [listed("QUEUED", 0, base + page) for page in ("install.html", "upgrade.html")]
+    out = Console(width=80, record=True, force_terminal=False)
+    render_list(out, items)
     lines = out.export_text().splitlines()
     assert max(map(len, lines)) <= 80, lines
     urls = [line.split()[-1] for line in lines[1:]]
