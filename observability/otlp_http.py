@@ -89,6 +89,15 @@ def tls_verify(options: OTLPOptions) -> ssl.SSLContext | bool:
     return context
 
 
+def request_headers(options: OTLPOptions) -> dict[str, str]:
+    """The headers of an OTLP/HTTP protobuf request: the configured ones, the content type, and the
+    content encoding unless uncompressed."""
+    headers = {**options.headers, "Content-Type": PROTOBUF}
+    if options.compression != "none":
+        headers["Content-Encoding"] = options.compression
+    return headers
+
+
 def compress(body: bytes, compression: str) -> bytes:
     if compression == "gzip":
         return gzip.compress(body, compresslevel=6)
@@ -116,10 +125,9 @@ class OTLPHTTPSender:
     def __init__(self, endpoint: str, options: OTLPOptions) -> None:
         self.endpoint = endpoint
         self.options = options
-        headers = {**options.headers, "Content-Type": PROTOBUF}
-        if options.compression != "none":
-            headers["Content-Encoding"] = options.compression
-        self._client = httpx.Client(headers=headers, verify=tls_verify(options), timeout=options.timeout)
+        self._client = httpx.Client(
+            headers=request_headers(options), verify=tls_verify(options), timeout=options.timeout
+        )
         self._closed = threading.Event()  # also wakes a backoff sleep at shutdown
 
     def send(self, body: bytes) -> bool:

@@ -23,9 +23,9 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from app.api.params import InvalidNumber, ascii_integer
+from observability.otlp_http import PROTOBUF
 
 BROWSER_SERVICE = "pagelens-web"
-PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 MAX_SPANS = 1000  # per request; the JS SDK's batches hold at most 512
 MAX_NAME = 256

@@ -9,7 +9,6 @@ slow, further exports are dropped rather than piled up in the API.
 from __future__ import annotations
 
 import asyncio
-import gzip
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -21,10 +20,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceServiceStub
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-from app.api.browser_spans import PROTOBUF
 from app.api.limits import RateLimit
 from app.core.settings import Settings
-from observability.otlp_http import OTLPOptions, otlp_options, tls_verify
+from observability.otlp_http import OTLPOptions, compress, otlp_options, request_headers, tls_verify
 
 logger = logging.getLogger("pagelens.browser_traces")
 
@@ -36,13 +34,10 @@ Send = Callable[[ExportTraceServiceRequest], Awaitable[object]]
 
 
 def _over_http(endpoint: str, options: OTLPOptions) -> tuple[Send, Callable[[], Awaitable[None]]]:
-    client = httpx.AsyncClient(timeout=FORWARD_TIMEOUT, verify=tls_verify(options))
-    compress = options.compression == "gzip"
-    headers = {**options.headers, "Content-Type": PROTOBUF, **({"Content-Encoding": "gzip"} if compress else {})}
+    client = httpx.AsyncClient(timeout=FORWARD_TIMEOUT, verify=tls_verify(options), headers=request_headers(options))
 
     async def send(request: ExportTraceServiceRequest) -> None:
-        body = request.SerializeToString()
-        response = await client.post(endpoint, content=gzip.compress(body) if compress else body, headers=headers)
+        response = await client.post(endpoint, content=compress(request.SerializeToString(), options.compression))
         response.raise_for_status()
 
     return send, client.aclose
