@@ -161,7 +161,7 @@ class Settings:
     # Seconds between sweeps for scans arq lost track of; a QUEUED scan is swept once this old.
     sweep_interval: int = setting("PAGELENS_SWEEP_INTERVAL", 30, minimum=1)
     keybert_processes: int = setting("PAGELENS_KEYBERT_PROCESSES", 1, minimum=1)
-    # Torch threads in each KeyBERT process: a scan's keyphrases are one long run of matrix work
+    # Embedding threads in each KeyBERT process: a scan's keyphrases are one long run of matrix work
     # that the rest of the worker waits on, so by default one process uses both cores of a small
     # box (the measurements are in docs/performance.md, "Worker throughput").
     keybert_threads: int = setting("PAGELENS_KEYBERT_THREADS", 2, minimum=1)

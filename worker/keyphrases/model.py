@@ -246,7 +246,7 @@ def mmr(document: Any, vectors: Any, words: list[str], top_n: int) -> Phrases:
         open_[index] = False
         np.maximum(nearest, unit @ unit[index], out=nearest)
     found = [(words[i], round(float(relevance[i]), 4)) for i in chosen]
-    return [(str(phrase), score) for phrase, score in sorted(found, key=lambda pair: pair[1], reverse=True)]
+    return sorted(found, key=lambda pair: pair[1], reverse=True)
 
 
 def keybert_phrases(text: str, top_n: int, **embeddings: Any) -> Phrases:

@@ -104,7 +104,7 @@ class KeyphraseExtractor:
         plain_ranking: bool = False,
     ) -> None:
         self.processes = max(1, processes)
-        self.threads = max(1, threads)  # torch threads in each child
+        self.threads = max(1, threads)  # embedding threads in each child (model.init_child)
         self.plain_ranking = plain_ranking  # KeyBERT's own MMR in the children (model.init_child)
         self.timeout = timeout  # per text; a call's timeout scales with the number of texts in it
         self.max_batch = max(1, max_batch)
