@@ -19,10 +19,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app.api.auth import request_identity
-from app.api.browser_spans import BROWSER_SERVICE, JSON, PROTOBUF, BodyTooLarge, InvalidSpans, decode, inflate
+from app.api.browser_spans import BROWSER_SERVICE, JSON, BodyTooLarge, InvalidSpans, decode, inflate
 from app.api.problems import Problem
 from app.api.schemas import read_body
 from app.api.state import State
+from observability.otlp_http import PROTOBUF
 
 PATH = "/v1/traces"
 TENANT_ATTRIBUTE = "pagelens.tenant"
