@@ -46,8 +46,9 @@ def run_benchmarks(benchmarks: Sequence[Benchmark], names: Sequence[str] = (), d
             result = benchmark.run(context)
             print(result.text(), flush=True)
             results.append(result)
-            if docs:
-                # After each benchmark, so a later one failing keeps the earlier figures.
+            if docs and not result.skipped:
+                # After each benchmark, so a later one failing keeps the earlier figures; a skipped
+                # one (nothing to measure on this machine) leaves its section as it was.
                 doc = benchmark.doc
                 current = doc.read_text() if doc.exists() else ""
                 doc.write_text(replace_section(current, result.name, result.markdown()))

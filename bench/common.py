@@ -373,6 +373,7 @@ class BenchResult:
     notes: tuple[str, ...]
     environment: str
     seconds: float
+    skipped: str = ""  # why nothing was measured: printed, and the document keeps its figures
 
     def markdown(self) -> str:
         notes = "\n".join(f"- {note}" for note in self.notes)

@@ -144,7 +144,8 @@ class ThroughputResult:
 
     def bench_result(self) -> BenchResult:
         if self.skipped:
-            return BenchResult(NAME, TITLE, Table(("skipped",), ((self.skipped,),)), (), self.environment, self.seconds)
+            table = Table(("skipped",), ((self.skipped,),))
+            return BenchResult(NAME, TITLE, table, (), self.environment, self.seconds, skipped=self.skipped)
         headers = (
             "configuration",
             "scans/min",

@@ -19,6 +19,8 @@ from bench.api_load import SERVERS, ApiConfig
 from bench.api_load import run as run_api
 from bench.common import (
     BenchContext,
+    Benchmark,
+    BenchResult,
     OtlpSink,
     RedisTarget,
     Service,
@@ -125,6 +127,28 @@ def test_replace_section_keeps_everything_outside_the_markers() -> None:
 
     appended = replace_section("# Performance\n", "keyphrases", "figures")
     assert appended == f"# Performance\n\n{markers('keyphrases')[0]}\nfigures\n{markers('keyphrases')[1]}\n"
+
+
+def test_a_skipped_benchmark_leaves_its_results_section_alone(tmp_path: Path) -> None:
+    from bench.__main__ import run_benchmarks
+
+    doc = tmp_path / "performance.md"
+    start, end = markers("measured")
+    skip_start, skip_end = markers("skipping")
+    doc.write_text(f"{start}\nold figures\n{end}\n{skip_start}\nkept\n{skip_end}\n")
+
+    def result(name: str, skipped: str = "") -> BenchResult:
+        return BenchResult(name, name, Table(("x",), (("1",),)), (), "here", 0.0, skipped=skipped)
+
+    chosen = (
+        Benchmark("measured", lambda _: result("measured"), doc),
+        Benchmark("skipping", lambda _: result("skipping", skipped="no pages here"), doc),
+    )
+    results = run_benchmarks(chosen)
+    assert [r.skipped for r in results] == ["", "no pages here"]
+    text = doc.read_text()
+    assert "old figures" not in text and "| x |" in text  # the measured one was rewritten
+    assert f"{skip_start}\nkept\n{skip_end}" in text  # the skipped one was not
 
 
 def test_table_renders_markdown_and_text() -> None:
