@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -24,7 +25,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext
+from opentelemetry.trace import SpanContext, SpanKind, StatusCode
 
 from observability.otlp_http import OTLPHTTPSender, OTLPOptions, otlp_options
 
@@ -113,59 +114,113 @@ _KV_CACHE_STR_MAX = 256
 _CACHED = (str, int, bool)  # not float: -0.0 == 0.0 with one hash, but their bytes differ
 
 
+# A whole attribute set often repeats too (a route's SERVER span, a statement's CLIENT span): its
+# encoded bytes are kept when every one of its key-values came from the cache above, keyed by the
+# items and their types. Bounded like that cache.
+_block_cache: dict[tuple[int, tuple[tuple[str, Any], ...], tuple[type[Any], ...]], bytes] = {}
+_BLOCK_CACHE_MAX = 1024
+_CACHED_KINDS = frozenset(_CACHED)
+
+
 def _attributes(field: int, attributes: Mapping[str, Any] | None) -> bytes:
     if not attributes:
         return b""
+    # A span's attributes come as a read-only view of the SDK's BoundedAttributes, whose items()
+    # goes through Python-level __iter__ (a lock and a copy) and __getitem__ per key; the view's
+    # copy() is the underlying mapping's copy, a plain dict, iterated at C speed.
+    plain = attributes.copy() if isinstance(attributes, MappingProxyType) else attributes
+    kinds = tuple(map(type, plain.values()))
+    block_key = (field, tuple(plain.items()), kinds) if _CACHED_KINDS.issuperset(kinds) else None
+    if block_key is not None and (block := _block_cache.get(block_key)) is not None:
+        return block
     parts = []
     cache = _kv_cache
-    for key, value in attributes.items():
+    all_cached = True
+    for key, value in plain.items():
         kind = value.__class__
         if kind in _CACHED and (kind is not str or len(value) <= _KV_CACHE_STR_MAX):
             cached = cache.get((field, key, kind, value))
             if cached is None:
+                all_cached = False
                 if len(cache) >= _KV_CACHE_MAX:
                     cache.clear()
                 cached = cache[(field, key, kind, value)] = _len(field, _key_value(key, value))
             parts.append(cached)
         else:
+            all_cached = False
             parts.append(_len(field, _key_value(key, value)))
-    return b"".join(parts)
+    block = b"".join(parts)
+    if block_key is not None and all_cached:
+        if len(_block_cache) >= _BLOCK_CACHE_MAX:
+            _block_cache.clear()
+        _block_cache[block_key] = block
+    return block
 
 
 def _flags(parent: SpanContext | None) -> int:
     return _HAS_IS_REMOTE | _IS_REMOTE if parent and parent.is_remote else _HAS_IS_REMOTE
 
 
+# Fixed parts of a Span message, written as constants: the tags of the 16-byte trace id (field 1)
+# and 8-byte span and parent ids (fields 2 and 4), the two timestamps (fixed64 fields 7 and 8), the
+# flags (fixed32 field 16) for a local or a remote parent, and a status with no description.
+_TRACE_ID, _SPAN_ID, _PARENT_ID = b"\x0a\x10", b"\x12\x08", b"\x22\x08"
+_START, _END = b"\x39", b"\x41"
+_LOCAL_FLAGS = b"\x85\x01" + _FIXED32.pack(_HAS_IS_REMOTE)
+_REMOTE_FLAGS = b"\x85\x01" + _FIXED32.pack(_HAS_IS_REMOTE | _IS_REMOTE)
+_KINDS = {kind: _uint(6, kind.value + 1) for kind in SpanKind}  # the proto's SpanKind counts from UNSPECIFIED = 0
+_STATUSES = {code: _len(15, _uint(3, code.value)) for code in StatusCode}
+# Span names repeat (a route, a statement's verb, a queue): their encoded field is kept, bounded.
+_names: dict[str, bytes] = {}
+_NAMES_MAX = 1024
+
+
+def _name(name: str) -> bytes:
+    encoded = _names.get(name)
+    if encoded is None:
+        if len(_names) >= _NAMES_MAX:
+            _names.clear()
+        encoded = _names[name] = _str(5, name)
+    return encoded
+
+
 def _span(span: ReadableSpan) -> bytes:
     ctx = span.get_span_context()
     if ctx is None:
         raise _Unsupported
-    parts = [_len(1, ctx.trace_id.to_bytes(16, "big")), _len(2, ctx.span_id.to_bytes(8, "big"))]
+    parts = [_TRACE_ID + ctx.trace_id.to_bytes(16, "big"), _SPAN_ID + ctx.span_id.to_bytes(8, "big")]
     if ctx.trace_state is not None:
         parts.append(_str(3, ",".join(f"{k}={v}" for k, v in ctx.trace_state.items())))
-    if span.parent:
-        parts.append(_len(4, span.parent.span_id.to_bytes(8, "big")))
-    parts.append(_str(5, span.name))
-    parts.append(_uint(6, span.kind.value + 1))  # the proto's SpanKind counts from UNSPECIFIED = 0
+    parent = span.parent
+    if parent:
+        parts.append(_PARENT_ID + parent.span_id.to_bytes(8, "big"))
+    parts.append(_name(span.name))
+    parts.append(_KINDS[span.kind])
     if span.start_time:
-        parts.append(b"\x39" + _FIXED64.pack(span.start_time))
+        parts.append(_START + _FIXED64.pack(span.start_time))
     if span.end_time:
-        parts.append(b"\x41" + _FIXED64.pack(span.end_time))
+        parts.append(_END + _FIXED64.pack(span.end_time))
     parts.append(_attributes(9, span.attributes))
-    parts.append(_uint(10, span.dropped_attributes))
+    if dropped := span.dropped_attributes:
+        parts.append(_uint(10, dropped))
     for event in span.events:
         body = (b"\x09" + _FIXED64.pack(event.timestamp) if event.timestamp else b"") + _str(2, event.name)
         body += _attributes(3, event.attributes) + _uint(4, event.dropped_attributes)
         parts.append(_len(11, body))
-    parts.append(_uint(12, span.dropped_events))
+    if dropped := span.dropped_events:
+        parts.append(_uint(12, dropped))
     for link in span.links:
         body = _len(1, link.context.trace_id.to_bytes(16, "big")) + _len(2, link.context.span_id.to_bytes(8, "big"))
         body += _attributes(4, link.attributes) + _uint(5, link.dropped_attributes)
         parts.append(_len(13, body + b"\x35" + _FIXED32.pack(_flags(link.context))))
-    parts.append(_uint(14, span.dropped_links))
+    if dropped := span.dropped_links:
+        parts.append(_uint(14, dropped))
     status = span.status
-    parts.append(_len(15, _str(2, status.description) + _uint(3, status.status_code.value)))
-    parts.append(b"\x85\x01" + _FIXED32.pack(_flags(span.parent)))  # field 16, fixed32
+    if status.description:
+        parts.append(_len(15, _str(2, status.description) + _uint(3, status.status_code.value)))
+    else:
+        parts.append(_STATUSES[status.status_code])
+    parts.append(_REMOTE_FLAGS if parent and parent.is_remote else _LOCAL_FLAGS)
     return b"".join(parts)
 
 

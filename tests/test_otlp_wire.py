@@ -139,10 +139,15 @@ def test_the_bytes_are_the_sdks_for_the_apis_spans() -> None:
 
 
 def test_values_equal_in_python_keep_their_own_bytes() -> None:
-    """1 == 1.0 == True and 0.0 == -0.0, but each is written as its own type and sign."""
-    for values in ((1, 1.0, True), (0.0, -0.0, 0, False)):
-        batch = [ReadableSpan(name="s", context=SpanContext(1, 2, False), attributes={"v": v}) for v in values]
-        assert encode_request(batch) == encode_spans(batch).SerializePartialToString()
+    """1 == 1.0 == True and 0.0 == -0.0, but each is written as its own type and sign, also when
+    the encoder's caches (of key-values and of whole attribute sets) already hold an equal one."""
+    for values in ((1, 1.0, True), (0.0, -0.0, 0, False), ((1,), (True,), (1.0,))):
+        for _ in range(3):  # a first pass fills the caches, the next ones read them
+            batch = [
+                ReadableSpan(name="s", context=SpanContext(1, 2, False), attributes={"v": v, "k": "same"})
+                for v in values
+            ]
+            assert encode_request(batch) == encode_spans(batch).SerializePartialToString()
 
 
 def test_what_the_encoder_cannot_write_exactly_goes_to_the_sdks_encoder() -> None:
