@@ -264,26 +264,54 @@ def encode_request(spans: Sequence[ReadableSpan]) -> bytes:
         return bytes(encode_spans(spans).SerializePartialToString())
 
 
+# The SDK exporter's guard against a request a collector would refuse: 64 MiB before compression.
+MAX_REQUEST_BYTES = 64 * 1024 * 1024
+
+
 class WireSpanExporter(SpanExporter):
     """An OTLP/HTTP span exporter sending `encode_request`'s bytes through `OTLPHTTPSender`
     (observability/otlp_http.py): headers, compression, timeout and certificates from the standard
     OTEL_EXPORTER_OTLP_* variables, the specification's retries within the timeout.
 
-    Not carried over from the SDK's exporter: its optional self-metrics
-    (OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED) and its 64 MiB request-size guard (a batch of 2,048
-    of our spans is well under 1 MiB).
+    A request larger than `max_request_bytes` (64 MiB, the SDK exporter's default; 0 for no limit)
+    is not sent whole: where the SDK's exporter drops the whole batch, this one halves it until each
+    part fits, so only a single span that is too large on its own is dropped (and logged). Not
+    carried over from the SDK's exporter: its optional self-metrics
+    (OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED).
     """
 
-    def __init__(self, endpoint: str | None = None, options: OTLPOptions | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        options: OTLPOptions | None = None,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
+    ) -> None:
         self._sender = OTLPHTTPSender(endpoint or DEFAULT_ENDPOINT, options or otlp_options())
+        self._max_request_bytes = max_request_bytes
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS if self._export(spans) else SpanExportResult.FAILURE
+
+    def _export(self, spans: Sequence[ReadableSpan]) -> bool:
         try:
             data = encode_request(spans)
         except Exception:
             logger.exception("encoding a span batch failed")
-            return SpanExportResult.FAILURE
-        return SpanExportResult.SUCCESS if self._sender.send(data) else SpanExportResult.FAILURE
+            return False
+        if 0 < self._max_request_bytes < len(data):
+            if len(spans) == 1:
+                logger.warning(
+                    "dropped span %r: %d bytes encoded, over the %d-byte request limit",
+                    spans[0].name,
+                    len(data),
+                    self._max_request_bytes,
+                )
+                return False
+            half = len(spans) // 2
+            first = self._export(spans[:half])
+            second = self._export(spans[half:])  # sent even when the first half failed
+            return first and second
+        return self._sender.send(data)
 
     def shutdown(self) -> None:
         self._sender.close()

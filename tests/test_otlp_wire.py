@@ -186,3 +186,40 @@ def test_the_exporter_posts_the_wire_bytes() -> None:
     assert [(s.name, s.kind, s.service_name) for s in got] == [("send arq:queue", "PRODUCER", "pagelens-api")] * 2
     assert got[0].attributes == {"messaging.system": "arq", "server.port": 6379}
     assert receiver.exports == 2
+
+
+def test_a_request_over_the_size_limit_is_split_and_only_a_span_too_large_alone_is_dropped() -> None:
+    def span(name: str, size: int) -> ReadableSpan:
+        return ReadableSpan(
+            name=name,
+            context=SpanContext(0xAB, 0xCD, is_remote=False, trace_flags=TraceFlags(1)),
+            resource=Resource.create({"service.name": "pagelens-worker"}),
+            attributes={"pad": "x" * size},
+            start_time=1,
+            end_time=2,
+        )
+
+    small = [span(f"small-{n}", 300) for n in range(5)]
+    huge = span("huge", 5_000)
+    limit = len(encode_request(small[:2])) + 1  # two small spans fit in a request, three do not
+    with serve_otlp() as receiver:
+        exporter = WireSpanExporter(f"{receiver.endpoint}/v1/traces", max_request_bytes=limit)
+        try:
+            assert exporter.export(small) is SpanExportResult.SUCCESS
+            sent_whole = receiver.exports
+            # The huge span cannot be sent at any split: it alone is dropped, the others still go.
+            assert exporter.export([small[0], huge, small[1]]) is SpanExportResult.FAILURE
+        finally:
+            exporter.shutdown()
+        unlimited = WireSpanExporter(f"{receiver.endpoint}/v1/traces", max_request_bytes=0)
+        try:
+            assert unlimited.export([huge, *small]) is SpanExportResult.SUCCESS
+        finally:
+            unlimited.shutdown()
+        names = [s.name for s in receiver.spans]
+        exports = receiver.exports
+    assert sent_whole >= 3  # five spans, at most two per request
+    assert names[:5] == [f"small-{n}" for n in range(5)]
+    assert names[5:7] == ["small-0", "small-1"]
+    assert names[7:] == ["huge", *(f"small-{n}" for n in range(5))]
+    assert exports == sent_whole + 2 + 1
