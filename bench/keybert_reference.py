@@ -46,6 +46,24 @@ def embedding_threads() -> int:
     return sum(1 for thread in threading.enumerate() if thread.name.startswith("embed"))
 
 
+# The random embeddings of `rankings`: 384 dimensions (the model's), 16 of them +1 or -1, the rest 0.
+# Every such vector has length 4, so normalised its entries are +-0.25 and every similarity is a
+# multiple of 1/16 that float32 holds exactly whatever order a BLAS kernel sums in: ties are exact
+# ties. (With Gaussian embeddings the matrix product KeyBERT uses and the column products of `mmr`
+# may round the last bit differently, and which twin wins would depend on the kernel and on how
+# the arrays happen to be aligned in memory.)
+DIMENSIONS, NONZERO = 384, 16
+
+
+def _sparse_signs(rng: Any, rows: int) -> Any:
+    import numpy as np
+
+    vectors = np.zeros((rows, DIMENSIONS), dtype=np.float32)
+    for row in vectors:
+        row[rng.choice(DIMENSIONS, NONZERO, replace=False)] = rng.choice([-1.0, 1.0], NONZERO)
+    return vectors
+
+
 def _rankings(cases: list[tuple[str, int, int]]) -> list[tuple[Phrases, Phrases]]:
     import numpy as np
 
@@ -53,9 +71,9 @@ def _rankings(cases: list[tuple[str, int, int]]) -> list[tuple[Phrases, Phrases]
     for text, top_n, seed in cases:
         words = _candidates(text)
         rng = np.random.default_rng(seed)
-        vectors: Any = rng.normal(size=(len(words), 384)).astype(np.float32)
+        vectors = _sparse_signs(rng, len(words))
         vectors[1::3] = vectors[::3][: len(vectors[1::3])]  # every third phrase has a twin: ties
-        document = rng.normal(size=(1, 384)).astype(np.float32)
+        document = _sparse_signs(rng, 1)
         plain_ = keybert_phrases(text, top_n, doc_embeddings=document, word_embeddings=vectors)
         pairs.append((plain_, mmr(document, vectors, words, top_n)))
     return pairs
@@ -63,6 +81,6 @@ def _rankings(cases: list[tuple[str, int, int]]) -> list[tuple[Phrases, Phrases]
 
 async def rankings(extractor: KeyphraseExtractor, cases: list[tuple[str, int, int]]) -> list[tuple[Phrases, Phrases]]:
     """For each (text, top_n, seed): plain KeyBERT's keyphrases of the text and the pool's own ranking
-    (worker/keyphrases/model.py `mmr`), both given the same random embeddings, a third of them
-    duplicated so that ties must be broken alike."""
+    (worker/keyphrases/model.py `mmr`), both given the same random embeddings (`_sparse_signs`: every
+    similarity exact), a third of them duplicated, so that ties, exact ones, must be broken alike."""
     return await extractor.run_in_child(_rankings, cases)
