@@ -34,6 +34,8 @@ def _parser_hostile() -> dict[str, bytes]:
 
 
 PARSER_HOSTILE = _parser_hostile()
+PUNYCODE_BAIT = b"<title>puny</title><p>" + b"a" * 300_000 + b"-" + b"z" * 300_000 + b"</p>"
+PUNYCODE_META_BAIT = b"<meta charset=punycode>" + PUNYCODE_BAIT
 
 
 class Hostile:
@@ -85,6 +87,9 @@ class _Handler(TrackedHandler):
             "/slow-once": lambda: self._delay(float(query.get("ms", "0")) / 1000 if hit == 1 else 0.0, ARTICLE),
             "/bad-utf8": lambda: self._html(_page(b"caf\xe9 \xff\xfe broken", b"\xc3\x28 \xa0\xa1 \xf0\x28\x8c\x28")),
             "/bogus-charset": lambda: self._html(_page(b"bogus", b"a charset nobody knows"), "x-no-such-charset"),
+            # Python's punycode decoder is quadratic: minutes of a blocked event loop if it were used.
+            "/punycode": lambda: self._html(PUNYCODE_BAIT, "punycode"),
+            "/punycode-meta": lambda: self._raw(200, [("Content-Type", "text/html")], PUNYCODE_META_BAIT),
             "/utf16-odd": lambda: self._html(_page(b"odd", b"an odd number of bytes") + b"!", "utf-16"),
             "/binary": lambda: self._html(bytes(range(256)) * 64),
             "/empty": lambda: self._html(b""),

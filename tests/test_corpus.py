@@ -197,6 +197,8 @@ def hostile_cases(site: Site, hostile: Hostile) -> dict[str, tuple[str, str]]:
         hostile.url("/not-http"): ("FAILED", "http_error"),
         hostile.url("/bad-utf8"): ("FULL_READY", ""),
         hostile.url("/bogus-charset"): ("FULL_READY", ""),
+        hostile.url("/punycode"): ("FULL_READY", ""),  # a charset the web does not know is ignored
+        hostile.url("/punycode-meta"): ("FULL_READY", ""),
         hostile.url("/utf16-odd"): ("FULL_READY", ""),
         hostile.url("/binary"): ("FULL_READY", ""),
         hostile.url("/empty"): ("FULL_READY", ""),

@@ -16,6 +16,7 @@ from urllib.parse import urljoin
 
 import certifi
 import httpx
+import webencodings
 from opentelemetry import context as otel_context
 
 from app.core.models import ErrorType, ScanError
@@ -63,7 +64,15 @@ MAX_ADDRESSES_TRIED = 4
 SNIFF_BYTES = 2048
 
 _META_CHARSET = re.compile(rb"""<meta[^>]*?charset\s*=\s*["']?\s*([a-z0-9_.:-]+)""", re.IGNORECASE)
-_BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
+_BOMS = tuple(
+    (bom, codecs.lookup(name))
+    for bom, name in (
+        (codecs.BOM_UTF8, "utf-8"),
+        (codecs.BOM_UTF16_LE, "utf-16-le"),
+        (codecs.BOM_UTF16_BE, "utf-16-be"),
+    )
+)
+_UTF8 = codecs.lookup("utf-8")
 
 
 @functools.cache
@@ -264,38 +273,47 @@ def _looks_like_html(body: bytes) -> bool:
     return b"<html" in head or b"<!doctype html" in head
 
 
-def _codec(label: str | None) -> str | None:
+def _codec(label: str | None) -> codecs.CodecInfo | None:
+    """The decoder a browser uses for a charset label: the labels of the WHATWG Encoding Standard
+    (https://encoding.spec.whatwg.org/#names-and-labels, through webencodings), so "iso-8859-1" and
+    "ascii" read as windows-1252, as browsers read them. None for a label the web does not know.
+
+    Python knows more codecs than the web does, and some must never see a page's bytes: punycode's
+    decoder is quadratic (a few hundred KB would hold the worker's event loop for minutes, and
+    robots.txt is decoded here too), base64 and rot13 are not a page's encoding, utf-7 is banned
+    from the web for its XSS tricks."""
     if not label:
         return None
-    try:
-        name = codecs.lookup(label).name
-        b"a".decode(name, errors="replace")  # rejects bytes-to-bytes codecs (base64) and strict-only ones (idna)
-    except (LookupError, UnicodeError):
+    encoding = webencodings.lookup(label)
+    if encoding is None:
         return None
-    return name
+    info: codecs.CodecInfo = encoding.codec_info
+    return info
 
 
-def _pick_encoding(declared: str | None, body: bytes) -> tuple[str, int]:
+def _pick_encoding(declared: str | None, body: bytes) -> tuple[codecs.CodecInfo, int]:
     """(codec, bytes of BOM to skip): BOM, then the Content-Type charset, then <meta>, then utf-8."""
-    for bom, name in _BOMS:
+    for bom, bom_codec in _BOMS:
         if body.startswith(bom):
-            return name, len(bom)
+            return bom_codec, len(bom)
     codec = _codec(declared)
     if codec:
         return codec, 0
     match = _META_CHARSET.search(body[:SNIFF_BYTES])
     codec = _codec(match.group(1).decode("ascii")) if match else None
     # A <meta> that could be read as ASCII cannot truthfully declare UTF-16/32 (HTML spec).
-    if codec and not codec.startswith("utf-16") and not codec.startswith("utf-32"):
+    if codec and not codec.name.startswith("utf-16") and not codec.name.startswith("utf-32"):
         return codec, 0
-    return "utf-8", 0
+    return _UTF8, 0
 
 
 def _decode(body: bytes, declared: str | None) -> tuple[str, str]:
+    """The body as text, and the name of the codec that decoded it; bytes it cannot decode become
+    U+FFFD, never an error."""
     codec, skip = _pick_encoding(declared, body)
     try:
-        return body[skip:].decode(codec, errors="replace"), codec
-    except UnicodeError:  # _codec screens these out; a codec may still refuse "replace" on some input
+        return codec.decode(body[skip:], "replace")[0], codec.name
+    except UnicodeError:  # the web's codecs replace what they cannot decode; this is a safety net
         return body[skip:].decode("utf-8", errors="replace"), "utf-8"
 
 
