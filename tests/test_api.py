@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import gc
 import uuid
 from collections.abc import AsyncIterator
@@ -221,6 +222,13 @@ async def test_list_pages_through_everything_newest_first(client: httpx.AsyncCli
     assert queued and all(item["status"] == "QUEUED" for item in queued)
 
 
+FORGED_TIMES = ("9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59", "2026-01-01T00:00:00")
+
+
+def forged_cursor(created: str, scan_id: str = "00000000-0000-0000-0000-000000000000") -> str:
+    return base64.urlsafe_b64encode(f"{created}|{scan_id}".encode()).decode().rstrip("=")
+
+
 @pytest.mark.parametrize(
     "params",
     [
@@ -235,6 +243,10 @@ async def test_list_pages_through_everything_newest_first(client: httpx.AsyncCli
         {"status": "queued"},  # the names are as the document spells them
         {"status": "FA\u0131LED"},  # a dotless i, which str.upper() turns into I
         {"cursor": "!!"},
+        # Well-formed cursors this API never makes: times whose UTC is outside years 1-9999 (they
+        # reached the database as a 500), a time without a zone, a scan id that is not a UUID.
+        *({"cursor": forged_cursor(created)} for created in FORGED_TIMES),
+        {"cursor": forged_cursor("2026-01-01T00:00:00+00:00", "not-a-uuid")},
     ],
 )
 async def test_list_rejects_bad_query(client: httpx.AsyncClient, params: dict[str, str]) -> None:

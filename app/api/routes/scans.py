@@ -12,7 +12,7 @@ import base64
 import binascii
 import logging
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 
 from arq.constants import abort_jobs_ss
 from arq.utils import timestamp_ms
@@ -222,8 +222,13 @@ def _decode_cursor(raw: str) -> tuple[datetime, uuid.UUID]:
     try:
         text = base64.urlsafe_b64decode(raw.encode() + b"=" * (-len(raw) % 4)).decode()
         created, scan_id = text.split("|", 1)
-        return datetime.fromisoformat(created), ascii_uuid(scan_id)
-    except (ValueError, UnicodeDecodeError, binascii.Error):
+        when = datetime.fromisoformat(created)
+        if when.tzinfo is None:  # the cursors this API makes carry the zone of timestamptz
+            raise ValueError("a cursor time without a zone")
+        # In UTC, as the database compares it: a time whose UTC falls outside years 1-9999 is
+        # refused here (OverflowError) instead of failing in the query.
+        return when.astimezone(UTC), ascii_uuid(scan_id)
+    except (ValueError, OverflowError, UnicodeDecodeError, binascii.Error):
         raise Problem(
             422, "invalid cursor", code="validation", errors=[{"field": "cursor", "message": "invalid cursor"}]
         ) from None
