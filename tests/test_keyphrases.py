@@ -115,21 +115,26 @@ async def test_huge_text_is_truncated(extractor: KeyphraseExtractor) -> None:
     assert not any("zebra" in p for p, _ in phrases)  # beyond the cut, never seen by the model
 
 
-async def test_cache_miss_then_hit(redis: Redis, extractor: KeyphraseExtractor) -> None:
+async def test_cache_miss_then_hit_per_tenant(redis: Redis, extractor: KeyphraseExtractor) -> None:
     text = f"{COMPOST} Batch {uuid.uuid4().hex}."  # unique, so the first call must miss
-    keys = [keyphrase_cache_key(text, 10), keyphrase_cache_key(text, 5)]
-    assert None not in keys and keys[0] != keys[1]
+    keys = [keyphrase_cache_key(text, 10, "alpha"), keyphrase_cache_key(text, 5, "alpha")]
+    keys.append(keyphrase_cache_key(text, 10, "beta"))
+    assert None not in keys and len(set(keys)) == 3
     real_keys = [k for k in keys if k is not None]
     try:
-        first, hit = await cached_keyphrases(redis, extractor, text, ttl=120)
+        first, hit = await cached_keyphrases(redis, extractor, text, tenant="alpha", ttl=120)
         assert not hit and first
-        second, hit = await cached_keyphrases(redis, extractor, text, ttl=120)
+        second, hit = await cached_keyphrases(redis, extractor, text, tenant="alpha", ttl=120)
         assert hit and second == first
         assert 0 < await redis.ttl(real_keys[0]) <= 120
-        fewer, hit = await cached_keyphrases(redis, extractor, text, top_n=5, ttl=120)
+        fewer, hit = await cached_keyphrases(redis, extractor, text, tenant="alpha", top_n=5, ttl=120)
         assert not hit and 0 < len(fewer) <= 5
-        assert await redis.exists(*real_keys) == 2
-        assert await cached_keyphrases(redis, extractor, "  ", ttl=120) == ([], False)
+        # Another tenant's scan of the same text misses: a hit's speed would tell it that alpha
+        # scanned this text.
+        theirs, hit = await cached_keyphrases(redis, extractor, text, tenant="beta", ttl=120)
+        assert not hit and theirs == first
+        assert await redis.exists(*real_keys) == 3
+        assert await cached_keyphrases(redis, extractor, "  ", tenant="alpha", ttl=120) == ([], False)
     finally:
         await redis.delete(*real_keys)
 
@@ -141,7 +146,7 @@ async def test_cache_redis_down_still_extracts(extractor: KeyphraseExtractor, ca
     dead = Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
     try:
         with caplog.at_level(logging.WARNING, logger="pagelens.keyphrases"):
-            phrases, hit = await cached_keyphrases(dead, extractor, COMPOST, ttl=60)
+            phrases, hit = await cached_keyphrases(dead, extractor, COMPOST, tenant="alpha", ttl=60)
     finally:
         await dead.aclose()
     assert not hit

@@ -297,7 +297,12 @@ async def _generate(
     async with run.stage(Stage.GENERATE):
         started = time.perf_counter()
         phrases, hit = await cached_keyphrases(
-            res.redis, res.keyphrases, text, top_n=run.options.top_n, ttl=res.settings.keyphrase_cache_ttl
+            res.redis,
+            res.keyphrases,
+            text,
+            tenant=run.scan["tenant"],
+            top_n=run.options.top_n,
+            ttl=res.settings.keyphrase_cache_ttl,
         )
         metrics.cache_requests_total.inc({"cache": "keyphrases", "result": "hit" if hit else "miss"})
         if not hit:

@@ -1,7 +1,9 @@
 """The Redis cache in front of the keyphrase pool: a text's keyphrases are computed once a TTL.
 
-The key hashes the model, every parameter that changes the result, and the prepared text. Redis
-trouble only costs the cache: the keyphrases are extracted anyway.
+The key hashes the tenant, the model, every parameter that changes the result, and the prepared
+text. The tenant is in it so that no tenant can learn from a scan's timing (a cache hit takes a
+millisecond) that another tenant scanned the same text. Redis trouble only costs the cache: the
+keyphrases are extracted anyway.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.core.keys import DEFAULT_TENANT
 from worker import cache
 from worker.keyphrases.model import DIVERSITY, MAX_WORDS, MODEL_ID, NGRAM_RANGE, Phrases, prepare
 from worker.keyphrases.pool import KeyphraseExtractor, short
@@ -24,15 +27,16 @@ CACHE_NAME = "keyphrases"
 CACHE_TIMEOUT = 2.0  # a hung Redis must not stall a scan: fall back to extracting
 
 
-def cache_parts(text: str, top_n: int) -> tuple[str, ...]:
-    """What the cache key hashes: model, every parameter that changes the result, and the text."""
+def cache_parts(text: str, top_n: int, tenant: str) -> tuple[str, ...]:
+    """What the cache key hashes: the tenant, the model, every parameter that changes the result,
+    and the text."""
     params = {"ngram": NGRAM_RANGE, "stop": "english", "mmr": True, "div": DIVERSITY, "top_n": top_n, "max": MAX_WORDS}
-    return MODEL_ID, json.dumps(params, sort_keys=True), text
+    return tenant, MODEL_ID, json.dumps(params, sort_keys=True), text
 
 
-def keyphrase_cache_key(text: str, top_n: int = 10) -> str | None:
+def keyphrase_cache_key(text: str, top_n: int = 10, tenant: str = DEFAULT_TENANT) -> str | None:
     prepared = prepare(text)
-    return None if prepared is None else cache.cache_key(CACHE_NAME, *cache_parts(prepared, top_n))
+    return None if prepared is None else cache.cache_key(CACHE_NAME, *cache_parts(prepared, top_n, tenant))
 
 
 def _decode(value: Any) -> Phrases | None:
@@ -49,13 +53,13 @@ def _decode(value: Any) -> Phrases | None:
 
 
 async def cached_keyphrases(
-    redis: Redis, extractor: KeyphraseExtractor, text: str, *, top_n: int = 10, ttl: int
+    redis: Redis, extractor: KeyphraseExtractor, text: str, *, tenant: str, top_n: int = 10, ttl: int
 ) -> tuple[Phrases, bool]:
-    """(phrases, cache_hit)."""
+    """(phrases, cache_hit): the keyphrases `tenant` cached for the text, else extracted and cached."""
     prepared = prepare(text)
     if prepared is None:
         return [], False
-    parts = cache_parts(prepared, top_n)
+    parts = cache_parts(prepared, top_n, tenant)
     try:
         async with asyncio.timeout(CACHE_TIMEOUT):
             cached = _decode(await cache.get_json(redis, CACHE_NAME, *parts))
