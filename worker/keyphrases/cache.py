@@ -67,7 +67,7 @@ async def cached_keyphrases(
             return cached, True
     except (RedisError, OSError, ValueError) as exc:  # OSError covers TimeoutError too
         logger.warning("keyphrase cache read failed, extracting instead: %s", short(exc))
-    phrases = await extractor.extract(prepared, top_n=top_n)
+    phrases = await extractor.extract(prepared, top_n=top_n, share=tenant)
     try:
         async with asyncio.timeout(CACHE_TIMEOUT):
             await cache.set_json(redis, CACHE_NAME, [list(p) for p in phrases], ttl, *parts)

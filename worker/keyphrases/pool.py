@@ -20,7 +20,6 @@ import contextvars
 import logging
 import multiprocessing
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -32,6 +31,7 @@ from app.core.models import ErrorType, ScanError
 from app.core.tasks import cancel_all
 from worker.keyphrases import model
 from worker.keyphrases.model import STARTUP_TIMEOUT, THREADS, Item, Phrases, prepare
+from worker.keyphrases.turns import Turns
 
 logger = logging.getLogger("pagelens.keyphrases")
 
@@ -90,6 +90,7 @@ def short(exc: BaseException) -> str:
 class _Request:
     items: list[Item]
     future: asyncio.Future[list[Phrases]]
+    share: str = ""  # whose turn it waits for: the scan's tenant
     alone: bool = False  # its batch timed out: it goes to the pool in a call of its own
 
 
@@ -112,10 +113,10 @@ class KeyphraseExtractor:
         self._generation = 0
         self._closed = False
         self._lock = asyncio.Lock()  # serialises pool creation and replacement
-        # Requests wait here; one dispatcher per child takes the waiting ones together and keeps
-        # at most one call in flight on its child, so a call starts as soon as it is submitted and
-        # the timeout measures extraction, not time spent queued behind other calls.
-        self._waiting: deque[_Request] = deque()
+        # Requests wait here, in turns per tenant; one dispatcher per child takes the waiting ones
+        # together and keeps at most one call in flight on its child, so a call starts as soon as it
+        # is submitted and the timeout measures extraction, not time spent queued behind other calls.
+        self._waiting: Turns[_Request] = Turns()
         self._work = asyncio.Event()
         self._dispatchers: list[asyncio.Task[None]] = []
         # What the pool did (for the benchmark and tests): calls, distinct candidate phrases per
@@ -142,17 +143,20 @@ class KeyphraseExtractor:
         if executor is not None:
             await asyncio.to_thread(_stop_pool, executor, STOP_GRACE)
 
-    async def extract(self, text: str, *, top_n: int = 10) -> Phrases:
-        return (await self.extract_many([text], top_n=top_n))[0]
+    async def extract(self, text: str, *, top_n: int = 10, share: str = "") -> Phrases:
+        return (await self.extract_many([text], top_n=top_n, share=share))[0]
 
-    async def extract_many(self, texts: list[str], *, top_n: int = 10) -> list[Phrases]:
+    async def extract_many(self, texts: list[str], *, top_n: int = 10, share: str = "") -> list[Phrases]:
+        """The keyphrases of each text. `share` (the scan's tenant) is whose turn the texts wait
+        for when the pool is busy."""
         prepared = [prepare(t) for t in texts]
         todo = [p for p in prepared if p is not None]
         if not todo:
             return [[] for _ in texts]
         if self._closed:
             raise _closed()
-        request = _Request([(text, top_n) for text in todo], asyncio.get_running_loop().create_future())
+        future = asyncio.get_running_loop().create_future()
+        request = _Request([(text, top_n) for text in todo], future, share)
         self._waiting.append(request)
         self._work.set()
         if not self._dispatchers:
@@ -183,13 +187,13 @@ class KeyphraseExtractor:
                 await self._serve(batch)
 
     def _take(self) -> list[_Request]:
-        """The oldest waiting requests, as many as fit into one call (always at least one)."""
+        """The waiting requests whose turn it is, as many as fit into one call (always at least one)."""
         batch: list[_Request] = []
         size = 0
-        while self._waiting and (not batch or size + len(self._waiting[0].items) <= self.max_batch):
-            if batch and self._waiting[0].alone:
+        while self._waiting and (not batch or size + len(self._waiting.peek().items) <= self.max_batch):
+            if batch and self._waiting.peek().alone:
                 break
-            request = self._waiting.popleft()
+            request = self._waiting.pop()
             if not request.future.done():  # its caller gave up
                 batch.append(request)
                 size += len(request.items)
@@ -206,7 +210,7 @@ class KeyphraseExtractor:
                 # Which text took too long is unknown: each goes again in a call of its own.
                 for request in reversed(batch):
                     request.alone = True
-                    self._waiting.appendleft(request)
+                    self._waiting.put_back(request)
                 self._work.set()
                 return
             _fail(batch, exc)
