@@ -169,6 +169,10 @@ async def test_a_scan_held_by_a_killed_worker_runs_again_through_the_heartbeat(
             return current is not None and current["status"] == "RUNNING" and current["attempts"] == 1
 
         await until(claimed, "the holder to claim the scan in PostgreSQL")
+        # And only once it is fetching the page (the slow first answer), however loaded the box:
+        # killed before that, the survivor's fetch would be the page's only one.
+        path = url.removeprefix(hostile.base)
+        await until(lambda: hostile.hits(path) >= 1, "the holder to be fetching the page")
         holder.process.send_signal(signal.SIGKILL)
         holder.process.wait(30)
         assert await redis.pttl(mark) > RECOVERY_POLLS * POLL * 1000  # arq's own expiry is far off
@@ -184,7 +188,7 @@ async def test_a_scan_held_by_a_killed_worker_runs_again_through_the_heartbeat(
             e for e in survivor.log() if e.get("job_id") == scan_id and e.get("message", "").startswith("job of a dead")
         ]
         assert handed_back and owner in handed_back[0]["message"], survivor.tail()
-        assert hostile.hits(url.removeprefix(hostile.base)) >= 2  # the survivor fetched the page again
+        assert hostile.hits(path) >= 2  # the survivor fetched the page again
     finally:
         await pool.close()
         for proc, _ in workers:
