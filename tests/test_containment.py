@@ -264,3 +264,24 @@ async def test_the_parser_pool_kills_late_and_cancelled_tasks_and_leaves_no_chil
     assert parsers.pids == []
     with pytest.raises(ScanError, match="closed"):
         await parsers.run(parse_html, "<p>late</p>", "http://127.0.0.1/", deadline=60)
+
+
+async def test_a_tenants_hostile_pages_hold_up_anothers_page_by_one_at_most() -> None:
+    """Pages wait for the parser in turns per tenant: one tenant's queue of pages that each hold a
+    child until its deadline does not make another tenant's page wait for all of them."""
+    html = PARSER_HOSTILE[HOSTILE].decode()
+    parsers = ParsePool(processes=1)
+    await parsers.start()
+    finished: list[str] = []
+
+    async def parse(name: str, text: str, share: str) -> None:
+        with contextlib.suppress(ScanError):  # the hostile ones: too_complex at the deadline
+            await parsers.run(parse_html, text, "http://127.0.0.1/", deadline=0.5, share=share)
+        finished.append(name)
+
+    try:
+        alpha = [parse(f"a{n}", html, "alpha") for n in (1, 2, 3)]
+        await asyncio.gather(*alpha, parse("b1", "<title>fine</title><p>ok</p>", "beta"))
+    finally:
+        await parsers.close()
+    assert finished == ["a1", "b1", "a2", "a3"]  # first come, first served: b1 last

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]  # no types-psutil in the dev deps
@@ -24,7 +23,6 @@ from bench.real_pages import doc_pages
 from tests.waiting import until
 from worker.keyphrases import MAX_WORDS, KeyphraseExtractor, cached_keyphrases, keyphrase_cache_key
 from worker.keyphrases.pool import MAX_BATCH
-from worker.keyphrases.turns import Turns
 from worker.parse import parse_html
 
 pytestmark = pytest.mark.slow
@@ -328,27 +326,6 @@ async def test_a_call_whose_callers_all_gave_up_is_killed() -> None:
         await ex.close()
 
 
-@dataclass
-class Waiting:
-    share: str
-    name: str
-
-
-def test_turns_rotate_between_shares_and_keep_each_shares_order() -> None:
-    turns: Turns[Waiting] = Turns()
-    for name in ("a1", "a2", "a3"):
-        turns.append(Waiting("alpha", name))
-    turns.append(Waiting("beta", "b1"))
-    first = turns.pop()
-    turns.append(Waiting("gamma", "g1"))  # joins behind alpha, which was just served
-    taken = [first.name, *(turns.pop().name for _ in range(2))]
-    assert taken == ["a1", "b1", "a2"]
-    turns.put_back(Waiting("beta", "b0"))  # first in line again, before gamma's turn
-    assert [item.name for item in turns] == ["b0", "g1", "a3"]
-    assert [turns.pop().name for _ in range(3)] == ["b0", "g1", "a3"]
-    assert not turns
-
-
 async def test_one_tenants_texts_do_not_hold_up_anothers(extractor: KeyphraseExtractor) -> None:
     """With the pool busy, a tenant's one text waits for at most one text of another tenant that
     queued many (first come, first served would make it wait for all of them)."""
@@ -359,10 +336,12 @@ async def test_one_tenants_texts_do_not_hold_up_anothers(extractor: KeyphraseExt
         await extractor.extract(text, share=share)
         finished.append(name)
 
+    # Tenants new to this session's pool: earlier tests' turns do not count.
+    alpha, beta = f"alpha-{uuid.uuid4().hex}", f"beta-{uuid.uuid4().hex}"
     extractor.max_batch = 1  # one text per call, so the order of calls is the order of service
     try:
-        jobs = [one(f"a{n}", text, "alpha") for n, text in enumerate(texts[:4], start=1)]
-        await asyncio.gather(*jobs, one("b1", texts[4], "beta"))
+        jobs = [one(f"a{n}", text, alpha) for n, text in enumerate(texts[:4], start=1)]
+        await asyncio.gather(*jobs, one("b1", texts[4], beta))
     finally:
         extractor.max_batch = MAX_BATCH
     assert finished == ["a1", "b1", "a2", "a3", "a4"]

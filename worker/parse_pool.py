@@ -30,6 +30,7 @@ from pebble import ProcessExpired, ProcessPool
 
 from app.core.models import ErrorType, ScanError
 from worker.children import die_on_sigterm, exit_with_parent
+from worker.turns import FairSlots
 
 logger = logging.getLogger("pagelens.parse")
 
@@ -57,6 +58,10 @@ class ParsePool:
         self._pool: ProcessPool | None = None
         self._closed = False
         self._running: set[concurrent.futures.Future[Any]] = set()
+        # At most one task per child is handed to pebble, the rest wait here in turns per tenant: a
+        # tenant's hostile pages (each may hold a child up to its deadline) hold up another
+        # tenant's page by at most the tasks already running, not by every page queued before it.
+        self._slots = FairSlots(self.processes)
 
     @property
     def pids(self) -> list[int]:
@@ -69,9 +74,16 @@ class ParsePool:
         """Start the children and wait until one answers, so the first scan does not pay for it."""
         await self.run(os.getpid, deadline=60.0, task="start the parser")
 
-    async def run(self, function: Callable[..., T], *args: Any, deadline: float, task: str = "parse the page") -> T:
+    async def run(
+        self, function: Callable[..., T], *args: Any, deadline: float, task: str = "parse the page", share: str = ""
+    ) -> T:
         """`function(*args)` in a child, killed after `deadline` seconds (a `too_complex` ScanError)
-        or as soon as the awaiting task is cancelled. `function` and `args` must be picklable."""
+        or as soon as the awaiting task is cancelled. `function` and `args` must be picklable.
+        While every child is busy, calls wait in turns per `share` (the scan's tenant)."""
+        async with self._slots.slot(share):
+            return await self._run(function, args, deadline, task)
+
+    async def _run(self, function: Callable[..., T], args: tuple[Any, ...], deadline: float, task: str) -> T:
         future = self._schedule(function, args, deadline)
         self._running.add(future)
         future.add_done_callback(self._running.discard)
@@ -114,6 +126,7 @@ class ParsePool:
         """Kill the children at once (a stopping worker's scans are cancelled already) and fail
         what still waits for them."""
         self._closed = True
+        self._slots.fail_waiting(_closed())
         pool, self._pool = self._pool, None
         if pool is not None:
             _stop(pool)

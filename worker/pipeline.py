@@ -62,6 +62,12 @@ class Run:
         scan_id: uuid.UUID = self.scan["id"]
         return scan_id
 
+    @property
+    def tenant(self) -> str:
+        """Whose scan it is: whose turn it waits for in the process pools, and its cache entries'."""
+        tenant: str = self.scan["tenant"]
+        return tenant
+
     @functools.cached_property
     def options(self) -> ScanOptions:
         return ScanOptions.model_validate(self.scan["options"] or {})
@@ -218,10 +224,12 @@ async def _scan_url(run: Run) -> Findings:
         # In child processes with a deadline (worker/parse_pool.py): some markup makes the parser
         # quadratic, and only a process can be stopped when the scan ends or takes too long. The
         # audit's own pass over the HTML (structured data, main content) runs beside the parse.
-        deadline = res.settings.parse_timeout
-        parse = asyncio.ensure_future(res.parser.run(parse_html, page.text, page.final_url, deadline=deadline))
+        deadline, share = res.settings.parse_timeout, run.tenant
+        parse = asyncio.ensure_future(
+            res.parser.run(parse_html, page.text, page.final_url, deadline=deadline, share=share)
+        )
         read = asyncio.ensure_future(
-            res.parser.run(page_facts, page.text, page.final_url, deadline=deadline, task="audit the page")
+            res.parser.run(page_facts, page.text, page.final_url, deadline=deadline, task="audit the page", share=share)
             if audited
             else _nothing()
         )
@@ -278,7 +286,12 @@ async def _scan_document(run: Run) -> Findings:
     text: str = run.scan["document"]
     res = run.res
     teaser = await res.parser.run(
-        document_teaser, text, run.scan["title"], deadline=res.settings.parse_timeout, task="read the document"
+        document_teaser,
+        text,
+        run.scan["title"],
+        deadline=res.settings.parse_timeout,
+        task="read the document",
+        share=run.tenant,
     )
     if not await scans.save_teaser(res.pool, run.scan_id, run.attempt, teaser):
         raise Superseded
@@ -300,7 +313,7 @@ async def _generate(
             res.redis,
             res.keyphrases,
             text,
-            tenant=run.scan["tenant"],
+            tenant=run.tenant,
             top_n=run.options.top_n,
             ttl=res.settings.keyphrase_cache_ttl,
         )

@@ -31,7 +31,7 @@ from app.core.models import ErrorType, ScanError
 from app.core.tasks import cancel_all
 from worker.keyphrases import model
 from worker.keyphrases.model import STARTUP_TIMEOUT, THREADS, Item, Phrases, prepare
-from worker.keyphrases.turns import Turns
+from worker.turns import Turns
 
 logger = logging.getLogger("pagelens.keyphrases")
 
