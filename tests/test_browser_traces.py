@@ -22,11 +22,12 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from app.api.browser_spans import BROWSER_SERVICE, MAX_SPANS, MAX_STRING, decode
+from app.api.browser_spans import BROWSER_SERVICE, MAX_SPANS, MAX_STRING, InvalidSpans, decode
 from app.api.limits import RateLimit
 from app.api.span_forwarding import BrowserTraces
 from app.core import keys
 from app.core.settings import Settings
+from observability.otlp_http import PROTOBUF
 from tests.conftest import serve_api
 from tests.otlp import OTLPReceiver, serve_otlp
 
@@ -175,6 +176,7 @@ async def test_tracestate_links_and_their_attributes_arrive(open_api: Any, recei
         "telemetry.sdk.language": "webjs",
         "browser.language": "de-CH",
         "service.name": BROWSER_SERVICE,
+        "pagelens.tenant": "default",  # the open API's one tenant
     }
 
 
@@ -210,7 +212,10 @@ def _with_span(**changes: Any) -> bytes:
 BAD_BODIES: dict[str, tuple[bytes, int, str]] = {
     "malformed JSON": (b"{not json", 400, "invalid-traces"),
     "not an export request": (b'{"resourceSpans": "x"}', 400, "invalid-traces"),
-    "unknown field": (b'{"resourceSpanz": []}', 400, "invalid-traces"),
+    # Containers without spans, each of which would be checked and given the resource attributes:
+    # a few hundred bytes gzipped held the event loop for seconds and forwarded megabytes.
+    "too many resourceSpans": (json.dumps({"resourceSpans": [{}] * 17}).encode(), 400, "invalid-traces"),
+    "too many scopeSpans": (json.dumps({"resourceSpans": [{"scopeSpans": [{}] * 65}]}).encode(), 400, "invalid-traces"),
     "all-zero trace id": (
         json.dumps(json_export("0" * 32, secrets.token_hex(8))).encode(),
         400,
@@ -432,3 +437,44 @@ async def test_forwards_past_the_in_flight_bound_are_dropped() -> None:
     release.set()
     await forwarder.aclose()
     assert sent == requests[:2]
+
+
+def test_a_flood_of_empty_containers_is_refused_before_it_is_walked() -> None:
+    flood = b"\x0a\x00" * (256 * 1024)  # 262,144 empty resourceSpans in protobuf
+    with pytest.raises(InvalidSpans, match="resourceSpans"):
+        decode(flood, PROTOBUF)
+    with pytest.raises(InvalidSpans, match="resourceSpans"):
+        decode(json.dumps({"resource_spans": [{}] * 100_000}).encode(), "application/json")
+
+
+def test_fields_a_newer_sdk_adds_are_ignored_and_empty_containers_dropped() -> None:
+    trace_id, span_id = ids()
+    export = json_export(trace_id, span_id, somethingNew=1)
+    export["resourceSpans"][0]["scopeSpans"].append({"scope": {"name": "idle"}, "spans": []})
+    export["resourceSpans"].append({"resource": {}, "scopeSpans": []})
+    export["futureField"] = {"x": 1}
+    request = decode(json.dumps(export).encode(), "application/json")
+    assert [len(each.scope_spans) for each in request.resource_spans] == [1]
+    assert request.resource_spans[0].scope_spans[0].spans[0].name == "user.create_scan_request"
+    empty = decode(json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": []}]}]}).encode(), "application/json")
+    assert len(empty.resource_spans) == 0
+
+
+async def test_no_level_of_a_request_can_claim_a_tenant_or_service(open_api: Any, receiver: OTLPReceiver) -> None:
+    trace_id, span_id = ids()
+    claims = [
+        {"key": "pagelens.tenant", "value": {"stringValue": "acme"}},
+        {"key": "service.name", "value": {"stringValue": "pagelens-api"}},
+    ]
+    export = json_export(trace_id, span_id, attributes=[*claims, {"key": "kept", "value": {"intValue": 1}}])
+    scope_spans = export["resourceSpans"][0]["scopeSpans"][0]
+    scope_spans["scope"]["attributes"] = claims
+    export["resourceSpans"][0]["resource"]["attributes"].extend(claims)
+    async with open_api() as client:
+        response = await client.post(PATH, content=json.dumps(export), headers={"content-type": "application/json"})
+    assert response.status_code == 200, response.text
+    found = receiver.wait_for(lambda spans: any(x.trace_id == trace_id for x in spans), SPAN_TIMEOUT)
+    [span] = [x for x in found if x.trace_id == trace_id]
+    assert span.attributes == {"kept": 1}
+    assert span.resource["pagelens.tenant"] == "default" and span.service_name == BROWSER_SERVICE
+    assert sum(1 for key in span.resource if key == "pagelens.tenant") == 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Container, Mapping, MutableSequence
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -61,6 +61,13 @@ def _over_grpc(endpoint: str, options: OTLPOptions) -> tuple[Send, Callable[[], 
     return send, channel.close
 
 
+def _drop(attributes: MutableSequence[KeyValue], keys: Container[str]) -> None:
+    if any(pair.key in keys for pair in attributes):
+        kept = [KeyValue(key=pair.key, value=pair.value) for pair in attributes if pair.key not in keys]
+        del attributes[:]
+        attributes.extend(kept)
+
+
 class BrowserTraces:
     """Where checked browser requests go, at most `max_pending` at a time, and the per-client limit
     on exports."""
@@ -91,13 +98,20 @@ class BrowserTraces:
         return cls(*transport, settings.browser_traces_per_minute)
 
     def forward(self, request: ExportTraceServiceRequest, resource: Mapping[str, str]) -> bool:
-        """Send a checked request on, with `resource` set over each resource's own attributes; False
-        when it is dropped because too many forwards are still in flight."""
+        """Send a checked request on, with `resource` set over each resource's own attributes and the
+        same keys taken out of its scopes' and spans' attributes, so that no level of the request
+        claims them; False when it is dropped because too many forwards are still in flight (or
+        when it holds no span: nothing to send)."""
+        if not request.resource_spans:
+            return False
         for resource_spans in request.resource_spans:
             attributes = resource_spans.resource.attributes
-            kept = [KeyValue(key=p.key, value=p.value) for p in attributes if p.key not in resource]
-            del attributes[:]
-            attributes.extend([*kept, *(KeyValue(key=k, value=AnyValue(string_value=v)) for k, v in resource.items())])
+            _drop(attributes, resource)
+            attributes.extend(KeyValue(key=k, value=AnyValue(string_value=v)) for k, v in resource.items())
+            for scope_spans in resource_spans.scope_spans:
+                _drop(scope_spans.scope.attributes, resource)
+                for span in scope_spans.spans:
+                    _drop(span.attributes, resource)
         if len(self._pending) >= self.max_pending:
             logger.warning("browser spans dropped: %d forwards still in flight", len(self._pending))
             return False

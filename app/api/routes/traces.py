@@ -6,7 +6,8 @@ PAGELENS_BROWSER_TRACES_MAX_BYTES (compressed or inflated), 415 for other media 
 400 for anything that is not a valid request (app/api/browser_spans.py), 429 past
 PAGELENS_BROWSER_TRACES_PER_MINUTE per client address. It lives outside /api/ because it is
 telemetry, not the product's API; once keys exist it needs a key all the same. The spans get the
-sending key's tenant as the resource attribute `pagelens.tenant`.
+sender's tenant as the resource attribute `pagelens.tenant` (`default` while there are no keys),
+and no scope or span of the request keeps a `pagelens.tenant` or `service.name` of its own.
 """
 
 from __future__ import annotations
@@ -64,10 +65,8 @@ async def receive_traces(request: Request) -> Response:
         raise Problem(400, str(exc), code="invalid-traces") from None
     # Set over whatever the page claims about itself; what the API knows of the sender (such as
     # its tenant) joins here as further resource attributes.
-    resource = {"service.name": BROWSER_SERVICE}
-    identity = request_identity(request.scope)
-    if identity.key_id is not None:  # sent with a key: the key's tenant, over any the page claims
-        resource[TENANT_ATTRIBUTE] = identity.tenant
+    # The sender's tenant (the key's; `default` while the API has no keys), over any the page claims.
+    resource = {"service.name": BROWSER_SERVICE, TENANT_ATTRIBUTE: request_identity(request.scope).tenant}
     browser.forward(export, resource)
     if media_type == PROTOBUF:
         return Response(ExportTraceServiceResponse().SerializeToString(), media_type=PROTOBUF)
