@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from app.core.page_audit import Audit, AuditCategory, AuditReport
+from app.core.page_audit import Audit, AuditCategory, AuditReport, cap_text
 from app.core.report import Performance, Teaser
 from worker.audit.common import PageContext, SiteFiles
 from worker.audit.facts import page_facts
@@ -459,3 +459,10 @@ def test_readability_index_counts_as_textstat_does() -> None:
     texts += [page_facts(p.body, URL).main_text for p in doc_pages()[:40:4]]
     for text in texts:
         assert automated_readability_index(text) == pytest.approx(textstat.automated_readability_index(text)), text
+
+
+def test_evidence_lines_carry_no_controls() -> None:
+    """A page's canonical URL or title with escape sequences must not reach a terminal through the
+    audit's evidence: controls and bidi overrides become spaces."""
+    line = cap_text("http://other.example/\x1b]52;c;cHduZWQ=\x1b\\\u202egnp.exe\x9b31m end")
+    assert line == "http://other.example/ ]52;c;cHduZWQ= \\ gnp.exe 31m end"

@@ -13,6 +13,7 @@ from urllib.parse import SplitResult, urljoin, urlsplit
 
 from selectolax.lexbor import LexborHTMLParser, LexborNode
 
+from app.core.page_audit import CONTROLS
 from app.core.report import Heading, Images, Links, Teaser
 
 TITLE_MAX = 300
@@ -45,8 +46,6 @@ _BLOCKS = frozenset(
 _CELLS = frozenset({"td", "th"})
 _HEADING_LEVELS = {f"h{level}": level for level in range(1, 7)}
 
-# C0/C1 controls, bidi overrides/isolates (used to spoof displayed text) and a stray BOM.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ufeff]")
 _SPACE = re.compile(r"\s+")
 # Letters/digits runs; an inner apostrophe keeps "don't" one word.
 _WORD = re.compile(r"\w+(?:['\u2019]\w+)*")
@@ -108,7 +107,7 @@ def clean_line(value: str | None, limit: int) -> str | None:
     """One line of display text: controls removed, whitespace collapsed, at most `limit` chars; None if empty."""
     if value is None:
         return None
-    text = " ".join(_CONTROL.sub(" ", value).split())[:limit].rstrip()
+    text = " ".join(CONTROLS.sub(" ", value).split())[:limit].rstrip()
     return text or None
 
 
@@ -154,7 +153,7 @@ def _visible_text(root: LexborNode, dropped: frozenset[str], *, drop_chrome: boo
             stack.append(separator)
         if (child := node.first_child) is not None:
             stack.append((child, sectioned or tag in _SECTIONING, True))
-    lines = (" ".join(_CONTROL.sub(" ", line).split()) for line in "".join(parts).split("\n"))
+    lines = (" ".join(CONTROLS.sub(" ", line).split()) for line in "".join(parts).split("\n"))
     return "\n".join(line for line in lines if line)
 
 
@@ -357,7 +356,7 @@ def build_teaser(page: ParsedPage, final_url: str) -> Teaser:
 
 def document_teaser(text: str, title: str | None) -> Teaser:
     """The teaser for a raw-text document: what only HTML can tell keeps its null/0/empty default."""
-    clean = _CONTROL.sub(" ", text.encode("utf-8", "replace").decode("utf-8"))
+    clean = CONTROLS.sub(" ", text.encode("utf-8", "replace").decode("utf-8"))
     return Teaser(title=clean_line(title, TITLE_MAX), word_count=count_words(clean), excerpt=excerpt(clean))
 
 

@@ -1,7 +1,9 @@
 """What the `pagelens` command prints: live progress while a scan runs, then a readable report.
 
 Progress goes to stderr (a rich progress bar on a terminal, one plain line per change elsewhere,
-so CI logs stay readable) and results to stdout, so `--json` output can be piped as it is.
+so CI logs stay readable) and results to stdout, so `--json` output can be piped as it is. What a
+page or the server says is printed as rich `Text`, never parsed as markup, and arrives here with
+its control characters already replaced (app/cli/client.py `printable`).
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ class ProgressView:
         if self.progress is not None and self.task is not None:
             self.progress.update(self.task, completed=status.progress, description=label)
         else:
-            self.err.print(f"{status.status.value:<12} {stage or '-':<9} {status.progress:>3}%")
+            self.err.print(f"{status.status.value:<12} {stage or '-':<9} {status.progress:>3}%", markup=False)
 
 
 def _facts(rows: list[tuple[str, Any]]) -> Table:
@@ -75,7 +77,7 @@ def _facts(rows: list[tuple[str, Any]]) -> Table:
     table.add_column()
     for label, value in rows:
         if value is not None:
-            table.add_row(label, str(value))
+            table.add_row(label, Text(str(value)))  # Text: a page's words are never read as markup
     return table
 
 
@@ -95,7 +97,7 @@ def render_status(out: Console, status: ScanStatus) -> None:
     ]
     out.print(Group(Text.assemble(("status  ", "dim"), status_text(status.status)), _facts(rows)))
     if error := status.error:
-        out.print(Panel(error.message, title=f"error: {error.type.value}", border_style="red", expand=False))
+        out.print(Panel(Text(error.message), title=f"error: {error.type.value}", border_style="red", expand=False))
 
 
 def render_report(out: Console, report: Report, status: ScanStatus) -> None:
@@ -123,7 +125,7 @@ def render_report(out: Console, report: Report, status: ScanStatus) -> None:
     top = max((p.score for p in phrases), default=1.0) or 1.0
     for phrase in phrases:
         bar = "█" * max(1, round(phrase.score / top * 20))
-        table.add_row(phrase.phrase, Text(bar, style="magenta"), f"{phrase.score:.2f}")
+        table.add_row(Text(phrase.phrase), Text(bar, style="magenta"), f"{phrase.score:.2f}")
     out.print(table if phrases else Text("(too little text)", style="dim"))
 
     if perf := report.performance:
@@ -239,7 +241,7 @@ def render_list(out: Console, items: list[ScanStatus]) -> None:
     table.add_column("created", no_wrap=True)
     table.add_column("url", no_wrap=True, overflow="ellipsis")
     for scan_id, status, progress, created, url in rows:
-        table.add_row(scan_id, status_text(status), progress, created, _middle(url, room))
+        table.add_row(scan_id, status_text(status), progress, created, Text(_middle(url, room)))
     out.print(table)
 
 

@@ -16,6 +16,7 @@ category and overall:
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated, Final
 
@@ -63,9 +64,14 @@ RESULT_ORDER: Final = {AuditResult.FAIL: 0, AuditResult.WARNING: 1, AuditResult.
 SEVERITY_ORDER: Final = {Severity.HIGH: 0, Severity.MEDIUM: 1, Severity.LOW: 2, Severity.INFO: 3}
 
 
+# C0/C1 controls (which a terminal acts on), bidi overrides/isolates (used to spoof displayed text)
+# and a stray BOM: never part of a page's text as shown.
+CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
 def cap_text(value: str, limit: int = EVIDENCE_CHARS) -> str:
-    """One line of at most `limit` characters, marked with "…" when cut."""
-    flat = " ".join(value.split())
+    """One line of at most `limit` characters, marked with "…" when cut; controls become spaces."""
+    flat = " ".join(CONTROLS.sub(" ", value).split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
