@@ -2,7 +2,8 @@
 dashboards, alerts and KEDA queries read them (tests/promql.py checks that they agree).
 
 Each process (API, worker) renders the same registry; metrics it never touches simply have no
-samples. No URL, scan id or free text is ever a label value: labels come from small fixed sets.
+samples. No URL, scan id or free text is ever a label value: labels come from small fixed sets (an
+unknown HTTP method is counted as "_OTHER").
 """
 
 from __future__ import annotations
@@ -79,6 +80,15 @@ build_info = Gauge("pagelens_build_info", "Build information.", registry=REGISTR
 build_info.set({"version": service_version()}, 1)
 
 
+# RFC 9110's methods and PATCH. Any other (uvicorn's h11 parser passes any token) is named "_OTHER",
+# as the HTTP semantic conventions name it, so that no client can grow the label set.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+
+
+def known_method(method: str) -> str:
+    return method if method in KNOWN_METHODS else "_OTHER"
+
+
 class RouteMetrics:
     """The HTTP metrics of one (method, route) pair, at the fewest aioprometheus calls per request.
 
@@ -101,6 +111,7 @@ class RouteMetrics:
 
     @classmethod
     def of(cls, method: str, route: str) -> RouteMetrics:
+        method = known_method(method)
         found = cls._seen.get((method, route))
         if found is None:
             # Bounded: methods and route templates are small fixed sets (unmatched paths share one).

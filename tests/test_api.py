@@ -285,3 +285,19 @@ async def test_metrics_can_be_turned_off(api_settings: Settings) -> None:
     async with serve_api(api_settings.with_(enable_metrics=False)) as base, httpx.AsyncClient(base_url=base) as c:
         assert_problem(await c.get("/metrics"), 404)
         assert (await c.get("/healthz")).status_code == 200
+
+
+def test_unknown_methods_share_one_label_and_span_name() -> None:
+    """uvicorn's h11 parser passes any method token: each must not become a label value of its own."""
+    from app.api.middleware import span_details
+    from app.api.server_span import request_attributes
+    from observability import metrics
+
+    first, second = metrics.RouteMetrics.of("X00001", "/r"), metrics.RouteMetrics.of("X00002", "/r")
+    assert first is second and first.labels == {"method": "_OTHER", "route": "/r"}
+    assert metrics.RouteMetrics.of("PATCH", "/r").labels["method"] == "PATCH"
+    scope = {"type": "http", "method": "X00001", "path": "/nowhere", "headers": [], "query_string": b""}
+    attributes = request_attributes(scope)
+    assert attributes["http.request.method"] == "_OTHER"
+    assert attributes["http.request.method_original"] == "X00001"
+    assert span_details([], scope) == ("HTTP", {})

@@ -35,7 +35,8 @@ def route_template(routes: list[BaseRoute], scope: Scope) -> str:
 def span_details(routes: list[BaseRoute], scope: Scope) -> tuple[str, dict[str, str]]:
     """Server span name and route attribute (app/api/server_span.py)."""
     template = route_template(routes, scope)
-    method = scope.get("method", "HTTP")
+    method = metrics.known_method(scope.get("method", "HTTP"))
+    method = "HTTP" if method == "_OTHER" else method  # the conventions' span name for an unknown one
     if template == "unmatched":
         return method, {}
     return f"{method} {template}", {"http.route": template}

@@ -19,6 +19,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer, TracerProv
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from observability import service_version
+from observability.metrics import known_method
 
 # The headers the W3C propagators read; only these are handed to the propagator.
 TRACE_HEADERS = frozenset({b"traceparent", b"tracestate", b"baggage"})
@@ -29,12 +30,15 @@ SpanDetails = Callable[[Scope], tuple[str, dict[str, str]]]
 def request_attributes(scope: Scope) -> dict[str, str | int]:
     """The HTTP server span's attributes known before the response: method, path, scheme, query,
     protocol, server and client address, user agent."""
+    method = known_method(scope["method"])
     attributes: dict[str, str | int] = {
-        "http.request.method": scope["method"],
+        "http.request.method": method,
         "url.path": scope["path"],
         "url.scheme": scope.get("scheme", "http"),
         "network.protocol.version": scope.get("http_version", "1.1"),
     }
+    if method != scope["method"]:
+        attributes["http.request.method_original"] = scope["method"]
     if query := scope.get("query_string"):
         attributes["url.query"] = query.decode("latin-1")
     host = None
