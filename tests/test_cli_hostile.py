@@ -88,11 +88,8 @@ def terminal() -> tuple[Console, io.StringIO]:
 
 def test_a_scans_text_reaches_the_terminal_as_text(serve: Callable[[Answer], str]) -> None:
     base = serve(lambda handler: send(handler, json.dumps(status_json()).encode()))
-    client = Client(base)
-    try:
+    with contextlib.closing(Client(base)) as client:
         status = client.status(SCAN_ID)
-    finally:
-        client.close()
     console, out = terminal()
     render_status(console, status)  # "[/x]" closing no tag was a MarkupError here
     render_list(console, [status])
@@ -102,39 +99,32 @@ def test_a_scans_text_reaches_the_terminal_as_text(serve: Callable[[Answer], str
         assert injected not in printed, repr(injected)
 
 
-def test_an_answer_past_the_limit_is_refused_unread(serve: Callable[[Answer], str]) -> None:
-    def huge(handler: BaseHTTPRequestHandler) -> None:
+def flood(content_type: str, start: bytes, fill: bytes, total: int) -> Answer:
+    """An answer of `start`, then `fill` past `total` bytes, with no length: it would go on for as
+    long as it is read."""
+
+    def answer(handler: BaseHTTPRequestHandler) -> None:
         handler.send_response(200)
-        handler.send_header("Content-Type", "application/json")
-        handler.end_headers()  # no length: it would go on for as long as it is read
-        chunk = b" " * (1024 * 1024)
-        for _ in range(MAX_ANSWER_BYTES // len(chunk) + 2):
+        handler.send_header("Content-Type", content_type)
+        handler.end_headers()
+        handler.wfile.write(start)
+        chunk = fill * (256 * 1024)
+        for _ in range(total // len(chunk) + 2):
             handler.wfile.write(chunk)
 
-    client = Client(serve(huge))
-    try:
-        with pytest.raises(Unavailable, match="larger than"):
-            client.status(SCAN_ID)
-    finally:
-        client.close()
+    return answer
+
+
+def test_an_answer_past_the_limit_is_refused_unread(serve: Callable[[Answer], str]) -> None:
+    base = serve(flood("application/json", b"", b" ", MAX_ANSWER_BYTES))
+    with contextlib.closing(Client(base)) as client, pytest.raises(Unavailable, match="larger than"):
+        client.status(SCAN_ID)
 
 
 def test_an_event_line_past_the_limit_ends_the_wait(serve: Callable[[Answer], str]) -> None:
-    def endless(handler: BaseHTTPRequestHandler) -> None:
-        handler.send_response(200)
-        handler.send_header("Content-Type", "text/event-stream")
-        handler.end_headers()
-        handler.wfile.write(b"data: ")
-        chunk = b"x" * (256 * 1024)
-        for _ in range(MAX_EVENT_LINE // len(chunk) + 2):
-            handler.wfile.write(chunk)
-
-    client = Client(serve(endless))
-    try:
-        with pytest.raises(Unavailable, match="longer than"):
-            list(client.follow(SCAN_ID))
-    finally:
-        client.close()
+    base = serve(flood("text/event-stream", b"data: ", b"x", MAX_EVENT_LINE))
+    with contextlib.closing(Client(base)) as client, pytest.raises(Unavailable, match="longer than"):
+        list(client.follow(SCAN_ID))
 
 
 def test_streams_that_end_at_once_are_resumed_after_a_pause(
@@ -148,10 +138,7 @@ def test_streams_that_end_at_once_are_resumed_after_a_pause(
 
     pauses: list[float] = []
     monkeypatch.setattr(time, "sleep", pauses.append)  # the module the client sleeps through
-    client = Client(serve(stream))
-    try:
+    with contextlib.closing(Client(serve(stream))) as client:
         seen = [status.status.value for status in client.follow(SCAN_ID)]
-    finally:
-        client.close()
     assert seen == ["CANCELLED"]
     assert pauses == [EMPTY_STREAM_PAUSE] * 3  # one per stream that ended without an event
