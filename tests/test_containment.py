@@ -100,6 +100,9 @@ async def running_worker(
     task = asyncio.create_task(worker.main())
     try:
         yield worker
+        # A scan is terminal in PostgreSQL before its job has written its end to Redis: let the
+        # jobs end, or close() cancels one in its last write and raises that CancelledError.
+        await until(lambda: all(job.done() for job in worker.tasks.values()), "the jobs to end", poll=0.05, polls=400)
     finally:
         task.cancel()  # the poll loop first, then what close() stops (it cancels running jobs)
         with contextlib.suppress(asyncio.CancelledError):
