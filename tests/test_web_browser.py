@@ -271,7 +271,8 @@ async def test_the_page_asks_for_a_new_key_after_a_401(
             await wait_for(tab, "#key-dialog[open]", tmp_path)  # the recent list got a 401
             await tab.page.fill("#key-input", key.secret)
             await tab.page.click("#key-form button[value=save]")
-            await wait_for(tab, "#recent-list li.empty", tmp_path)
+            # Not just any li.empty: the page starts with a "Loading…" one until the list arrives.
+            await wait_for(tab, "#recent-list li.empty:has-text('No scans yet')", tmp_path)
             assert not await tab.page.locator("#key-dialog").evaluate("d => d.open")
             assert "No scans yet" in await tab.page.locator("#recent-list").inner_text()
             assert await tab.page.evaluate("sessionStorage.getItem('pagelens.apiKey')") == key.secret
