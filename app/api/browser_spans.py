@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import zlib
-from collections.abc import MutableSequence
+from collections.abc import Iterable, MutableSequence
 from typing import Any
 
 from google.protobuf import json_format
@@ -98,12 +98,18 @@ def _items(value: Any, *names: str) -> list[Any]:
     return []
 
 
+def _check_containers(resources: int, scopes_per_resource: Iterable[int]) -> None:
+    """InvalidSpans past MAX_RESOURCE_SPANS resources or MAX_SCOPE_SPANS scopes in one request (the
+    scopes are counted only once the resources are known to be few)."""
+    if resources > MAX_RESOURCE_SPANS:
+        raise InvalidSpans(f"more than {MAX_RESOURCE_SPANS} resourceSpans in one request")
+    if sum(scopes_per_resource) > MAX_SCOPE_SPANS:
+        raise InvalidSpans(f"more than {MAX_SCOPE_SPANS} scopeSpans in one request")
+
+
 def _count_containers(document: Any) -> None:
     resources = _items(document, "resourceSpans", "resource_spans")
-    if len(resources) > MAX_RESOURCE_SPANS:
-        raise InvalidSpans(f"more than {MAX_RESOURCE_SPANS} resourceSpans in one request")
-    if sum(len(_items(each, "scopeSpans", "scope_spans")) for each in resources) > MAX_SCOPE_SPANS:
-        raise InvalidSpans(f"more than {MAX_SCOPE_SPANS} scopeSpans in one request")
+    _check_containers(len(resources), (len(_items(each, "scopeSpans", "scope_spans")) for each in resources))
 
 
 def _ids_to_base64(value: Any) -> Any:
@@ -138,10 +144,7 @@ def _hex_to_base64(value: str) -> str:
 def bound(request: ExportTraceServiceRequest) -> None:
     """Check every span (InvalidSpans for the first bad one) and trim what may be trimmed, in place;
     containers that hold no span are dropped."""
-    if len(request.resource_spans) > MAX_RESOURCE_SPANS:
-        raise InvalidSpans(f"more than {MAX_RESOURCE_SPANS} resourceSpans in one request")
-    if sum(len(each.scope_spans) for each in request.resource_spans) > MAX_SCOPE_SPANS:
-        raise InvalidSpans(f"more than {MAX_SCOPE_SPANS} scopeSpans in one request")
+    _check_containers(len(request.resource_spans), (len(each.scope_spans) for each in request.resource_spans))
     request.DiscardUnknownFields()  # only what OTLP defines is forwarded
     for resource_spans in request.resource_spans:
         kept = [each for each in resource_spans.scope_spans if each.spans]
