@@ -22,7 +22,6 @@ from bench.keybert_reference import embedding_threads, load_counts, plain, ranki
 from bench.real_pages import doc_pages
 from tests.waiting import until
 from worker.keyphrases import MAX_WORDS, KeyphraseExtractor, cached_keyphrases, keyphrase_cache_key
-from worker.keyphrases.pool import MAX_BATCH
 from worker.parse import parse_html
 
 pytestmark = pytest.mark.slow
@@ -338,10 +337,10 @@ async def test_one_tenants_texts_do_not_hold_up_anothers(extractor: KeyphraseExt
 
     # Tenants new to this session's pool: earlier tests' turns do not count.
     alpha, beta = f"alpha-{uuid.uuid4().hex}", f"beta-{uuid.uuid4().hex}"
-    extractor.max_batch = 1  # one text per call, so the order of calls is the order of service
+    batch, extractor.max_batch = extractor.max_batch, 1  # one text per call: calls go in service order
     try:
         jobs = [one(f"a{n}", text, alpha) for n, text in enumerate(texts[:4], start=1)]
         await asyncio.gather(*jobs, one("b1", texts[4], beta))
     finally:
-        extractor.max_batch = MAX_BATCH
+        extractor.max_batch = batch
     assert finished == ["a1", "b1", "a2", "a3", "a4"]
