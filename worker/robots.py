@@ -55,25 +55,34 @@ async def site_files(redis: Redis, settings: Settings, url: str) -> SiteFiles | 
     origin = origin_of(url)
     if origin is None:
         return None
+    # Scans of one origin share one cache read and, on a miss, one fetch (per worker process; the
+    # cache shares it across workers). The read is shared too: a scan whose own read missed just
+    # before another scan's fetch was cached would fetch again. Shielded: a cancelled scan does not
+    # cancel the others' lookup.
+    lookup = _in_flight.get(origin)
+    if lookup is None:
+        lookup = _in_flight[origin] = asyncio.ensure_future(_cached_or_fetched(redis, settings, origin))
+        lookup.add_done_callback(lambda _: _in_flight.pop(origin, None))
+    site, hit = await asyncio.shield(lookup)
+    metrics.cache_requests_total.inc({"cache": CACHE, "result": "hit" if hit else "miss"})
+    return site
+
+
+_in_flight: dict[str, asyncio.Future[tuple[SiteFiles, bool]]] = {}
+
+
+async def _cached_or_fetched(redis: Redis, settings: Settings, origin: str) -> tuple[SiteFiles, bool]:
+    """(the origin's files, whether they came from the cache)."""
     cached = await cache.get_json(redis, CACHE, origin)
-    metrics.cache_requests_total.inc({"cache": CACHE, "result": "hit" if cached is not None else "miss"})
     if isinstance(cached, dict):
-        return SiteFiles(
+        site = SiteFiles(
             robots=str(cached.get("robots", "unreachable")),
             robots_status=cached.get("robotsStatus"),
             robots_text=str(cached.get("robotsText", "")),
             llms_txt=cached.get("llmsTxt"),
         )
-    # Scans of one origin that miss together share one fetch (per worker process; the cache
-    # shares it across workers). Shielded: a cancelled scan does not cancel the others' fetch.
-    fetch = _in_flight.get(origin)
-    if fetch is None:
-        fetch = _in_flight[origin] = asyncio.ensure_future(_fetch_and_cache(redis, settings, origin))
-        fetch.add_done_callback(lambda _: _in_flight.pop(origin, None))
-    return await asyncio.shield(fetch)
-
-
-_in_flight: dict[str, asyncio.Future[SiteFiles]] = {}
+        return site, True
+    return await _fetch_and_cache(redis, settings, origin), False
 
 
 async def _fetch_and_cache(redis: Redis, settings: Settings, origin: str) -> SiteFiles:
