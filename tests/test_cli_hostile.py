@@ -137,7 +137,15 @@ def test_streams_that_end_at_once_are_resumed_after_a_pause(
         send(handler, next(streams, done), "text/event-stream")
 
     pauses: list[float] = []
-    monkeypatch.setattr(time, "sleep", pauses.append)  # the module the client sleeps through
+    sleep, caller = time.sleep, threading.get_ident()
+
+    def pause(seconds: float) -> None:  # the client's pauses are recorded; other threads still sleep
+        if threading.get_ident() == caller:
+            pauses.append(seconds)
+        else:
+            sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", pause)  # the module the client sleeps through
     with contextlib.closing(Client(serve(stream))) as client:
         seen = [status.status.value for status in client.follow(SCAN_ID)]
     assert seen == ["CANCELLED"]
